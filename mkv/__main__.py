@@ -1,0 +1,7 @@
+"""`python -m mkv` runs the command line."""
+
+import sys
+
+from mkv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""The command line: Go mkv's flags (one or two dashes, `-f v` or `-f=v`, anywhere) → calls."""
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mkv.config import Config, parse_duration
+
+USAGE = """\
+Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
+       mkv volume DIR [-port N]     (nginx volume server; port also from $PORT, default 3001)
+"""
+
+
+@dataclass(frozen=True)
+class Flag:
+    field: str
+    parse: Callable[[str], object] | None  # None: a boolean flag
+    help: str
+
+
+def _volumes(text: str) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "t", "true"):
+        return True
+    if text.lower() in ("0", "f", "false"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+FLAGS: dict[str, Flag] = {
+    "db": Flag("db", str, "Path to leveldb"),
+    "volumes": Flag("volumes", _volumes, "Volumes to use for storage, comma separated"),
+    "port": Flag("port", int, "Port for the server to listen on (default 3000)"),
+    "replicas": Flag("replicas", int, "Amount of replicas to make of the data (default 3)"),
+    "subvolumes": Flag("subvolumes", int, "Amount of subvolumes, disks per machine (default 10)"),
+    "fallback": Flag("fallback", str, "Fallback server for missing keys"),
+    "protect": Flag("protect", None, "Force UNLINK before DELETE"),
+    "md5sum": Flag("md5sum", None, "Calculate and store MD5 checksum of values (default true)"),
+    "voltimeout": Flag("voltimeout", parse_duration,
+                       "Volume servers must answer GET/HEAD within this time (default 1s)"),
+    "writetimeout": Flag("writetimeout", parse_duration,
+                         "A volume taking no part of a write for this long fails it (default 30s)"),
+    "v": Flag("verbose", None, "Verbose output"),
+    "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def usage() -> str:
+    lines = [USAGE]
+    for name, flag in FLAGS.items():
+        kind = "" if flag.parse is None else " value"
+        lines.append(f"  -{name}{kind}\n        {flag.help}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> tuple[Config, list[str], set[str]]:
+    """Flags into a Config; also the positional words and the names of the flags given."""
+    config, positional, given = Config(), [], set()
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        flag = FLAGS.get(name)
+        if flag is None:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        if flag.parse is None:
+            parsed: object = _bool(value) if eq else True
+        else:
+            if not eq:
+                value = next(args, None)
+                if value is None:
+                    raise UsageError(f"flag needs an argument: -{name}")
+            try:
+                parsed = flag.parse(value)
+            except ValueError as e:
+                raise UsageError(f"invalid value {value!r} for flag -{name}: {e}") from None
+        setattr(config, flag.field, parsed)
+        given.add(name)
+    return config, positional, given
+
+
+def _check_cluster(config: Config) -> str | None:
+    if not config.db:
+        return "-db is required: the path of the LevelDB index"
+    if not config.volumes:
+        return "-volumes is required: volume servers, comma separated (e.g. localhost:3001)"
+    if config.replicas < 1 or config.replicas > len(config.volumes):
+        count = len(config.volumes)
+        return f"-replicas {config.replicas} must be between 1 and the volume count ({count})"
+    if config.subvolumes < 1:
+        return "-subvolumes must be at least 1"
+    return None
+
+
+def _volume(config: Config, positional: list[str], given: set[str]) -> int:
+    from mkv.nginx import run_volume
+
+    if len(positional) != 2:
+        print("mkv volume: give the data directory: mkv volume DIR [-port N]", file=sys.stderr)
+        return 2
+    port = config.port if "port" in given else int(os.environ.get("PORT", "3001"))
+    return run_volume(positional[1], port)
+
+
+def _server(config: Config) -> int:
+    from mkv.master import serve
+
+    return serve(config)
+
+
+CLUSTER_COMMANDS: dict[str, Callable[[Config], int]] = {
+    "server": _server,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config, positional, given = parse_args(argv)
+    except UsageError as e:
+        print(f"{e}\n{usage()}", file=sys.stderr, end="")
+        return 2
+    if not positional:
+        print(usage(), file=sys.stderr, end="")
+        return 2
+    command = positional[0]
+    if command == "volume":
+        return _volume(config, positional, given)
+    run = CLUSTER_COMMANDS.get(command)
+    if run is None or len(positional) != 1:
+        print(f"unknown command {' '.join(positional)!r}\n{usage()}", file=sys.stderr, end="")
+        return 2
+    problem = _check_cluster(config)
+    if problem:
+        print(f"mkv: {problem}", file=sys.stderr)
+        return 2
+    from mkv.index import IndexLocked
+
+    try:
+        return run(config)
+    except IndexLocked as e:
+        print(f"mkv: {e}; stop the master (or other mkv command) first", file=sys.stderr)
+        return 1

@@ -1,0 +1,48 @@
+"""The master's settings, as Go mkv's flags name them, and Go-style duration parsing."""
+
+import re
+from dataclasses import dataclass
+
+from mkv.placement import key2volume, placement_key
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration such as `1s`, `500ms` or `1m30s`; `0` alone is allowed."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise ValueError("empty duration")
+    return total
+
+
+@dataclass
+class Config:
+    db: str = ""
+    volumes: tuple[str, ...] = ()
+    port: int = 3000
+    replicas: int = 3
+    subvolumes: int = 10
+    fallback: str = ""
+    protect: bool = False
+    md5sum: bool = True
+    voltimeout: float = 1.0
+    writetimeout: float = 30.0
+    verbose: bool = False
+    vdir_colocation: bool = False
+
+    def placement(self, key: bytes) -> list[str]:
+        """Today's replicas for `key`."""
+        return key2volume(
+            placement_key(key, self.vdir_colocation), list(self.volumes),
+            self.replicas, self.subvolumes,
+        )

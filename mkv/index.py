@@ -1,0 +1,61 @@
+"""The LevelDB index: key bytes → `Record`, through plyvel.
+
+One process at a time may open it; `IndexLocked` says another one holds it.
+"""
+
+from collections.abc import Iterator
+
+import plyvel
+
+from mkv.record import Record, State
+
+
+class IndexLocked(Exception):
+    """Another process holds the LevelDB lock."""
+
+
+class Index:
+    def __init__(self, path: str) -> None:
+        try:
+            self.db = plyvel.DB(path, create_if_missing=True)
+        except plyvel.IOError as e:
+            if b"lock" in str(e).encode().lower():
+                raise IndexLocked(f"the index {path} is in use by another process") from e
+            raise
+
+    def get(self, key: bytes) -> Record | None:
+        raw = self.db.get(key)
+        return None if raw is None else Record.decode(raw)
+
+    def put(self, key: bytes, record: Record) -> None:
+        self.db.put(key, record.encode())
+
+    def delete(self, key: bytes) -> None:
+        self.db.delete(key)
+
+    def items(self, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, Record]]:
+        """Records whose key starts with `prefix`, from `start` on, in byte order."""
+        for key, raw in self.db.iterator(start=max(prefix, start)):
+            if not key.startswith(prefix):
+                return
+            yield key, Record.decode(raw)
+
+    def page(
+        self, prefix: bytes, state: State, start: bytes, limit: int
+    ) -> tuple[list[bytes], bytes | None]:
+        """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
+        keys: list[bytes] = []
+        for key, record in self.items(prefix, start):
+            if record.state is state:
+                if len(keys) == limit:
+                    return keys, key
+                keys.append(key)
+        return keys, None
+
+    def clear(self) -> None:
+        with self.db.write_batch() as batch:
+            for key in self.db.iterator(include_value=False):
+                batch.delete(key)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,292 @@
+"""What each request to the master means: SPEC §4's table as code, and the server's lifecycle."""
+
+import asyncio
+import json
+import logging
+import random
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from urllib.parse import parse_qs, unquote_to_bytes
+
+import uvloop
+
+from mkv.config import Config
+from mkv.flow import Body, ClientGone
+from mkv.httpclient import VolumeError
+from mkv.httpserver import HTTPServer, Request, Response
+from mkv.index import Index
+from mkv.placement import key2path, storable
+from mkv.rebalance import RebalanceError, rebalance_key
+from mkv.record import Record, State
+from mkv.volumes import Volumes
+
+log = logging.getLogger("mkv")
+
+LIST_MAX = 1_000_000  # keys in one listing without a limit
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_LISTINGS = {b"list": State.LIVE, b"unlinked": State.UNLINKED, b"writing": State.WRITING}
+
+
+def text(status: int, reason: str = "") -> Response:
+    """A short plain answer; the body says why when the status alone does not."""
+    body = f"{reason}\n".encode() if reason else b""
+    return Response(status, [("Content-Type", "text/plain")] if body else [], body)
+
+
+def parse_key(path: bytes) -> bytes | str:
+    """The key a request path names, or why it names none."""
+    if b"%" in path:
+        if _BAD_PERCENT.search(path):
+            return "invalid percent-encoding in the key"
+        path = unquote_to_bytes(path)
+    if b"\x00" in path:
+        return "NUL byte in the key"
+    try:
+        path.decode()
+    except UnicodeDecodeError:
+        return "the key is not valid UTF-8"
+    if any(part in (b".", b"..") for part in path.split(b"/")):
+        return "'.' and '..' are not allowed as key segments"
+    return path
+
+
+async def _chain(first: bytes, body: Body) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in body:
+        yield chunk
+
+
+class Master:
+    """The request handler: one index, one pool of volume connections, a lock per busy key."""
+
+    def __init__(self, config: Config, index: Index, volumes: Volumes) -> None:
+        self.config = config
+        self.index = index
+        self.volumes = volumes
+        self.busy: set[bytes] = set()  # keys with a write, delete or move in flight
+        self.routes = {
+            b"GET": self.get, b"HEAD": self.get,
+            b"PUT": self.put, b"REPLACE": self.replace,
+            b"DELETE": self.delete, b"UNLINK": self.unlink, b"RELINK": self.relink,
+            b"REBALANCE": self.rebalance,
+        }
+
+    def handle(self, req: Request) -> Response | Awaitable[Response]:
+        route = self.routes.get(req.method)
+        if route is None:
+            return text(405, f"method {req.method.decode(errors='replace')} not allowed")
+        key = parse_key(req.path)
+        if isinstance(key, str):
+            return text(400, key)
+        if req.query and req.method == b"GET":
+            operation = req.query.split(b"&", 1)[0]
+            state = _LISTINGS.get(operation)
+            if state is None:
+                return text(403, "unknown query")
+            return self.listing(key, req, state)
+        return route(key, req)
+
+    # --- reads ---
+    def get(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        record = self.index.get(key)
+        if record is None or record.state is not State.LIVE:
+            if self.config.fallback:
+                location = f"http://{self.config.fallback}{req.path.decode()}"
+                return Response(302, [("Location", location), ("Content-Length", "0")])
+            return Response(404, [("Content-Length", "0")])
+        balanced = list(record.replicas) == self.config.placement(key)
+        headers = [("Key-Volumes", ",".join(record.replicas)),
+                   ("Key-Balance", "balanced" if balanced else "unbalanced"),
+                   ("Content-Length", "0")]
+        if record.md5:
+            headers.append(("Content-Md5", record.md5))
+        if self.config.voltimeout == 0:  # the operator chose to skip the check
+            return self._redirect(random.choice(record.replicas), key, headers)
+        return self._checked_redirect(key, record.replicas, headers)
+
+    async def _checked_redirect(self, key: bytes, replicas: tuple[str, ...],
+                                headers: list[tuple[str, str]]) -> Response:
+        order = list(replicas)
+        random.shuffle(order)
+        for replica in order:
+            if await self.volumes.exists(replica, key, self.config.voltimeout):
+                return self._redirect(replica, key, headers)
+        return Response(410, [("Content-Length", "0")])
+
+    @staticmethod
+    def _redirect(replica: str, key: bytes, headers: list[tuple[str, str]]) -> Response:
+        headers.append(("Location", f"http://{replica}{key2path(key)}"))
+        return Response(302, headers)
+
+    def listing(self, prefix: bytes, req: Request, state: State) -> Response:
+        params = parse_qs(req.query.decode(errors="replace"))
+        start = params.get("start", [""])[0].encode()
+        try:
+            limit = int(params.get("limit", ["0"])[0])
+            if limit < 0:
+                raise ValueError
+        except ValueError:
+            return text(400, "limit must be a non-negative integer")
+        keys, following = self.index.page(prefix, state, start, limit or LIST_MAX)
+        if not limit and following is not None:
+            return text(413, f"more than {LIST_MAX} keys: page with &limit=N")
+        body = json.dumps({
+            "next": following.decode(errors="replace") if following else "",
+            "keys": [k.decode(errors="replace") for k in keys],
+        }, ensure_ascii=False, separators=(",", ":")).encode()
+        return Response(200, [("Content-Type", "application/json")], body)
+
+    # --- writes ---
+    def put(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        return self._start_write(key, req, replace=False)
+
+    def replace(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        return self._start_write(key, req, replace=True)
+
+    def _start_write(self, key: bytes, req: Request,
+                     replace: bool) -> Response | Awaitable[Response]:
+        if req.body.length == 0:
+            return text(411, "empty body: a value needs at least one byte")
+        problem = storable(key)
+        if problem:
+            return text(400, problem)
+        if key in self.busy:
+            return text(409, "another write or delete of this key is in progress")
+        return self._locked(key, self._write(key, req, replace))
+
+    async def _locked(self, key: bytes, work: Awaitable[Response]) -> Response:
+        self.busy.add(key)
+        try:
+            return await work
+        finally:
+            self.busy.discard(key)
+
+    async def _write(self, key: bytes, req: Request, replace: bool) -> Response:
+        old = self.index.get(key)
+        overwrite = old is not None and old.state is State.LIVE
+        if overwrite and not replace:
+            return text(403, "key exists: DELETE it first, or use REPLACE")
+        body = req.body
+        first = await body.read()
+        if not first:
+            return text(411, "empty body: a value needs at least one byte")
+        replicas = self.config.placement(key)
+        stale = [r for r in old.replicas if r not in replicas] if old else []
+        # crash safety: INIT first, so a cut-off write is never live. A live key being
+        # replaced stays live: nginx renames each replica into place whole.
+        if not overwrite:
+            self.index.put(key, Record(tuple(replicas), State.WRITING))
+        try:
+            md5 = await self.volumes.write(replicas, key, _chain(first, body), body.length,
+                                           self.config.md5sum)
+        except (VolumeError, ClientGone) as e:
+            # unlinked with every replica that may hold a file, so a later DELETE cleans up
+            self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+            if isinstance(e, ClientGone):
+                raise
+            log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
+            return text(500, f"writing a replica failed: {e}")
+        self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
+        await self._delete_files(stale, key)
+        return Response(201)
+
+    def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        record = self.index.get(key)
+        if record is None:
+            return Response(404)
+        if self.config.protect and record.state is State.LIVE:
+            return text(403, "protected: UNLINK the key before DELETE")
+        if key in self.busy:
+            return text(409, "another write or delete of this key is in progress")
+        return self._locked(key, self._delete(key, record))
+
+    async def _delete(self, key: bytes, record: Record) -> Response:
+        if record.state is not State.UNLINKED:
+            self.index.put(key, record.with_state(State.UNLINKED))
+        failed = await self._delete_files(record.replicas, key)
+        if failed:
+            return text(500, f"deleting from {', '.join(failed)} failed; the key stays unlinked")
+        self.index.delete(key)
+        return Response(204)
+
+    async def _delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
+        """Delete the key's file from each replica at once; the replicas that failed."""
+        results = await asyncio.gather(*(self.volumes.delete(r, key) for r in replicas),
+                                       return_exceptions=True)
+        failed = [r for r, result in zip(replicas, results, strict=True)
+                  if isinstance(result, Exception)]
+        for replica in failed:
+            log.warning("DELETE %s from %s failed", key.decode(errors="replace"), replica)
+        return failed
+
+    def unlink(self, key: bytes, req: Request) -> Response:
+        record = self.index.get(key)
+        if record is None or record.state is not State.LIVE:
+            return Response(404)
+        if key in self.busy:
+            return text(409, "another write or delete of this key is in progress")
+        self.index.put(key, record.with_state(State.UNLINKED))
+        return Response(204)
+
+    def relink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        record = self.index.get(key)
+        if record is None or record.state is not State.UNLINKED:
+            return Response(404)
+        if key in self.busy:
+            return text(409, "another write or delete of this key is in progress")
+        return self._locked(key, self._relink(key, record))
+
+    async def _relink(self, key: bytes, record: Record) -> Response:
+        # an unlinked record may be a failed write: only a complete one may come back
+        present = await asyncio.gather(
+            *(self.volumes.exists(r, key, self.config.voltimeout) for r in record.replicas))
+        if not record.replicas or not all(present):
+            return text(409, "a replica's file is missing: this value cannot be relinked")
+        self.index.put(key, record.with_state(State.LIVE))
+        return Response(204)
+
+    def rebalance(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        record = self.index.get(key)
+        if record is None:
+            return Response(404)
+        if key in self.busy:
+            return text(409, "another write or delete of this key is in progress")
+        return self._locked(key, self._rebalance(key, record))
+
+    async def _rebalance(self, key: bytes, record: Record) -> Response:
+        try:
+            await rebalance_key(self.index, self.volumes, self.config, key, record)
+        except (RebalanceError, VolumeError) as e:
+            return text(400, f"rebalance failed: {e}")
+        return Response(204)
+
+
+def serve(config: Config) -> int:
+    """Run the master until SIGTERM or SIGINT; the index is closed on the way out."""
+    logging.basicConfig(stream=sys.stderr, format="%(message)s",
+                        level=logging.INFO if config.verbose else logging.WARNING)
+    index = Index(config.db)
+    try:
+        uvloop.run(_serve(config, index))
+    finally:
+        index.close()
+    return 0
+
+
+async def _serve(config: Config, index: Index) -> None:
+    volumes = Volumes(write_timeout=config.writetimeout)
+    master = Master(config, index, volumes)
+    server = HTTPServer(master.handle, access_log=config.verbose)
+    await server.start(None, config.port)
+    print(f"mkv master listening on :{config.port}, volumes {','.join(config.volumes)}, "
+          f"{config.replicas} replicas, {config.subvolumes} subvolumes", file=sys.stderr,
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.shutdown(grace=10.0)
+    volumes.close()

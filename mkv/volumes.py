@@ -1,0 +1,127 @@
+"""What the master asks of nginx volumes, per replica: does it have a key, write it, read it,
+delete it, list a directory. A replica is `host:port` or `host:port/svXX`.
+"""
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+
+from mkv.httpclient import ClientResponse, Connection, Pool, VolumeError
+from mkv.placement import key2path
+
+
+def split_replica(replica: str) -> tuple[str, str]:
+    """`host:port/sv01` → (`host:port`, `/sv01`)."""
+    hostport, slash, subvolume = replica.partition("/")
+    return hostport, slash + subvolume
+
+
+def replica_url(replica: str, key: bytes) -> str:
+    return f"http://{replica}{key2path(key)}"
+
+
+def _target(replica: str, key: bytes) -> tuple[str, bytes]:
+    hostport, subvolume = split_replica(replica)
+    return hostport, (subvolume + key2path(key)).encode()
+
+
+class Volumes:
+    """Calls to volumes over one keep-alive pool."""
+
+    def __init__(self, write_timeout: float = 30.0) -> None:
+        self.pool = Pool()
+        self.write_timeout = write_timeout
+
+    async def exists(self, replica: str, key: bytes, timeout: float | None) -> bool:
+        """True when the replica answers a HEAD for the key's file with 200."""
+        hostport, target = _target(replica, key)
+        try:
+            response = await self.pool.request(hostport, b"HEAD", target, timeout=timeout)
+        except VolumeError:
+            return False
+        return response.status == 200
+
+    async def delete(self, replica: str, key: bytes) -> None:
+        """Remove the key's file; a file already gone counts as removed."""
+        hostport, target = _target(replica, key)
+        response = await self.pool.request(hostport, b"DELETE", target,
+                                           timeout=self.write_timeout)
+        if response.status not in (200, 204, 404):
+            raise VolumeError(f"DELETE {replica}: status {response.status}")
+
+    async def open(self, replica: str, key: bytes) -> ClientResponse:
+        """GET the key's file, its body streamed; raises unless the status is 200."""
+        hostport, target = _target(replica, key)
+        response = await self.pool.request(hostport, b"GET", target, stream=True,
+                                           timeout=self.write_timeout)
+        if response.status != 200:
+            raise VolumeError(f"GET {replica}: status {response.status}")
+        return response
+
+    async def list_dir(self, hostport: str, path: str) -> list[dict]:
+        """nginx's JSON autoindex of a directory; [] when it does not exist."""
+        response = await self.pool.request(hostport, b"GET", path.encode(),
+                                           timeout=self.write_timeout)
+        if response.status == 404:
+            return []
+        if response.status != 200:
+            raise VolumeError(f"listing {hostport}{path}: status {response.status}")
+        return json.loads(response.body)  # type: ignore[arg-type]
+
+    async def write(self, replicas: list[str], key: bytes, body: AsyncIterator[bytes],
+                    length: int | None, md5: bool) -> str | None:
+        """Stream `body` to every replica at once; the md5 hex of what was written, if asked.
+
+        The slowest replica sets the pace: each chunk waits until every connection
+        has drained, so memory stays bounded. Any failure closes every upload (nginx
+        then drops its temp file) and raises VolumeError.
+        """
+        conns: list[Connection] = []
+        try:
+            for result in await asyncio.gather(
+                    *(self.pool.connection(split_replica(r)[0]) for r in replicas),
+                    return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+                conns.append(result)
+            framing = (b"Content-Length: %d\r\n" % length if length is not None
+                       else b"Transfer-Encoding: chunked\r\n")
+            answers = [conn.send(b"PUT", _target(r, key)[1], framing, upload=True)
+                       for conn, r in zip(conns, replicas, strict=True)]
+            digest = hashlib.md5() if md5 else None
+            async for chunk in body:
+                if digest is not None:
+                    digest.update(chunk)
+                data = chunk if length is not None else b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                for conn in conns:
+                    conn.write(data)
+                for conn, answer in zip(conns, answers, strict=True):
+                    if answer.done():  # answered (or broke) before the body ended
+                        _check_written(conn, answer.result())
+                        raise VolumeError(f"{conn.hostport} stopped the upload")
+                    if conn.write_blocked:
+                        await asyncio.wait_for(conn.drain(), self.write_timeout)
+            for conn in conns:
+                if length is None:
+                    conn.write(b"0\r\n\r\n")
+                conn.upload_done()
+            results = await asyncio.wait_for(asyncio.gather(*answers), self.write_timeout)
+            for conn, response in zip(conns, results, strict=True):
+                _check_written(conn, response)
+        except BaseException as e:
+            for conn in conns:
+                conn.close()
+            if isinstance(e, TimeoutError):
+                raise VolumeError(f"a volume did not take the write within "
+                                  f"{self.write_timeout}s") from None
+            raise
+        return digest.hexdigest() if digest is not None else None
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _check_written(conn: Connection, response: ClientResponse) -> None:
+    if response.status not in (200, 201, 204):
+        raise VolumeError(f"PUT {conn.hostport}: status {response.status}")
