@@ -151,3 +151,7 @@ class Body:
         self._conn.resume_reading(self)
 
 
+
+
+EMPTY = Body(None, 0, False)  # type: ignore[arg-type]
+EMPTY._done = True  # the body of every request that has none: nothing to read, nothing to feed

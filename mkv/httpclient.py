@@ -16,6 +16,7 @@ import httptools
 from mkv.flow import Body, FlowControlled
 
 IDLE_REUSE_SECONDS = 10.0  # well under nginx's keepalive_timeout, so a reused socket is open
+SWEEP_SECONDS = 0.02  # how late past its deadline a timed-out exchange may be noticed
 
 
 class VolumeError(Exception):
@@ -36,6 +37,16 @@ class ClientResponse:
         self._chunks: list[bytes] = []
 
 
+class _HeadCallbacks:
+    """Parser callbacks for a HEAD answer: only the end of its headers matters, so none of
+    nginx's header lines costs a Python call."""
+
+    __slots__ = ("on_headers_complete",)
+
+    def __init__(self, conn: "Connection") -> None:
+        self.on_headers_complete = conn._head_complete
+
+
 class Connection(FlowControlled):
     """One keep-alive connection; one exchange at a time."""
 
@@ -49,11 +60,11 @@ class Connection(FlowControlled):
         self._parser: httptools.HttpResponseParser | None = None
         self._response = ClientResponse()
         self._future: asyncio.Future | None = None
-        self._head = False
         self._stream = False
         self._uploading = False
         self._received = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._head_callbacks = _HeadCallbacks(self)
+        self.deadline = 0.0
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,12 +93,15 @@ class Connection(FlowControlled):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._response.headers[name.lower()] = value
 
+    def _head_complete(self) -> None:
+        response = self._response
+        response.status = self._parser.get_status_code()  # type: ignore[union-attr]
+        self._done(response, self._parser.should_keep_alive())  # type: ignore[union-attr]
+
     def on_headers_complete(self) -> None:
         response = self._response
         response.status = self._parser.get_status_code()  # type: ignore[union-attr]
-        if self._head:
-            self._done(response, self._parser.should_keep_alive())  # type: ignore[union-attr]
-        elif self._stream:
+        if self._stream:
             length = response.headers.get(b"content-length")
             response.body = Body(self, int(length) if length is not None else None, False)
             self._resolve(response)
@@ -114,15 +128,16 @@ class Connection(FlowControlled):
 
         With `upload`, the caller then writes the body and calls `upload_done()`.
         """
-        self._parser = httptools.HttpResponseParser(self)
+        # a fresh parser each time: after a HEAD, httptools would wait for the body it announced
+        self._parser = httptools.HttpResponseParser(
+            self._head_callbacks if method == b"HEAD" else self)
         self._response = ClientResponse()
         self._future = self.loop.create_future()
-        self._head = method == b"HEAD"
         self._stream = stream
         self._uploading = upload
         self._received = False
         if timeout:
-            self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
+            self.pool._watch(self, timeout)
         self.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n%s" % (
             method, target, self.hostport.encode(), headers, body))
         return self._future
@@ -132,22 +147,18 @@ class Connection(FlowControlled):
         if self._parser is None:  # the answer came before the body was all sent
             self.close()
 
-    def _timed_out(self, timeout: float) -> None:
-        self._fail(VolumeTimeout(f"{self.hostport} did not answer within {timeout}s"))
+    def _timed_out(self) -> None:
+        self._fail(VolumeTimeout(f"{self.hostport} did not answer in time"))
         self.close()
 
     def _resolve(self, response: ClientResponse) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.pool._timed.discard(self)
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(response)
 
     def _fail(self, error: Exception) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.pool._timed.discard(self)
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_exception(error)
@@ -164,6 +175,24 @@ class Connection(FlowControlled):
             self.close()
 
 
+class Resolver:
+    """`host:port` → a socket address, looked up once. IPv4 first: nginx volumes listen on
+    it everywhere, on IPv6 not always."""
+
+    def __init__(self) -> None:
+        self._addresses: dict[str, tuple[str, int]] = {}
+
+    async def address(self, hostport: str) -> tuple[str, int]:
+        address = self._addresses.get(hostport)
+        if address is None:
+            host, _, port = hostport.rpartition(":")
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host or "localhost", int(port), type=socket.SOCK_STREAM)
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)
+            address = self._addresses[hostport] = infos[0][4][:2]
+        return address
+
+
 class Pool:
     """Idle connections per `host:port`, reused for at most IDLE_REUSE_SECONDS of idleness."""
 
@@ -171,10 +200,28 @@ class Pool:
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self._idle: defaultdict[str, list[Connection]] = defaultdict(list)
-        self._addresses: dict[str, tuple] = {}
+        self._resolver = Resolver()
+        self._timed: set[Connection] = set()  # exchanges with a deadline
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _watch(self, conn: Connection, timeout: float) -> None:
+        # one coarse timer for all exchanges: cheaper than a timer each at 10,000s per second
+        conn.deadline = self.loop.time() + timeout
+        self._timed.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self._timed if c.deadline <= now]:
+            conn._timed_out()
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if self._timed else None
 
     async def connection(self, hostport: str) -> Connection:
         """An idle connection to `hostport`, or a new one."""
+        return self._take_idle(hostport) or await self._connect(hostport)
+
+    def _take_idle(self, hostport: str) -> Connection | None:
         idle = self._idle.get(hostport)
         if idle:
             now = self.loop.time()
@@ -184,19 +231,11 @@ class Pool:
                     conn.reused = True
                     return conn
                 conn.close()
-        return await self._connect(hostport)
+        return None
 
     async def _connect(self, hostport: str) -> Connection:
-        host, _, port = hostport.rpartition(":")
-        address = self._addresses.get(hostport)
         try:
-            if address is None:
-                infos = await self.loop.getaddrinfo(host or "localhost", int(port),
-                                                    type=socket.SOCK_STREAM)
-                # prefer IPv4: nginx volumes listen on it everywhere, IPv6 not always
-                infos.sort(key=lambda info: info[0] != socket.AF_INET)
-                address = infos[0][4]
-                self._addresses[hostport] = address
+            address = await self._resolver.address(hostport)
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: Connection(self, hostport),
                                             address[0], address[1]),
@@ -218,7 +257,7 @@ class Pool:
                       body: bytes = b"", timeout: float | None = None,
                       stream: bool = False) -> ClientResponse:
         """One exchange. A reused connection that turns out closed is retried once, fresh."""
-        conn = await self.connection(hostport)
+        conn = self._take_idle(hostport) or await self._connect(hostport)
         try:
             return await conn.send(method, target, headers, body, stream=stream, timeout=timeout)
         except VolumeTimeout:

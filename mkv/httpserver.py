@@ -6,10 +6,11 @@ uvicorn ~59,000 and aiohttp ~42,000, while the target for a missing key is
 1.5 × Go mkv's ~77,000 (see bench/). The shape follows uvicorn's httptools
 protocol: the application sees `Request`s and returns `Response`s, never sockets.
 
-An application is a callable `handle(request)` returning a `Response`, or an
-awaitable of one. Answering synchronously (a 404, a listing) skips the task
-that an awaitable costs. Request bodies stream through `Body`; reading from the
-client pauses while the application has not taken what arrived.
+An application is a callable `handle(request)` returning a `Response`, an
+`asyncio.Future` of one, or a coroutine of one. Answering synchronously (a 404,
+a listing) or with a future skips the task that a coroutine costs. Request
+bodies stream through `Body`; reading from the client pauses while the
+application has not taken what arrived.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
-from mkv.flow import Body, ClientGone, FlowControlled
+from mkv.flow import EMPTY, Body, ClientGone, FlowControlled
 
 log = logging.getLogger("mkv")
 
@@ -50,15 +51,31 @@ class Request:
 
 
 class Response:
-    """Status, headers, and a body: bytes, or an async iterator of bytes with Content-Length set."""
+    """Status, headers, and a body: bytes, or an async iterator of bytes with Content-Length set.
 
-    __slots__ = ("status", "headers", "body")
+    The encoded header block is kept, so a constant response is encoded once.
+    """
+
+    __slots__ = ("status", "headers", "body", "_encoded")
 
     def __init__(self, status: int, headers: list[tuple[str, str]] | None = None,
                  body: bytes | AsyncIterator[bytes] = b"") -> None:
         self.status = status
         self.headers = headers or []
         self.body = body
+        self._encoded: bytes | None = None
+
+    def encoded_head(self) -> bytes:
+        """Status line and headers, with Content-Length added for a bytes body that lacks one."""
+        if self._encoded is None:
+            lines = [f"{name}: {value}\r\n" for name, value in self.headers]
+            if isinstance(self.body, bytes) and not any(
+                    name.lower() == "content-length" for name, _ in self.headers):
+                lines.append(f"Content-Length: {len(self.body)}\r\n")
+            status = (_STATUS_LINES.get(self.status)
+                      or f"HTTP/1.1 {self.status} \r\n".encode())
+            self._encoded = status + "".join(lines).encode("utf-8", "surrogateescape")
+        return self._encoded
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -98,7 +115,7 @@ class HTTPConnection(FlowControlled):
         self.server.connections.discard(self)
         gone = ClientGone("client closed the connection")
         for request in (self._parsing, self._active, *self._pending):
-            if request is not None and not request.body._done:
+            if request is not None and request.body is not EMPTY and not request.body._done:
                 request.body.fail(gone)
         self._wake_drain(gone)
 
@@ -115,11 +132,6 @@ class HTTPConnection(FlowControlled):
                 self._reject(400, f"malformed request: {e}")
 
     # --- httptools callbacks ---
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
@@ -139,10 +151,16 @@ class HTTPConnection(FlowControlled):
         chunked = b"transfer-encoding" in headers
         if chunked and length is not None:
             raise httptools.HttpParserError("both Content-Length and Transfer-Encoding")
-        expect = headers.get(b"expect", b"").lower() == b"100-continue"
-        body = Body(self, None if chunked else int(length or 0), expect)
+        if chunked or length not in (None, b"0"):
+            expect = headers.get(b"expect", b"").lower() == b"100-continue"
+            body = Body(self, None if chunked else int(length), expect)  # type: ignore[arg-type]
+        else:
+            body = EMPTY
         request = Request(self.parser.get_method(), path, query, headers, body, self.peer)
         request.keep_alive = self.parser.should_keep_alive()
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
         self._parsing = request
         if self._active is None and not self._pending:
             self._start(request)
@@ -156,12 +174,13 @@ class HTTPConnection(FlowControlled):
     def on_message_complete(self) -> None:
         request = self._parsing
         self._parsing = None
-        if request is not None:
+        if request is not None and request.body is not EMPTY:
             request.body.finish()
 
     # --- cycles ---
     def _start(self, request: Request) -> None:
-        self._started = self.loop.time()
+        if self.server.access_log:
+            self._started = self.loop.time()
         try:
             result = self.handler(request)
         except Exception:
@@ -169,6 +188,9 @@ class HTTPConnection(FlowControlled):
             result = Response(500, body=b"internal error\n")
         if isinstance(result, Response):
             self._respond(request, result)
+        elif isinstance(result, asyncio.Future):  # the cheap way to wait: no task
+            self._active = request
+            result.add_done_callback(self._future_done)
         else:
             self._active = request
             self._task = self.loop.create_task(self._run(request, result))
@@ -193,22 +215,27 @@ class HTTPConnection(FlowControlled):
             self._active = None
             self.close()
 
-    def _head(self, request: Request, response: Response, keep_alive: bool,
-              body_length: int | None) -> bytes:
-        lines = [f"{name}: {value}\r\n" for name, value in response.headers]
-        if body_length is not None:
-            lines.append(f"Content-Length: {body_length}\r\n")
-        lines.append(self.server.date_header())
-        if not keep_alive:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        status = _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} \r\n".encode()
-        return status + "".join(lines).encode("utf-8", "surrogateescape")
+    def _future_done(self, future: asyncio.Future) -> None:
+        request = self._active
+        if request is None or self.closed:
+            return
+        try:
+            response = future.result()
+        except Exception:
+            log.exception("handler failed for %s %r", request.method, request.path)
+            response = Response(500, body=b"internal error\n")
+        self._respond(request, response)
+
+    def _head(self, response: Response, keep_alive: bool) -> bytes:
+        date = self.server.date_header()
+        return response.encoded_head() + (date if keep_alive else date + b"Connection: close\r\n")
 
     def _keep_alive(self, request: Request) -> bool:
         if not request.keep_alive or self.server.closing:
             return False
         body = request.body
+        if body is EMPTY:
+            return True
         if body._done:
             body.discard()
             return True
@@ -221,14 +248,14 @@ class HTTPConnection(FlowControlled):
     def _respond(self, request: Request, response: Response) -> None:
         keep_alive = self._keep_alive(request)
         body = response.body
-        has_length = any(name.lower() == "content-length" for name, _ in response.headers)
-        head = self._head(request, response, keep_alive, None if has_length else len(body))
-        self.write(head if request.method == b"HEAD" or not body else head + body)
+        head = self._head(response, keep_alive)
+        self.write(head + b"\r\n" if request.method == b"HEAD" or not body
+                   else head + b"\r\n" + body)  # type: ignore[operator]
         self._finish(request, response.status, keep_alive)
 
     async def _stream(self, request: Request, response: Response) -> None:
         keep_alive = self._keep_alive(request)
-        self.write(self._head(request, response, keep_alive, None))
+        self.write(self._head(response, keep_alive) + b"\r\n")
         async for chunk in response.body:  # type: ignore[union-attr]
             if self.closed:
                 raise ClientGone("client closed the connection")
@@ -279,13 +306,13 @@ class HTTPServer:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._date_second = 0
-        self._date = ""
+        self._date = b""
 
-    def date_header(self) -> str:
+    def date_header(self) -> bytes:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n"
+            self._date = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
         return self._date
 
     async def start(self, host: str | None, port: int) -> None:

@@ -4,8 +4,8 @@ Value = optional state prefix (`DELETED` unlinked, `INIT` write in progress),
 then optional `HASH` + 32 hex md5, then the replicas joined by `,`.
 """
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class State(Enum):
@@ -14,8 +14,9 @@ class State(Enum):
     WRITING = b"INIT"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """A NamedTuple: immutable, and built cheaply on every GET."""
+
     replicas: tuple[str, ...]
     state: State = State.LIVE
     md5: str | None = None

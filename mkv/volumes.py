@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
+from mkv.headcheck import HeadChecker
 from mkv.httpclient import ClientResponse, Connection, Pool, VolumeError
 from mkv.placement import key2path
 
@@ -31,16 +32,17 @@ class Volumes:
 
     def __init__(self, write_timeout: float = 30.0) -> None:
         self.pool = Pool()
+        self.heads = HeadChecker()
         self.write_timeout = write_timeout
 
-    async def exists(self, replica: str, key: bytes, timeout: float | None) -> bool:
-        """True when the replica answers a HEAD for the key's file with 200."""
+    def exists_future(self, replica: str, key: bytes, timeout: float) -> asyncio.Future:
+        """A future of True when the replica answers a HEAD for the key's file with 200
+        within `timeout`, else False."""
         hostport, target = _target(replica, key)
-        try:
-            response = await self.pool.request(hostport, b"HEAD", target, timeout=timeout)
-        except VolumeError:
-            return False
-        return response.status == 200
+        return self.heads.found(hostport, target, timeout)
+
+    async def exists(self, replica: str, key: bytes, timeout: float) -> bool:
+        return await self.exists_future(replica, key, timeout)
 
     async def delete(self, replica: str, key: bytes) -> None:
         """Remove the key's file; a file already gone counts as removed."""
@@ -120,6 +122,7 @@ class Volumes:
 
     def close(self) -> None:
         self.pool.close()
+        self.heads.close()
 
 
 def _check_written(conn: Connection, response: ClientResponse) -> None:
