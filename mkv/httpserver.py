@@ -101,6 +101,9 @@ class HTTPConnection(FlowControlled):
         self._active: Request | None = None
         self._task: asyncio.Task | None = None
         self._started = 0.0
+        self._in_message = False
+        self._held = b""
+        self._extra_method = b""
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,17 +124,48 @@ class HTTPConnection(FlowControlled):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
+        if not self._in_message and self.server.extra_methods:
+            data = self._stand_in_for_extra_method(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "upgrade not supported")
+        except httptools.HttpParserInvalidMethodError:
+            self._reject(405, "method not allowed")
         except httptools.HttpParserError as e:
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._reject(431, "request header too large")
             else:
                 self._reject(400, f"malformed request: {e}")
 
+    def _stand_in_for_extra_method(self, data: bytes) -> bytes:
+        """Hide a method llhttp does not know (mkv's REPLACE, RELINK, REBALANCE) behind PUT.
+
+        llhttp rejects methods outside its fixed list, so a request that starts with one of
+        the server's extra methods is fed to it as PUT and the real name is kept aside. This
+        sees only requests that begin a read: one pipelined behind another in the same read
+        meets llhttp as it is and is answered 405, which closes the connection.
+        """
+        data = self._held + data
+        self._held = b""
+        space = data.find(b" ", 0, 16)
+        if space < 0:
+            if len(data) < 16 and any(m.startswith(data) for m in self.server.extra_methods):
+                self._held = data  # the method is not all here yet
+                return b""
+            return data
+        method = data[:space]
+        if method in self.server.extra_methods:
+            self._extra_method = method
+            return b"PUT" + data[space:]
+        return data
+
     # --- httptools callbacks ---
+    def on_message_begin(self) -> None:
+        self._in_message = True
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
@@ -156,7 +190,9 @@ class HTTPConnection(FlowControlled):
             body = Body(self, None if chunked else int(length), expect)  # type: ignore[arg-type]
         else:
             body = EMPTY
-        request = Request(self.parser.get_method(), path, query, headers, body, self.peer)
+        method = self._extra_method or self.parser.get_method()
+        self._extra_method = b""
+        request = Request(method, path, query, headers, body, self.peer)
         request.keep_alive = self.parser.should_keep_alive()
         self._url = b""
         self._headers = {}
@@ -172,6 +208,7 @@ class HTTPConnection(FlowControlled):
         self._parsing.body.feed(data)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         request = self._parsing
         self._parsing = None
         if request is not None and request.body is not EMPTY:
@@ -294,10 +331,12 @@ class HTTPConnection(FlowControlled):
 class HTTPServer:
     """Accepts connections for one handler; closes idle and stalled ones; shuts down gently."""
 
-    def __init__(self, handler: Handler, *, access_log: bool = False,
-                 idle_timeout: float = 60.0, read_timeout: float = 60.0) -> None:
+    def __init__(self, handler: Handler, *, extra_methods: tuple[bytes, ...] = (),
+                 access_log: bool = False, idle_timeout: float = 60.0,
+                 read_timeout: float = 60.0) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
+        self.extra_methods = extra_methods  # methods beyond llhttp's list the handler takes
         self.access_log = access_log
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout

@@ -28,6 +28,7 @@ log = logging.getLogger("mkv")
 LIST_MAX = 1_000_000  # keys in one listing without a limit
 PLACEMENT_CACHE = 1 << 16  # keys whose placement and path a GET remembers
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+EXTRA_METHODS = (b"REPLACE", b"RELINK", b"REBALANCE")  # mkv's own, unknown to llhttp
 _LISTINGS = {b"list": State.LIVE, b"unlinked": State.UNLINKED, b"writing": State.WRITING}
 
 
@@ -306,7 +307,7 @@ def serve(config: Config) -> int:
 async def _serve(config: Config, index: Index) -> None:
     volumes = Volumes(write_timeout=config.writetimeout)
     master = Master(config, index, volumes)
-    server = HTTPServer(master.handle, access_log=config.verbose)
+    server = HTTPServer(master.handle, extra_methods=EXTRA_METHODS, access_log=config.verbose)
     await server.start(None, config.port)
     print(f"mkv master listening on :{config.port}, volumes {','.join(config.volumes)}, "
           f"{config.replicas} replicas, {config.subvolumes} subvolumes", file=sys.stderr,
