@@ -217,7 +217,7 @@ class HTTPConnection(FlowControlled):
     # --- cycles ---
     def _start(self, request: Request) -> None:
         if self.server.access_log:
-            self._started = self.loop.time()
+            self._started = time.perf_counter()
         try:
             result = self.handler(request)
         except Exception:
@@ -302,7 +302,7 @@ class HTTPConnection(FlowControlled):
 
     def _finish(self, request: Request, status: int, keep_alive: bool) -> None:
         if self.server.access_log:
-            ms = (self.loop.time() - self._started) * 1000
+            ms = (time.perf_counter() - self._started) * 1000
             log.info("%s %s %d %.2fms", request.method.decode(), request.path.decode(
                 "utf-8", "replace"), status, ms)
         self._active = None

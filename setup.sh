@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up mkv on a Debian machine and either run a local cluster or run every test.
+#   bash setup.sh cluster   install what is missing, then 3 volumes (3001-3003, data in ./data)
+#                           and the master on 3000, in the foreground; Ctrl-C stops everything
+#   bash setup.sh test      install the same plus test dependencies, then run every test
+set -euo pipefail
+cd "$(dirname "$0")"
+mode=${1:-}
+case "$mode" in cluster|test) ;; *) echo "usage: bash setup.sh cluster|test" >&2; exit 2;; esac
+
+apt_install() {
+    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then apt_install nginx; fi
+if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3 python3-venv
+fi
+if [ "$mode" = test ] && ! command -v wrk >/dev/null; then apt_install wrk; fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+extras=""; [ "$mode" = test ] && extras="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+
+if [ "$mode" = test ]; then
+    .venv/bin/ruff check .
+    exec .venv/bin/python -m pytest -q "${@:2}"
+fi
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+for port in 3001 3002 3003; do
+    .venv/bin/mkv volume "data/volume$port" -port "$port" & pids+=($!)
+done
+.venv/bin/mkv -volumes localhost:3001,localhost:3002,localhost:3003 -db data/indexdb server &
+pids+=($!)
+wait -n
