@@ -183,9 +183,10 @@ class Master:
             return text(400, problem)
         if key in self.busy:
             return text(409, "another write or delete of this key is in progress")
-        return self._locked(key, self._write(key, req, replace))
+        return self.locked(key, self._write(key, req, replace))
 
-    async def _locked(self, key: bytes, work: Awaitable[Response]) -> Response:
+    async def locked(self, key: bytes, work: Awaitable[Response]) -> Response:
+        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`."""
         self.busy.add(key)
         try:
             return await work
@@ -194,32 +195,40 @@ class Master:
 
     async def _write(self, key: bytes, req: Request, replace: bool) -> Response:
         old = self.index.get(key)
-        overwrite = old is not None and old.state is State.LIVE
-        if overwrite and not replace:
+        if old is not None and old.state is State.LIVE and not replace:
             return text(403, "key exists: DELETE it first, or use REPLACE")
-        body = req.body
-        first = await body.read()
+        first = await req.body.read()
         if not first:
             return text(411, "empty body: a value needs at least one byte")
+        try:
+            await self.store(key, _chain(first, req.body), req.body.length, old)
+        except VolumeError as e:
+            return text(500, f"writing a replica failed: {e}")
+        return Response(201)
+
+    async def store(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
+                    old: Record | None) -> str | None:
+        """Write a value to today's replicas, in SPEC order; its md5 when -md5sum is on.
+
+        The caller holds the key's lock and has read `old`, the key's record. On a failed
+        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked.
+        """
         replicas = self.config.placement(key)
         stale = [r for r in old.replicas if r not in replicas] if old else []
         # crash safety: INIT first, so a cut-off write is never live. A live key being
         # replaced stays live: nginx renames each replica into place whole.
-        if not overwrite:
+        if old is None or old.state is not State.LIVE:
             self.index.put(key, Record(tuple(replicas), State.WRITING))
         try:
-            md5 = await self.volumes.write(replicas, key, _chain(first, body), body.length,
-                                           self.config.md5sum)
+            md5 = await self.volumes.write(replicas, key, chunks, length, self.config.md5sum)
         except (VolumeError, ClientGone) as e:
             # unlinked with every replica that may hold a file, so a later DELETE cleans up
             self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
-            if isinstance(e, ClientGone):
-                raise
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
-            return text(500, f"writing a replica failed: {e}")
+            raise
         self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
         await self._delete_files(stale, key)
-        return Response(201)
+        return md5
 
     def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
         record = self.index.get(key)
@@ -229,9 +238,10 @@ class Master:
             return text(403, "protected: UNLINK the key before DELETE")
         if key in self.busy:
             return text(409, "another write or delete of this key is in progress")
-        return self._locked(key, self._delete(key, record))
+        return self.locked(key, self.remove(key, record))
 
-    async def _delete(self, key: bytes, record: Record) -> Response:
+    async def remove(self, key: bytes, record: Record) -> Response:
+        """DELETE's work, under the key's lock: unlink, delete every replica, drop the record."""
         if record.state is not State.UNLINKED:
             self.index.put(key, record.with_state(State.UNLINKED))
         failed = await self._delete_files(record.replicas, key)
@@ -265,7 +275,7 @@ class Master:
             return Response(404)
         if key in self.busy:
             return text(409, "another write or delete of this key is in progress")
-        return self._locked(key, self._relink(key, record))
+        return self.locked(key, self._relink(key, record))
 
     async def _relink(self, key: bytes, record: Record) -> Response:
         # an unlinked record may be a failed write: only a complete one may come back
@@ -282,7 +292,7 @@ class Master:
             return Response(404)
         if key in self.busy:
             return text(409, "another write or delete of this key is in progress")
-        return self._locked(key, self._rebalance(key, record))
+        return self.locked(key, self._rebalance(key, record))
 
     async def _rebalance(self, key: bytes, record: Record) -> Response:
         try:
