@@ -13,6 +13,7 @@ whether nginx will close the connection.
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Callable
 
 from mkv.httpclient import Resolver
 
@@ -21,15 +22,22 @@ SWEEP_SECONDS = 0.02  # how late past its deadline a stuck check may be noticed
 
 
 class _Check:
-    __slots__ = ("hostport", "request", "future", "deadline", "retried")
+    """One HEAD in flight; `answer(found)` is called exactly once."""
 
-    def __init__(self, hostport: str, request: bytes, future: asyncio.Future,
+    __slots__ = ("hostport", "request", "callback", "deadline", "retried")
+
+    def __init__(self, hostport: str, request: bytes, callback: Callable[[bool], None],
                  deadline: float) -> None:
         self.hostport = hostport
         self.request = request
-        self.future = future
+        self.callback: Callable[[bool], None] | None = callback
         self.deadline = deadline
         self.retried = False
+
+    def answer(self, found: bool) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(found)
 
 
 def parse_head_answers(buffer: bytearray) -> list[tuple[int, bool]]:
@@ -89,9 +97,7 @@ class _Pipe(asyncio.Protocol):
             if not self.inflight:
                 self.abandon()
                 return
-            future = self.inflight.popleft().future
-            if not future.done():
-                future.set_result(status == 200)
+            self.inflight.popleft().answer(status == 200)
             if closes:
                 self.abandon()
                 return
@@ -123,15 +129,16 @@ class HeadChecker:
         self._sweeper: asyncio.TimerHandle | None = None
         self._resolver = Resolver()
 
-    def found(self, hostport: str, target: bytes, timeout: float) -> asyncio.Future:
-        """A future of whether HEAD `target` answers 200 within `timeout`; False when the
-        volume cannot be reached or is late."""
+    def ask(self, hostport: str, target: bytes, timeout: float,
+            callback: Callable[[bool], None]) -> None:
+        """Call `callback(found)`: whether HEAD `target` answers 200 within `timeout`; False
+        when the volume cannot be reached or is late. A plain callback, not a future: an
+        asyncio future with a done callback measured 3 µs, a fifth of an existing-key GET."""
         request = b"HEAD %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, hostport.encode())
-        check = _Check(hostport, request, self.loop.create_future(), self.loop.time() + timeout)
+        check = _Check(hostport, request, callback, self.loop.time() + timeout)
         self._send(check)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
-        return check.future
 
     def _send(self, check: _Check) -> None:
         hostport = check.hostport
@@ -156,8 +163,7 @@ class HeadChecker:
             pipe.closing = True
             self._forget(pipe)
             for check in pipe.inflight:
-                if not check.future.done():
-                    check.future.set_result(False)
+                check.answer(False)
 
     def _forget(self, pipe: _Pipe) -> None:
         hostport = self._hostport_of.pop(pipe, None)
@@ -166,10 +172,10 @@ class HeadChecker:
 
     def _retry(self, check: _Check) -> None:
         # nginx closes a keep-alive connection after keepalive_requests answers: ask once more
-        if check.future.done():
+        if check.callback is None:
             return
         if check.retried:
-            check.future.set_result(False)
+            check.answer(False)
             return
         check.retried = True
         self._send(check)
@@ -183,8 +189,7 @@ class HeadChecker:
                     stuck, pipe.inflight = pipe.inflight, deque()
                     pipe.abandon()
                     for check in stuck:
-                        if not check.future.done():
-                            check.future.set_result(False)
+                        check.answer(False)
         busy = any(pipe.inflight for pipes in self._pipes.values() for pipe in pipes)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if busy else None
 

@@ -5,13 +5,15 @@ delete it, list a directory. A replica is `host:port` or `host:port/svXX`.
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
 
 from mkv.headcheck import HeadChecker
 from mkv.httpclient import ClientResponse, Connection, Pool, VolumeError
 from mkv.placement import key2path
 
 
+@lru_cache(maxsize=4096)
 def split_replica(replica: str) -> tuple[str, str]:
     """`host:port/sv01` → (`host:port`, `/sv01`)."""
     hostport, slash, subvolume = replica.partition("/")
@@ -35,14 +37,18 @@ class Volumes:
         self.heads = HeadChecker()
         self.write_timeout = write_timeout
 
-    def exists_future(self, replica: str, key: bytes, timeout: float) -> asyncio.Future:
-        """A future of True when the replica answers a HEAD for the key's file with 200
-        within `timeout`, else False."""
-        hostport, target = _target(replica, key)
-        return self.heads.found(hostport, target, timeout)
+    def ask_exists(self, replica: str, path: str, timeout: float,
+                   callback: Callable[[bool], None]) -> None:
+        """Call `callback(True)` when the replica answers a HEAD for `path` (a key2path)
+        with 200 within `timeout`, else `callback(False)`."""
+        hostport, subvolume = split_replica(replica)
+        self.heads.ask(hostport, (subvolume + path).encode(), timeout, callback)
 
     async def exists(self, replica: str, key: bytes, timeout: float) -> bool:
-        return await self.exists_future(replica, key, timeout)
+        """True when the replica has the key's file (a HEAD answers 200 within `timeout`)."""
+        found = asyncio.get_running_loop().create_future()
+        self.ask_exists(replica, key2path(key), timeout, found.set_result)
+        return await found
 
     async def delete(self, replica: str, key: bytes) -> None:
         """Remove the key's file; a file already gone counts as removed."""
