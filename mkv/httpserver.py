@@ -110,7 +110,8 @@ class HTTPConnection(FlowControlled):
         self.handler = server.handler
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
-        self.last_activity = 0.0
+        self.heard = True  # data arrived since the server's last sweep
+        self.last_heard = 0.0
         # the request being parsed, and the cycles waiting to run (pipelining)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
@@ -129,7 +130,7 @@ class HTTPConnection(FlowControlled):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
-        self.last_activity = self.loop.time()
+        self.last_heard = self.loop.time()
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -142,7 +143,7 @@ class HTTPConnection(FlowControlled):
         self._wake_drain(gone)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
+        self.heard = True
         if not self._in_message and self.server.extra_methods:
             data = self._stand_in_for_extra_method(data)
             if not data:
@@ -277,7 +278,7 @@ class HTTPConnection(FlowControlled):
             self._respond(request, response)
 
     def _head(self, response: Response, keep_alive: bool) -> bytes:
-        date = self.server.date_header()
+        date = self.server.date
         return response.encoded_head() + (date if keep_alive else date + b"Connection: close\r\n")
 
     def _keep_alive(self, request: Request) -> bool:
@@ -357,15 +358,7 @@ class HTTPServer:
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._date_second = 0
-        self._date = b""
-
-    def date_header(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second = now
-            self._date = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
-        return self._date
+        self.date = b""  # the Date header line, renewed every second by the sweeper
 
     async def start(self, host: str | None, port: int) -> None:
         self._server = await self.loop.create_server(
@@ -373,15 +366,21 @@ class HTTPServer:
         self._sweep()
 
     def _sweep(self) -> None:
-        """Close connections idle past idle_timeout, or stalled mid-request past read_timeout."""
+        """Renew the Date; close connections idle past idle_timeout, or stalled mid-request
+        past read_timeout. Runs every second, so connections only raise a flag when heard."""
+        self.date = f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode()
         now = self.loop.time()
         for conn in list(self.connections):
-            quiet = now - conn.last_activity
+            if conn.heard:
+                conn.heard = False
+                conn.last_heard = now
+                continue
+            quiet = now - conn.last_heard
             if conn._active is not None:
                 continue  # the application owns it; its own timeouts apply
-            if conn._parsing is not None and quiet > self.read_timeout:
+            if conn._in_message and quiet > self.read_timeout:
                 conn._reject(408, "request timeout")
-            elif conn._parsing is None and quiet > self.idle_timeout:
+            elif not conn._in_message and quiet > self.idle_timeout:
                 conn.close()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
