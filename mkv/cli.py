@@ -1,5 +1,6 @@
 """The command line: Go mkv's flags (one or two dashes, `-f v` or `-f=v`, anywhere) → calls."""
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -32,6 +33,19 @@ def _bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _orphans(text: str) -> str:
+    if text not in ("keep", "delete"):
+        raise ValueError("must be keep or delete")
+    return text
+
+
 FLAGS: dict[str, Flag] = {
     "db": Flag("db", str, "Path to leveldb"),
     "volumes": Flag("volumes", _volumes, "Volumes to use for storage, comma separated"),
@@ -47,11 +61,23 @@ FLAGS: dict[str, Flag] = {
                          "A volume taking no part of a write for this long fails it (default 30s)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+    "concurrency": Flag("concurrency", _positive,
+                        "rebuild/rebalance/verify/repair: keys or listings in flight (default 16)"),
+    "checksum": Flag("checksum", None, "rebuild/verify/repair: read every value and check "
+                     "(verify, repair) or restore (rebuild) its md5"),
+    "orphans": Flag("orphans", _orphans,
+                    "repair: keep or delete files that no record claims (default keep)"),
+    "grace": Flag("grace", parse_duration, "repair: leave orphans and INIT records younger "
+                  "than this alone (default 1h)"),
 }
 
 
 class UsageError(Exception):
     pass
+
+
+class HelpRequested(Exception):
+    """-h or -help: print the usage and exit 0, as Go's flag package does."""
 
 
 def usage() -> str:
@@ -71,20 +97,23 @@ def parse_args(argv: list[str]) -> tuple[Config, list[str], set[str]]:
             positional.append(arg)
             continue
         name, eq, value = arg.lstrip("-").partition("=")
+        if name in ("h", "help"):
+            raise HelpRequested
         flag = FLAGS.get(name)
         if flag is None:
             raise UsageError(f"flag provided but not defined: -{name}")
         if flag.parse is None:
-            parsed: object = _bool(value) if eq else True
+            parse, value = _bool, value if eq else "true"
         else:
+            parse = flag.parse
             if not eq:
                 value = next(args, None)
                 if value is None:
                     raise UsageError(f"flag needs an argument: -{name}")
-            try:
-                parsed = flag.parse(value)
-            except ValueError as e:
-                raise UsageError(f"invalid value {value!r} for flag -{name}: {e}") from None
+        try:
+            parsed: object = parse(value)
+        except ValueError as e:
+            raise UsageError(f"invalid value {value!r} for flag -{name}: {e}") from None
         setattr(config, flag.field, parsed)
         given.add(name)
     return config, positional, given
@@ -119,8 +148,14 @@ def _server(config: Config) -> int:
     return serve(config)
 
 
+def _offline(name: str) -> Callable[[Config], int]:
+    """An offline command: `main` of the module of that name, imported when run."""
+    return lambda config: importlib.import_module(f"mkv.{name}").main(config)
+
+
 CLUSTER_COMMANDS: dict[str, Callable[[Config], int]] = {
     "server": _server,
+    **{name: _offline(name) for name in ("rebuild", "rebalance", "verify", "repair")},
 }
 
 
@@ -131,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{e}\n{usage()}", file=sys.stderr, end="")
         return 2
+    except HelpRequested:
+        print(usage(), file=sys.stderr, end="")
+        return 0
     if not positional:
         print(usage(), file=sys.stderr, end="")
         return 2

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 from mkv.placement import key2volume, placement_key
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+                   "m": 60.0, "h": 3600.0}  # micro: Go takes both the micro sign and Greek mu
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 
 
 def parse_duration(text: str) -> float:
@@ -39,6 +40,11 @@ class Config:
     writetimeout: float = 30.0
     verbose: bool = False
     vdir_colocation: bool = False
+    # offline operations (rebuild, rebalance, verify, repair)
+    concurrency: int = 16
+    checksum: bool = False
+    orphans: str = "keep"
+    grace: float = 3600.0
 
     def placement(self, key: bytes) -> list[str]:
         """Today's replicas for `key`."""

@@ -201,9 +201,16 @@ class Master:
             return text(409, "another write or delete of this key is in progress")
         return self.locked(key, self._write(key, req, replace))
 
-    async def locked(self, key: bytes, work: Awaitable[Response]) -> Response:
-        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`."""
+    def locked(self, key: bytes, work: Awaitable[Response]) -> Awaitable[Response]:
+        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`.
+
+        The lock is taken now, not when the coroutine first runs: requests parsed in the
+        same event-loop turn would otherwise all pass the check.
+        """
         self.busy.add(key)
+        return self._release_after(key, work)
+
+    async def _release_after(self, key: bytes, work: Awaitable[Response]) -> Response:
         try:
             return await work
         finally:
