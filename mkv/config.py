@@ -38,6 +38,8 @@ class Config:
     md5sum: bool = True
     voltimeout: float = 1.0
     writetimeout: float = 30.0
+    idletimeout: float = 60.0
+    readtimeout: float = 30.0
     verbose: bool = False
     vdir_colocation: bool = False
     # offline operations (rebuild, rebalance, verify, repair)

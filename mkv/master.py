@@ -340,7 +340,8 @@ def serve(config: Config) -> int:
 async def _serve(config: Config, index: Index) -> None:
     volumes = Volumes(write_timeout=config.writetimeout)
     master = Master(config, index, volumes)
-    server = HTTPServer(master.handle, extra_methods=EXTRA_METHODS, access_log=config.verbose)
+    server = HTTPServer(master.handle, extra_methods=EXTRA_METHODS, access_log=config.verbose,
+                        idle_timeout=config.idletimeout, read_timeout=config.readtimeout)
     await server.start(None, config.port)
     print(f"mkv master listening on :{config.port}, volumes {','.join(config.volumes)}, "
           f"{config.replicas} replicas, {config.subvolumes} subvolumes", file=sys.stderr,
