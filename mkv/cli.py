@@ -63,6 +63,12 @@ FLAGS: dict[str, Flag] = {
                         "Close a client connection idle this long (default 60s)"),
     "readtimeout": Flag("readtimeout", parse_duration,
                         "Close a client that stalls this long within a request (default 30s)"),
+    "secret": Flag("secret", str, "Shared secret for writes to volumes (better: $MKV_SECRET); "
+                   "volumes refuse PUT/DELETE without it"),
+    "signedreads": Flag("signedreads", None, "Volumes serve reads only through URLs the master "
+                        "signed (needs the secret)"),
+    "signexpiry": Flag("signexpiry", parse_duration,
+                       "How long a signed read URL works (default 1m)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
     "concurrency": Flag("concurrency", _positive,
@@ -136,6 +142,16 @@ def _check_cluster(config: Config) -> str | None:
     return None
 
 
+def _check_secret(config: Config) -> str | None:
+    from mkv.security import secret_problem
+
+    if config.secret:
+        return secret_problem(config.secret)
+    if config.signedreads:
+        return "-signedreads needs the shared secret: -secret or $MKV_SECRET"
+    return None
+
+
 def _volume(config: Config, positional: list[str], given: set[str]) -> int:
     from mkv.nginx import run_volume
 
@@ -143,7 +159,7 @@ def _volume(config: Config, positional: list[str], given: set[str]) -> int:
         print("mkv volume: give the data directory: mkv volume DIR [-port N]", file=sys.stderr)
         return 2
     port = config.port if "port" in given else int(os.environ.get("PORT", "3001"))
-    return run_volume(positional[1], port)
+    return run_volume(positional[1], port, config.secret, config.signedreads)
 
 
 def _server(config: Config) -> int:
@@ -175,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not positional:
         print(usage(), file=sys.stderr, end="")
+        return 2
+    config.secret = config.secret or os.environ.get("MKV_SECRET", "")
+    problem = _check_secret(config)
+    if problem:
+        print(f"mkv: {problem}", file=sys.stderr)
         return 2
     command = positional[0]
     if command == "volume":

@@ -150,6 +150,10 @@ class Body:
         self._continue = False
         self._conn.resume_reading(self)
 
+    def abort(self) -> None:
+        """Close the connection this body arrives on: its reader will not finish it."""
+        self._conn.close()
+
 
 
 

@@ -121,8 +121,9 @@ class _Pipe(asyncio.Protocol):
 class HeadChecker:
     """HEAD requests to volumes over a few pipelined connections per `host:port`."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: bytes = b"") -> None:
         self.loop = asyncio.get_running_loop()
+        self.headers = headers  # sent with every HEAD
         self._pipes: dict[str, list[_Pipe]] = {}
         self._turn = 0
         self._hostport_of: dict[_Pipe, str] = {}
@@ -134,7 +135,8 @@ class HeadChecker:
         """Call `callback(found)`: whether HEAD `target` answers 200 within `timeout`; False
         when the volume cannot be reached or is late. A plain callback, not a future: an
         asyncio future with a done callback measured 3 µs, a fifth of an existing-key GET."""
-        request = b"HEAD %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, hostport.encode())
+        request = b"HEAD %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+            target, hostport.encode(), self.headers)
         check = _Check(hostport, request, callback, self.loop.time() + timeout)
         self._send(check)
         if self._sweeper is None:

@@ -138,8 +138,8 @@ class Connection(FlowControlled):
         self._received = False
         if timeout:
             self.pool._watch(self, timeout)
-        self.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n%s" % (
-            method, target, self.hostport.encode(), headers, body))
+        self.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n%s" % (
+            method, target, self.hostport.encode(), self.pool.headers, headers, body))
         return self._future
 
     def upload_done(self) -> None:
@@ -196,8 +196,9 @@ class Resolver:
 class Pool:
     """Idle connections per `host:port`, reused for at most IDLE_REUSE_SECONDS of idleness."""
 
-    def __init__(self, connect_timeout: float = 5.0) -> None:
+    def __init__(self, headers: bytes = b"", connect_timeout: float = 5.0) -> None:
         self.loop = asyncio.get_running_loop()
+        self.headers = headers  # sent with every request
         self.connect_timeout = connect_timeout
         self._idle: defaultdict[str, list[Connection]] = defaultdict(list)
         self._resolver = Resolver()

@@ -21,6 +21,7 @@ from mkv.index import Index
 from mkv.placement import key2path, storable
 from mkv.rebalance import RebalanceError, rebalance_key
 from mkv.record import Record, State
+from mkv.security import signed_location
 from mkv.volumes import Volumes
 
 log = logging.getLogger("mkv")
@@ -67,22 +68,16 @@ async def _chain(first: bytes, body: Body) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _redirect(replica: str, path: str, headers: list[tuple[str, str]]) -> Response:
-    headers.append(("Location", f"http://{replica}{path}"))
-    return Response(302, headers)
-
-
 class _CheckedRedirect:
     """Asks replicas in turn whether they have the file; resolves to the redirect to the
     first that does, or 410. Callbacks rather than a coroutine: a task per GET cost ~5%
     of the master's CPU in the existing-key benchmark (bench/)."""
 
-    __slots__ = ("volumes", "timeout", "path", "order", "headers", "replica", "answer")
+    __slots__ = ("master", "path", "order", "headers", "replica", "answer")
 
-    def __init__(self, volumes: Volumes, timeout: float, path: str, order: list[str],
+    def __init__(self, master: "Master", path: str, order: list[str],
                  headers: list[tuple[str, str]]) -> None:
-        self.volumes = volumes
-        self.timeout = timeout
+        self.master = master
         self.path = path
         self.order = order
         self.headers = headers
@@ -91,11 +86,12 @@ class _CheckedRedirect:
 
     def ask(self) -> None:
         self.replica = self.order.pop()
-        self.volumes.ask_exists(self.replica, self.path, self.timeout, self.answered)
+        self.master.volumes.ask_exists(self.replica, self.path, self.master.config.voltimeout,
+                                       self.answered)
 
     def answered(self, found: bool) -> None:
         if found:
-            self.answer.resolve(_redirect(self.replica, self.path, self.headers))
+            self.answer.resolve(self.master.redirect(self.replica, self.path, self.headers))
         elif self.order:
             self.ask()
         else:
@@ -151,7 +147,7 @@ class Master:
             headers.append(("Content-Md5", record.md5))
         path = self.key2path(key)
         if self.config.voltimeout == 0:  # the operator chose to skip the check
-            return _redirect(random.choice(record.replicas), path, headers)
+            return self.redirect(random.choice(record.replicas), path, headers)
         return self._checked_redirect(path, record.replicas, headers)
 
     def _checked_redirect(self, path: str, replicas: tuple[str, ...],
@@ -160,10 +156,20 @@ class Master:
         # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle)
         first = int(random.random() * len(replicas))
         order = list(replicas[first + 1:] + replicas[:first + 1])
-        check = _CheckedRedirect(self.volumes, self.config.voltimeout, path, order, headers)
+        check = _CheckedRedirect(self, path, order, headers)
         check.ask()
         return check.answer
 
+
+    def redirect(self, replica: str, path: str, headers: list[tuple[str, str]]) -> Response:
+        """The 302 to `path` on `replica`, signed when volumes want signed reads."""
+        config = self.config
+        if config.signedreads:
+            location = signed_location(replica, path, config.secret, config.signexpiry)
+        else:
+            location = f"http://{replica}{path}"
+        headers.append(("Location", location))
+        return Response(302, headers)
 
     def listing(self, prefix: bytes, req: Request, state: State) -> Response:
         params = parse_qs(req.query.decode(errors="replace"))
@@ -338,7 +344,7 @@ def serve(config: Config) -> int:
 
 
 async def _serve(config: Config, index: Index) -> None:
-    volumes = Volumes(write_timeout=config.writetimeout)
+    volumes = Volumes.for_config(config)
     master = Master(config, index, volumes)
     server = HTTPServer(master.handle, extra_methods=EXTRA_METHODS, access_log=config.verbose,
                         idle_timeout=config.idletimeout, read_timeout=config.readtimeout)

@@ -30,12 +30,17 @@ OPEN_FILES = 16384  # worker_connections plus an open file per connection, with 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # before any fork
 
 
-def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | None = None) -> str:
+def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | None = None,
+                  secret: str = "", signed_reads: bool = False) -> str:
     """The nginx.conf text for a volume serving data_dir on port (pure).
 
     Every path is relative to nginx's prefix, `data_dir/.mkv` (given to nginx with -p), so no
     character in data_dir needs quoting. ipv6 adds a `[::]` listener; user sets the worker user
     (needed when nginx starts as root, or the workers run as nobody).
+
+    With a secret, PUT and DELETE need the master's `X-Mkv-Secret` header (403 otherwise);
+    with signed_reads, so do GET and HEAD unless their URL carries a valid secure_link
+    signature (see mkv/security.py).
 
     Raises ValueError if data_dir holds a `$`: nginx expands the prefix into `root` and would read
     it as a variable, and nginx has no way to escape one.
@@ -76,6 +81,7 @@ def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | 
         # No open_file_cache: a HEAD right after a DELETE must already say 404.
         temp_paths,
         "",
+        *_access_rules(secret, signed_reads),
         "    server {",
         f"        listen {listen_opts};",
         *([f"        listen [::]:{listen_opts};"] if ipv6 else []),
@@ -88,6 +94,11 @@ def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | 
         "            client_max_body_size 0;",
         "            autoindex on;",
         "            autoindex_format json;",
+        *(["            secure_link $arg_md5,$arg_expires;",
+           f'            secure_link_md5 "$secure_link_expires$uri {secret}";']
+          if secret and signed_reads else []),
+        *(["            if ($mkv_denied) {", "                return 403;", "            }"]
+          if secret else []),
         "        }",
         "",
         # autoindex hides it, but a GET, PUT or DELETE could still reach our own files.
@@ -98,6 +109,26 @@ def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | 
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _access_rules(secret: str, signed_reads: bool) -> list[str]:
+    """`$mkv_denied` is 1 for a request the volume must refuse: one without the master's
+    secret that writes, or (signed_reads) that reads without a valid signature."""
+    if not secret:
+        return []
+    reads = '"~^0:(GET|HEAD):1$" 0;' if signed_reads else '"~^0:(GET|HEAD):" 0;'
+    return [
+        "    map $http_x_mkv_secret $mkv_from_master {",
+        "        default 0;",
+        f'        "{secret}" 1;',
+        "    }",
+        "    map $mkv_from_master:$request_method:$secure_link $mkv_denied {",
+        "        default 1;",
+        '        "~^1:" 0;',
+        f"        {reads}",
+        "    }",
+        "",
+    ]
 
 
 def find_nginx() -> str | None:
@@ -153,21 +184,24 @@ def _die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def prepare(data_dir: Path, port: int) -> Path:
+def prepare(data_dir: Path, port: int, secret: str = "", signed_reads: bool = False) -> Path:
     """Create data_dir's state dirs and write its nginx config; return the config's path."""
     user = "root" if os.geteuid() == 0 else None  # as root nginx would run workers as nobody
-    text = render_config(data_dir, port, ipv6=probe_port(port), user=user)
+    text = render_config(data_dir, port, ipv6=probe_port(port), user=user, secret=secret,
+                         signed_reads=signed_reads)
     state = data_dir / STATE_DIR
     for name in TEMP_DIRS:
         (state / "tmp" / name).mkdir(parents=True, exist_ok=True)
     conf = state / "nginx.conf"
     partial = state / "nginx.conf.partial"
+    partial.touch(mode=0o600)  # it may hold the secret
+    partial.chmod(0o600)
     partial.write_text(text)
     partial.replace(conf)  # a crash never leaves half a config
     return conf
 
 
-def run_volume(data_dir: str, port: int) -> int:
+def run_volume(data_dir: str, port: int, secret: str = "", signed_reads: bool = False) -> int:
     """Serve data_dir on port with nginx in the foreground until it exits or we are signalled.
 
     The first SIGTERM/SIGINT/SIGHUP asks nginx for a graceful stop (SIGQUIT), a second one for a
@@ -181,7 +215,7 @@ def run_volume(data_dir: str, port: int) -> int:
         return 2
     root = Path(data_dir).absolute()
     try:
-        conf = prepare(root, port)
+        conf = prepare(root, port, secret, signed_reads)
     except PortInUse as e:
         print(f"mkv volume: port {port} is in use ({e})", file=sys.stderr)
         return 1

@@ -8,9 +8,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
+from mkv.config import Config
 from mkv.headcheck import HeadChecker
 from mkv.httpclient import ClientResponse, Connection, Pool, VolumeError
 from mkv.placement import key2path
+from mkv.security import SECRET_HEADER
 
 
 @lru_cache(maxsize=4096)
@@ -32,10 +34,16 @@ def _target(replica: str, key: bytes) -> tuple[str, bytes]:
 class Volumes:
     """Calls to volumes over one keep-alive pool."""
 
-    def __init__(self, write_timeout: float = 30.0) -> None:
-        self.pool = Pool()
-        self.heads = HeadChecker()
+    def __init__(self, write_timeout: float = 30.0, secret: str = "") -> None:
+        # every request to a volume carries the secret when there is one
+        headers = f"{SECRET_HEADER}: {secret}\r\n".encode() if secret else b""
+        self.pool = Pool(headers)
+        self.heads = HeadChecker(headers)
         self.write_timeout = write_timeout
+
+    @classmethod
+    def for_config(cls, config: Config) -> "Volumes":
+        return cls(config.writetimeout, config.secret)
 
     def ask_exists(self, replica: str, path: str, timeout: float,
                    callback: Callable[[bool], None]) -> None:
@@ -75,7 +83,39 @@ class Volumes:
             return []
         if response.status != 200:
             raise VolumeError(f"listing {hostport}{path}: status {response.status}")
-        return json.loads(response.body)  # type: ignore[arg-type]
+        # nginx writes a file name's bytes as they are, which need not be UTF-8
+        return json.loads(response.body.decode("utf-8", "surrogateescape"))  # type: ignore[union-attr]
+
+    async def delete_path(self, replica: str, path: str) -> None:
+        """Remove the file at `path` (percent-encoded) under the replica; gone already is fine.
+
+        For files that are not at a key's path, such as orphans with undecodable names.
+        """
+        hostport, subvolume = split_replica(replica)
+        response = await self.pool.request(hostport, b"DELETE", (subvolume + path).encode(),
+                                           timeout=self.write_timeout)
+        if response.status not in (200, 204, 404):
+            raise VolumeError(f"DELETE {replica}{path}: status {response.status}")
+
+    async def chunks(self, response: ClientResponse) -> AsyncIterator[bytes]:
+        """The body of a response from `open`, chunk by chunk, each within the write timeout.
+
+        Left unfinished (a failure, a reader that stops early) it closes the connection,
+        which cannot be reused with a body half read. Use it under `contextlib.aclosing`.
+        """
+        body = response.body
+        try:
+            while True:
+                async with asyncio.timeout(self.write_timeout):
+                    chunk = await body.read()  # type: ignore[union-attr]
+                if not chunk:
+                    return
+                yield chunk
+        except TimeoutError:
+            raise VolumeError(f"a volume stalled for {self.write_timeout}s mid-body") from None
+        finally:
+            if not body.complete:  # type: ignore[union-attr]
+                body.abort()  # type: ignore[union-attr]
 
     async def write(self, replicas: list[str], key: bytes, body: AsyncIterator[bytes],
                     length: int | None, md5: bool) -> str | None:
