@@ -62,6 +62,7 @@ class Connection(FlowControlled):
         self._future: asyncio.Future | None = None
         self._stream = False
         self._uploading = False
+        self._unsent_head = b""  # an upload's request head, sent with its first body bytes
         self._received = False
         self._head_callbacks = _HeadCallbacks(self)
         self.deadline = 0.0
@@ -138,11 +139,22 @@ class Connection(FlowControlled):
         self._received = False
         if timeout:
             self.pool._watch(self, timeout)
-        self.write(b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n%s" % (
-            method, target, self.hostport.encode(), self.pool.headers, headers, body))
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n" % (
+            method, target, self.hostport.encode(), self.pool.headers, headers)
+        if upload:  # one system call for head and first chunk: a small PUT is one write
+            self._unsent_head = head
+        else:
+            self.write(head + body)
         return self._future
 
+    def write(self, data: bytes) -> None:
+        if self._unsent_head:
+            data, self._unsent_head = self._unsent_head + data, b""
+        super().write(data)
+
     def upload_done(self) -> None:
+        if self._unsent_head:
+            self.write(b"")
         self._uploading = False
         if self._parser is None:  # the answer came before the body was all sent
             self.close()

@@ -127,12 +127,8 @@ class Volumes:
         """
         conns: list[Connection] = []
         try:
-            for result in await asyncio.gather(
-                    *(self.pool.connection(split_replica(r)[0]) for r in replicas),
-                    return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
-                conns.append(result)
+            for replica in replicas:  # idle connections almost always: no task to gather
+                conns.append(await self.pool.connection(split_replica(replica)[0]))
             framing = (b"Content-Length: %d\r\n" % length if length is not None
                        else b"Transfer-Encoding: chunked\r\n")
             answers = [conn.send(b"PUT", _target(r, key)[1], framing, upload=True)
