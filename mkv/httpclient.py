@@ -37,16 +37,6 @@ class ClientResponse:
         self._chunks: list[bytes] = []
 
 
-class _HeadCallbacks:
-    """Parser callbacks for a HEAD answer: only the end of its headers matters, so none of
-    nginx's header lines costs a Python call."""
-
-    __slots__ = ("on_headers_complete",)
-
-    def __init__(self, conn: "Connection") -> None:
-        self.on_headers_complete = conn._head_complete
-
-
 class Connection(FlowControlled):
     """One keep-alive connection; one exchange at a time."""
 
@@ -64,7 +54,8 @@ class Connection(FlowControlled):
         self._uploading = False
         self._unsent_head = b""  # an upload's request head, sent with its first body bytes
         self._received = False
-        self._head_callbacks = _HeadCallbacks(self)
+        self._head = False
+        self._timeout = 0.0
         self.deadline = 0.0
 
     # --- asyncio.Protocol ---
@@ -94,21 +85,20 @@ class Connection(FlowControlled):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._response.headers[name.lower()] = value
 
-    def _head_complete(self) -> None:
-        response = self._response
-        response.status = self._parser.get_status_code()  # type: ignore[union-attr]
-        self._done(response, self._parser.should_keep_alive())  # type: ignore[union-attr]
-
     def on_headers_complete(self) -> None:
         response = self._response
         response.status = self._parser.get_status_code()  # type: ignore[union-attr]
-        if self._stream:
+        if self._head:  # the answer ends here, whatever Content-Length announces
+            self._done(response, self._parser.should_keep_alive())  # type: ignore[union-attr]
+        elif self._stream:
             length = response.headers.get(b"content-length")
             response.body = Body(self, int(length) if length is not None else None, False)
-            self._resolve(response)
+            self._resolve(response, done=False)
 
     def on_body(self, data: bytes) -> None:
         if self._stream:
+            if self._timeout:  # a streamed body must keep coming
+                self.deadline = self.loop.time() + self._timeout
             self._response.body.feed(data)  # type: ignore[union-attr]
         else:
             self._response._chunks.append(data)
@@ -130,8 +120,9 @@ class Connection(FlowControlled):
         With `upload`, the caller then writes the body and calls `upload_done()`.
         """
         # a fresh parser each time: after a HEAD, httptools would wait for the body it announced
-        self._parser = httptools.HttpResponseParser(
-            self._head_callbacks if method == b"HEAD" else self)
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = method == b"HEAD"
+        self._timeout = timeout or 0.0
         self._response = ClientResponse()
         self._future = self.loop.create_future()
         self._stream = stream
@@ -163,8 +154,9 @@ class Connection(FlowControlled):
         self._fail(VolumeTimeout(f"{self.hostport} did not answer in time"))
         self.close()
 
-    def _resolve(self, response: ClientResponse) -> None:
-        self.pool._timed.discard(self)
+    def _resolve(self, response: ClientResponse, done: bool = True) -> None:
+        if done:
+            self.pool._timed.discard(self)
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(response)
@@ -180,6 +172,10 @@ class Connection(FlowControlled):
 
     def _done(self, response: ClientResponse, keep_alive: bool) -> None:
         self._parser = None
+        if self._paused_for:  # a body's reader paused us; the next exchange must be read
+            self._paused_for.clear()
+            if not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
         self._resolve(response)
         if keep_alive and not self._uploading and not self.closed:
             self.pool._release(self)
@@ -227,7 +223,10 @@ class Pool:
     def _sweep(self) -> None:
         now = self.loop.time()
         for conn in [c for c in self._timed if c.deadline <= now]:
-            conn._timed_out()
+            if conn._paused_for:  # waiting on our reader, not on the volume
+                conn.deadline = now + conn._timeout
+            else:
+                conn._timed_out()
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if self._timed else None
 
     async def connection(self, hostport: str) -> Connection:

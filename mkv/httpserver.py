@@ -37,7 +37,7 @@ _STATUS_LINES = {
 class Request:
     """One request: method and path as bytes, headers with lower-case names, a streamed body."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "peer", "keep_alive")
+    __slots__ = ("method", "path", "query", "headers", "body", "peer", "keep_alive", "http10")
 
     def __init__(self, method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes],
                  body: "Body", peer: str) -> None:
@@ -48,6 +48,7 @@ class Request:
         self.body = body
         self.peer = peer
         self.keep_alive = True
+        self.http10 = False
 
 
 class Response:
@@ -86,18 +87,31 @@ class Pending:
     measured 3 µs, a fifth of an existing-key GET.
     """
 
-    __slots__ = ("_deliver",)
+    __slots__ = ("_deliver", "_response")
 
     def __init__(self) -> None:
         self._deliver: Callable[[Response], None] | None = None
+        self._response: Response | None = None  # resolved before anyone waited
 
     def resolve(self, response: Response) -> None:
         deliver, self._deliver = self._deliver, None
-        if deliver is not None:
+        if deliver is None:
+            self._response = response
+        else:
             deliver(response)
+
+    def then(self, deliver: Callable[[Response], None]) -> None:
+        if self._response is not None:
+            deliver(self._response)
+        else:
+            self._deliver = deliver
 
 
 Handler = Callable[[Request], "Response | Pending | Awaitable[Response]"]
+
+
+async def _ready(response: Response) -> Response:
+    return response
 
 
 class HTTPConnection(FlowControlled):
@@ -115,13 +129,15 @@ class HTTPConnection(FlowControlled):
         # the request being parsed, and the cycles waiting to run (pipelining)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._header_bytes = 0
+        self._header_bytes = 0  # the request line's and headers' own bytes
+        self._head_read = 0  # bytes read while the head is incomplete
         self._parsing: Request | None = None
         self._pending: deque[Request] = deque()
         self._active: Request | None = None
         self._task: asyncio.Task | None = None
         self._started = 0.0
         self._in_message = False
+        self._upgraded = False
         self._held = b""
         self._extra_method = b""
 
@@ -148,17 +164,28 @@ class HTTPConnection(FlowControlled):
             data = self._stand_in_for_extra_method(data)
             if not data:
                 return
+        if self._parsing is None:  # a head still arriving: a line that never ends counts too
+            self._head_read += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(400, "upgrade not supported")
+            # the request itself was read and dispatched: answer it, then close, as the
+            # bytes after it belong to a protocol we do not speak
+            self._upgraded = True
+            if self._active is None:
+                self.close()
+            return
         except httptools.HttpParserInvalidMethodError:
             self._reject(405, "method not allowed")
+            return
         except httptools.HttpParserError as e:
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._reject(431, "request header too large")
             else:
                 self._reject(400, f"malformed request: {e}")
+            return
+        if self._parsing is None and self._head_read > MAX_HEADER_BYTES:
+            self._reject(431, "request header too large")
 
     def _stand_in_for_extra_method(self, data: bytes) -> bytes:
         """Hide a method llhttp does not know (mkv's REPLACE, RELINK, REBALANCE) behind PUT.
@@ -189,16 +216,14 @@ class HTTPConnection(FlowControlled):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("header too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("header too large")
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("header too large")
         headers = self._headers
         path, _, query = self._url.partition(b"?")
         length = headers.get(b"content-length")
@@ -214,9 +239,10 @@ class HTTPConnection(FlowControlled):
         self._extra_method = b""
         request = Request(method, path, query, headers, body, self.peer)
         request.keep_alive = self.parser.should_keep_alive()
+        request.http10 = self.parser.get_http_version() == "1.0"
         self._url = b""
         self._headers = {}
-        self._header_bytes = 0
+        self._header_bytes = self._head_read = 0
         self._parsing = request
         if self._active is None and not self._pending:
             self._start(request)
@@ -247,7 +273,7 @@ class HTTPConnection(FlowControlled):
             self._respond(request, result)
         elif isinstance(result, Pending):  # the cheap way to wait: no task, no future
             self._active = request
-            result._deliver = self._deliver
+            result.then(self._deliver)
         else:
             self._active = request
             self._task = self.loop.create_task(self._run(request, result))
@@ -274,15 +300,23 @@ class HTTPConnection(FlowControlled):
 
     def _deliver(self, response: Response) -> None:
         request = self._active
-        if request is not None and not self.closed:
+        if request is None or self.closed:
+            return
+        if isinstance(response.body, bytes):
             self._respond(request, response)
+        else:
+            self._task = self.loop.create_task(self._run(request, _ready(response)))
 
-    def _head(self, response: Response, keep_alive: bool) -> bytes:
+    def _head(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         date = self.server.date
-        return response.encoded_head() + (date if keep_alive else date + b"Connection: close\r\n")
+        if not keep_alive:
+            return response.encoded_head() + date + b"Connection: close\r\n"
+        if request.http10:  # HTTP/1.0 closes by default: say it stays open
+            return response.encoded_head() + date + b"Connection: keep-alive\r\n"
+        return response.encoded_head() + date
 
     def _keep_alive(self, request: Request) -> bool:
-        if not request.keep_alive or self.server.closing:
+        if not request.keep_alive or self.server.closing or self._upgraded:
             return False
         body = request.body
         if body is EMPTY:
@@ -299,19 +333,25 @@ class HTTPConnection(FlowControlled):
     def _respond(self, request: Request, response: Response) -> None:
         keep_alive = self._keep_alive(request)
         body = response.body
-        head = self._head(response, keep_alive)
+        head = self._head(request, response, keep_alive)
         self.write(head + b"\r\n" if request.method == b"HEAD" or not body
                    else head + b"\r\n" + body)  # type: ignore[operator]
         self._finish(request, response.status, keep_alive)
 
     async def _stream(self, request: Request, response: Response) -> None:
         keep_alive = self._keep_alive(request)
-        self.write(self._head(response, keep_alive) + b"\r\n")
-        async for chunk in response.body:  # type: ignore[union-attr]
-            if self.closed:
-                raise ClientGone("client closed the connection")
-            self.write(chunk)
-            await self.drain()
+        self.write(self._head(request, response, keep_alive) + b"\r\n")
+        body = response.body
+        try:
+            if request.method != b"HEAD":
+                async for chunk in body:  # type: ignore[union-attr]
+                    if self.closed:
+                        raise ClientGone("client closed the connection")
+                    self.write(chunk)
+                    await self.drain()
+        finally:
+            if hasattr(body, "aclose"):  # a generator left early still releases what it holds
+                await body.aclose()
         self._finish(request, response.status, keep_alive)
 
     def _finish(self, request: Request, status: int, keep_alive: bool) -> None:
@@ -335,6 +375,13 @@ class HTTPConnection(FlowControlled):
             message = reason.encode() + b"\n"
             self.write(_STATUS_LINES[status] + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
                        % len(message) + message)
+        self.close()
+
+    def abandon(self, reason: str) -> None:
+        """Give up on a client mid-request: the handler reading its body sees ClientGone."""
+        body = self._parsing.body if self._parsing is not None else None
+        if body is not None and body is not EMPTY and not body._done:
+            body.fail(ClientGone(reason))
         self.close()
 
     @property
@@ -377,7 +424,10 @@ class HTTPServer:
                 continue
             quiet = now - conn.last_heard
             if conn._active is not None:
-                continue  # the application owns it; its own timeouts apply
+                # the application owns it, but a body that stopped arriving is the client's
+                if conn._in_message and quiet > self.read_timeout:
+                    conn.abandon("request body stalled")
+                continue
             if conn._in_message and quiet > self.read_timeout:
                 conn._reject(408, "request timeout")
             elif not conn._in_message and quiet > self.idle_timeout:

@@ -131,8 +131,6 @@ def test_head_with_length_but_no_body_does_not_hang(volume) -> None:
 
 
 @needs_nginx
-@pytest.mark.xfail(reason="mkv/httpclient.py: a HEAD answer is parsed by _HeadCallbacks, which "
-                          "has no on_header, so ClientResponse.headers is empty", strict=True)
 def test_head_answer_keeps_its_headers(volume) -> None:
     vol, _ = volume
 
@@ -366,8 +364,6 @@ def test_timeout(stall: str) -> None:
     run(main())
 
 
-@pytest.mark.xfail(reason="mkv/httpclient.py _resolve stops the deadline at a streamed "
-                          "answer's headers: a body that stalls is never timed out", strict=True)
 def test_timeout_of_a_streamed_body_that_stalls() -> None:
     """`stream=True` answers at the headers; a body that then stops arriving must still end
     in an error within about the timeout, not hang its reader (rebalance, repair) forever."""
@@ -390,9 +386,6 @@ def test_timeout_of_a_streamed_body_that_stalls() -> None:
     run(main())
 
 
-@pytest.mark.xfail(reason="mkv/httpclient.py _done releases a connection still paused for a "
-                          "completed, unread streamed Body (flow.Body.feed paused it); the next "
-                          "request on it is never read", strict=True)
 def test_unread_streamed_body_does_not_stall_the_next_request() -> None:
     """A streamed answer that arrived whole while its reader was away must not leave its
     connection paused in the pool, where the next request would wait for nothing."""

@@ -317,8 +317,6 @@ def test_head_answers_carry_no_body(server: Served) -> None:
     c.close()
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py _stream writes the body chunks for HEAD too",
-                   strict=True)
 def test_head_of_streamed_answer_carries_no_body(server: Served) -> None:
     c = Raw(server.port)
     c.send(get("/stream"))
@@ -359,9 +357,6 @@ def test_pending_answers(server: Served) -> None:
     c.close()
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py _deliver sends every Pending answer through _respond,"
-                          " which concatenates the head with the body: TypeError for an async-"
-                          "iterator body, the client never gets an answer", strict=True)
 def test_pending_with_streamed_answer(server: Served) -> None:
     c = Raw(server.port, timeout=2)
     c.send(get("/pending-stream"))
@@ -371,8 +366,6 @@ def test_pending_with_streamed_answer(server: Served) -> None:
     c.close()
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py Pending.resolve drops the answer when _deliver is not"
-                          " attached yet (resolved before the handler returned)", strict=True)
 def test_pending_resolved_before_the_handler_returns(server: Served) -> None:
     c = Raw(server.port, timeout=2)
     c.send(get("/pending-now"))
@@ -419,9 +412,6 @@ def test_huge_url_is_431(server: Served) -> None:
     assert_refused(c, 431)
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py counts header bytes only in on_url/on_header; "
-                          "httptools buffers a header line until it ends, so an endless line grows"
-                          " memory without limit", strict=True)
 def test_endless_header_line_is_cut_off(server: Served) -> None:
     """A header line that never ends must not be buffered without limit."""
     c = Raw(server.port)
@@ -506,8 +496,6 @@ def test_http10_closes_after_the_answer(server: Served) -> None:
     assert c.closed_within(2)
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py _head: an HTTP/1.0 keep-alive answer lacks "
-                          "'Connection: keep-alive', so 1.0 clients wait for a close", strict=True)
 def test_http10_keep_alive_is_acknowledged(server: Served) -> None:
     c = Raw(server.port)
     c.send(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
@@ -546,8 +534,6 @@ def test_client_stalled_mid_headers_closed_after_read_timeout(serve) -> None:
     assert time.monotonic() - started < 3.5
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py _sweep skips connections with an active handler, so a"
-                          " handler waiting on a stalled body waits forever", strict=True)
 def test_client_stalled_mid_body_closed_after_read_timeout(serve) -> None:
     """A handler waiting on a body that stopped arriving is released: the key it locks,
     the memory and the socket are not held forever."""
@@ -684,9 +670,6 @@ def test_shutdown_grace_is_bounded(server: Served) -> None:
 # --- protocol upgrades ---
 
 
-@pytest.mark.xfail(reason="mkv/httpserver.py data_received answers HttpParserUpgrade with "
-                          "_reject(400): after the handler started, so an async answer is lost and"
-                          " a sync one is followed by a stray 400", strict=True)
 @pytest.mark.parametrize("path, answer", [
     ("/up", (200, echo_line("GET", "/up", b""))),
     ("/sync404", (404, b"not found\n")),
