@@ -143,10 +143,12 @@ class Connection(FlowControlled):
             data, self._unsent_head = self._unsent_head + data, b""
         super().write(data)
 
-    def upload_done(self) -> None:
+    def upload_done(self, timeout: float) -> None:
+        """The body is all written; the answer is due within `timeout` seconds."""
         if self._unsent_head:
             self.write(b"")
         self._uploading = False
+        self.pool._watch(self, timeout)
         if self._parser is None:  # the answer came before the body was all sent
             self.close()
 

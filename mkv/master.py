@@ -21,6 +21,7 @@ from mkv.index import Index
 from mkv.placement import key2path, storable
 from mkv.rebalance import RebalanceError, rebalance_key
 from mkv.record import Record, State
+from mkv.s3 import S3, is_s3
 from mkv.security import signed_location
 from mkv.volumes import Volumes
 
@@ -115,8 +116,11 @@ class Master:
             b"DELETE": self.delete, b"UNLINK": self.unlink, b"RELINK": self.relink,
             b"REBALANCE": self.rebalance,
         }
+        self.s3 = S3(self)
 
     def handle(self, req: Request) -> Response | Awaitable[Response]:
+        if is_s3(req):  # before the routes: S3 also POSTs
+            return self.s3.handle(req)
         route = self.routes.get(req.method)
         if route is None:
             return text(405, f"method {req.method.decode(errors='replace')} not allowed")
@@ -256,7 +260,8 @@ class Master:
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
             raise
         self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
-        await self._delete_files(stale, key)
+        if stale:
+            await self._delete_files(stale, key)
         return md5
 
     def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:

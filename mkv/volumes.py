@@ -149,10 +149,9 @@ class Volumes:
             for conn in conns:
                 if length is None:
                     conn.write(b"0\r\n\r\n")
-                conn.upload_done()
-            results = await asyncio.wait_for(asyncio.gather(*answers), self.write_timeout)
-            for conn, response in zip(conns, results, strict=True):
-                _check_written(conn, response)
+                conn.upload_done(self.write_timeout)
+            for conn, answer in zip(conns, answers, strict=True):
+                _check_written(conn, await answer)
         except BaseException as e:
             for conn in conns:
                 conn.close()
