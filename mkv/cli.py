@@ -40,6 +40,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def _s3_keys(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        access, colon, secret = item.partition(":")
+        if not colon or not access or not secret:
+            raise ValueError("expected access:secret pairs, comma separated")
+        pairs.append((access, secret))
+    if not pairs:
+        raise ValueError("no access:secret pair")
+    return tuple(pairs)
+
+
+def _s3_keyfile(path: str) -> tuple[tuple[str, str], ...]:
+    try:
+        with open(path) as f:
+            return _s3_keys(f.read())
+    except OSError as e:
+        raise ValueError(str(e)) from None
+
+
 def _orphans(text: str) -> str:
     if text not in ("keep", "delete"):
         raise ValueError("must be keep or delete")
@@ -71,6 +94,14 @@ FLAGS: dict[str, Flag] = {
                        "How long a signed read URL works (default 1m)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+    "s3_keys": Flag("s3_keys", _s3_keys, "S3: access:secret pairs, comma separated; S3 "
+                    "requests must then carry a valid SigV4 signature (default: no auth)"),
+    "s3_keyfile": Flag("s3_keys", _s3_keyfile,
+                       "S3: a file of access:secret pairs, one a line (instead of -s3_keys)"),
+    "s3_spool": Flag("s3_spool", str, "S3: directory for multipart parts and buckets "
+                     "(default: <db>.s3 beside the index)"),
+    "s3_upload_ttl": Flag("s3_upload_ttl", parse_duration, "S3: remove multipart uploads "
+                          "idle this long; 0 never (default 24h)"),
     "concurrency": Flag("concurrency", _positive,
                         "rebuild/rebalance/verify/repair: keys or listings in flight (default 16)"),
     "checksum": Flag("checksum", None, "rebuild/verify/repair: read every value and check "

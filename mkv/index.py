@@ -10,6 +10,9 @@ import plyvel
 from mkv.record import Record, State
 
 
+CLEAR_BATCH = 100_000
+
+
 class IndexLocked(Exception):
     """Another process holds the LevelDB lock."""
 
@@ -53,9 +56,17 @@ class Index:
         return keys, None
 
     def clear(self) -> None:
-        with self.db.write_batch() as batch:
-            for key in self.db.iterator(include_value=False):
-                batch.delete(key)
+        """Delete every record, in batches: one batch for a billion keys would not fit memory."""
+        while True:
+            with self.db.write_batch() as batch:
+                count = 0
+                for key in self.db.iterator(include_value=False):
+                    batch.delete(key)
+                    count += 1
+                    if count == CLEAR_BATCH:
+                        break
+            if count < CLEAR_BATCH:
+                return
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,179 @@
+"""Running an offline operation (rebuild, rebalance, verify, repair): bounded concurrency,
+a progress line on stderr, one stdout line per problem, a summary, and the exit status.
+
+The commands run with the master stopped, so `run_offline` opens the index itself; a held
+LevelDB lock raises IndexLocked, which the CLI turns into a clear message and exit 1.
+"""
+
+import asyncio
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TextIO, TypeVar
+
+import uvloop
+
+from mkv.config import Config
+from mkv.index import Index
+from mkv.volumes import Volumes
+
+T = TypeVar("T")
+
+TTY_REDRAW_SECONDS = 0.2
+PLAIN_LINE_SECONDS = 10.0  # a log file gets a line this often, not a line per key
+
+
+async def for_each(items: Iterable[T], work: Callable[[T], Awaitable[None]],
+                   concurrency: int) -> None:
+    """`work(item)` for every item, at most `concurrency` at a time, items taken in order.
+
+    The workers share one iterator, so a huge index is read as it is worked through.
+    """
+    iterator = iter(items)
+
+    async def worker() -> None:
+        for item in iterator:
+            await work(item)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+
+
+def count_keys(index: Index) -> int:
+    """How many records the index holds: the total behind an ETA (one pass over the keys)."""
+    return sum(1 for _ in index.db.iterator(include_value=False))
+
+
+def shown(key: bytes) -> str:
+    """A key for a report line: its UTF-8 text, other bytes escaped."""
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Counters of one operation, shown while it runs and summed up at its end.
+
+    `done` counts the unit of work (`unit`, e.g. keys); `total` (when known) or `fraction`
+    (an estimate, e.g. for a volume walk) gives the ETA. `counts` holds the outcomes
+    (moved, fixed, failed...). A problem makes the exit status non-zero.
+    """
+
+    def __init__(self, command: str, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.command = command
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.tty = self.err.isatty()
+        self.counts: Counter[str] = Counter()
+        self.problems = 0
+        self.started = time.monotonic()
+        self.phase(command, "keys")
+        self._drawn = False
+        self._ticker: asyncio.Task | None = None
+
+    def phase(self, what: str, unit: str, total: int | None = None,
+              fraction: Callable[[], float] | None = None) -> None:
+        """Start counting a new stretch of work (a command may have two: keys, then files)."""
+        self.what, self.unit, self.total, self.fraction = what, unit, total, fraction
+        self.done = 0
+        self.phase_started = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
+
+    def note(self, line: str) -> None:
+        """One line on stdout (the operator's record of what happened), above the bar."""
+        self._clear()
+        print(line, file=self.out, flush=True)
+
+    def problem(self, outcome: str, line: str) -> None:
+        """Something is wrong or failed: counted under `outcome`, reported, exit non-zero."""
+        self.problems += 1
+        self.count(outcome)
+        self.note(f"{outcome}: {line}")
+
+    # --- display ---
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.phase_started, 1e-9)
+        done = f"{self.done:,}" + (f"/{self.total:,}" if self.total is not None else "")
+        parts = [f"{self.what}: {done} {self.unit}", f"{self.done / elapsed:,.0f} {self.unit}/s"]
+        if self.fraction is not None:
+            fraction = self.fraction()
+        else:
+            fraction = self.done / self.total if self.total else 0.0
+        if 0 < fraction < 1:
+            parts.insert(1, f"{fraction:.0%}")
+            parts.append(f"ETA {_eta(elapsed * (1 - fraction) / fraction)}")
+        parts += [f"{name} {n:,}" for name, n in sorted(self.counts.items())]
+        return ", ".join(parts)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._drawn = False
+
+    async def _tick(self) -> None:
+        interval = TTY_REDRAW_SECONDS if self.tty else PLAIN_LINE_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            if self.tty:  # cut to the terminal's width: a wrapped line would not redraw
+                width = shutil.get_terminal_size().columns - 1
+                self.err.write("\r\x1b[K" + self.line()[:width])
+                self._drawn = True
+            else:
+                self.err.write(self.line() + "\n")
+            self.err.flush()
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._clear()
+
+    def summary(self) -> str:
+        outcomes = ", ".join(f"{name} {n:,}" for name, n in sorted(self.counts.items()))
+        seconds = time.monotonic() - self.started
+        state = "failed" if self.problems else "ok"
+        return f"{self.command} {state}: {outcomes or 'nothing to do'}; {seconds:.2f}s"
+
+
+def run_offline(config: Config,
+                operation: Callable[[Config, Index, Volumes, Progress], Awaitable[None]],
+                command: str) -> int:
+    """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
+    index = Index(config.db)
+    progress = Progress(command)
+
+    async def main() -> None:
+        volumes = Volumes.for_config(config)
+        progress.start()
+        try:
+            await operation(config, index, volumes, progress)
+        finally:
+            progress.stop()
+            volumes.close()
+
+    try:
+        uvloop.run(main())
+    except KeyboardInterrupt:
+        # a key cut off mid-copy keeps its record; at worst an orphan file is left behind
+        print(f"{progress.summary()} (interrupted)", file=progress.out, flush=True)
+        return 130
+    finally:
+        index.close()
+    print(progress.summary(), file=progress.out, flush=True)
+    return 1 if progress.problems else 0

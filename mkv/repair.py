@@ -1,0 +1,141 @@
+"""`mkv repair`: put right what `verify` finds, with the master stopped.
+
+- A live key's missing replica (with -checksum also a corrupt one) is copied anew from a
+  good replica; a copy is checked against the record's md5 when there is one.
+- An INIT record (a write cut off) older than -grace is finished: live, with its md5, when
+  every replica holds the same value, else unlinked, so a later DELETE cleans up. Such a
+  record has no timestamp, so its age is that of its newest replica file (Last-Modified);
+  one with no file at all counts as old: with the master stopped no write can be in
+  flight, and nginx moves an upload into place only once it is complete.
+- With -orphans delete, files that no record claims and that are older than -grace are
+  deleted (the listing's mtime). Never when the index is empty (a wrong -db would make
+  every file an orphan), nor for a key whose record names volumes outside -volumes (the
+  same volume under another name, e.g. localhost vs 127.0.0.1, would look unclaimed).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+from mkv.config import Config
+from mkv.httpclient import VolumeError
+from mkv.index import Index
+from mkv.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.rebalance import CopyError, copy_value, md5_of
+from mkv.record import Record, State
+from mkv.verify import check_replicas, claimed, describe, problem_line
+from mkv.volumes import Volumes
+from mkv.walk import VolumeFile, Walk, http_time
+
+
+async def repair_live(config: Config, volumes: Volumes, key: bytes, record: Record,
+                      progress: Progress) -> None:
+    checked = await check_replicas(config, volumes, key, record)
+    bad = [c for c in checked if c.fault]
+    if not bad:
+        progress.count("healthy")
+        return
+    good = [c.replica for c in checked if not c.fault]
+    lines = "; ".join(problem_line(key, c) for c in bad)
+    if not good:
+        progress.problem("failed", f"{lines}: no good replica to copy from")
+        return
+    try:
+        source = await copy_value(volumes, key, good, [c.replica for c in bad], record.md5)
+    except CopyError as e:
+        progress.problem("failed", f"{lines}: {e}")
+        return
+    progress.count("fixed")
+    progress.note(f"fixed: {lines}: copied from {source}")
+
+
+async def _age_and_md5(volumes: Volumes, replica: str,
+                       key: bytes) -> tuple[float, str] | None:
+    """When the replica's file was last modified, and its md5; None when it is unreadable."""
+    try:
+        response = await volumes.open(replica, key)
+        md5 = await md5_of(volumes, response)
+    except VolumeError:
+        return None
+    return http_time(response.headers.get(b"last-modified", b"").decode("latin-1")), md5
+
+
+async def finish_writing(config: Config, volumes: Volumes, index: Index, key: bytes,
+                         record: Record, progress: Progress) -> None:
+    """Settle an INIT record older than -grace: live when complete, else unlinked."""
+    found = await asyncio.gather(*(_age_and_md5(volumes, r, key) for r in record.replicas))
+    present = [f for f in found if f is not None]
+    newest = max((mtime for mtime, _ in present), default=None)
+    if newest is not None and time.time() - newest < config.grace:
+        progress.count("writing (recent)")
+        return
+    md5s = {md5 for _, md5 in present}
+    if record.replicas and len(present) == len(record.replicas) and len(md5s) == 1:
+        md5 = md5s.pop() if config.md5sum else None
+        index.put(key, Record(record.replicas, State.LIVE, md5))
+        progress.count("finished (live)")
+        progress.note(f"finished: {shown(key)}: every replica complete, now live")
+    else:
+        index.put(key, record.with_state(State.UNLINKED))
+        progress.count("finished (unlinked)")
+        progress.note(f"finished: {shown(key)}: {len(present)} of {len(record.replicas)} "
+                      f"replicas complete{'' if len(md5s) < 2 else ' and differing'}, "
+                      "now unlinked")
+
+
+async def repair(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
+    total = count_keys(index)
+    progress.phase("repair: keys", "keys", total=total)
+
+    async def one(item: tuple[bytes, Record]) -> None:
+        key, record = item
+        progress.advance()
+        progress.count("keys")
+        if record.state is State.LIVE:
+            await repair_live(config, volumes, key, record, progress)
+        elif record.state is State.WRITING:
+            await finish_writing(config, volumes, index, key, record, progress)
+        else:
+            progress.count("unlinked")
+
+    await for_each(index.items(), one, config.concurrency)
+    delete = config.orphans == "delete"
+    if delete and total == 0:
+        progress.problem("refused", "-orphans delete with an empty index would delete every "
+                         "file; rebuild the index first")
+        delete = False
+    walk = Walk(volumes, config.volumes, config.concurrency, progress)
+    progress.phase("repair: looking for orphans", "files", fraction=walk.fraction)
+    named = set(config.volumes)
+
+    def deletable(file: VolumeFile) -> bool:
+        """Past the grace period, and no record names the key's volumes otherwise."""
+        if time.time() - file.mtime < config.grace:
+            return False
+        record = index.get(file.key) if file.key is not None else None
+        return record is None or all(r.partition("/")[0] in named for r in record.replicas)
+
+    async def delete_orphan(file: VolumeFile) -> None:
+        try:
+            await volumes.delete_path(file.replica, file.target)
+        except VolumeError as e:
+            progress.problem("failed", f"deleting orphan {describe(file)}: {e}")
+            return
+        progress.count("orphans deleted")
+        progress.note(f"deleted orphan: {describe(file)}")
+
+    def found(file: VolumeFile) -> Awaitable[None] | None:
+        progress.advance()
+        if claimed(index, file):
+            return None
+        if delete and deletable(file):
+            return delete_orphan(file)
+        progress.count("orphans kept")
+        progress.note(f"orphan: {describe(file)}")
+        return None
+
+    await walk.run(found)
+
+
+def main(config: Config) -> int:
+    return run_offline(config, repair, "repair")
