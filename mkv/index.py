@@ -9,7 +9,6 @@ import plyvel
 
 from mkv.record import Record, State
 
-
 CLEAR_BATCH = 100_000
 
 

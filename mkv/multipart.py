@@ -1,0 +1,231 @@
+"""The S3 spool: what the S3 face keeps on the master's disk, as plain files that outlive a
+restart. Multipart uploads in progress with their parts, buckets made by CreateBucket, and the
+`md5-of-md5s-N` ETags of objects that a multipart upload completed (the index record keeps the
+md5 of the whole value, as for any other key).
+
+    ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ...}
+    ROOT/uploads/<upload id>/<n>.<md5>     part n, named by its md5 so data and ETag land as one
+    ROOT/uploads/<upload id>/.tmp-*        a part being received
+    ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date
+    ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N"}
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote, unquote
+
+READ_SIZE = 1 << 20  # bytes read from a part file at a time when completing an upload
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+_PART_FILE = re.compile(r"^(\d+)\.([0-9a-f]{32})$")
+
+
+class Upload(NamedTuple):
+    id: str
+    key: bytes
+    initiated: float
+
+
+class Part(NamedTuple):
+    number: int
+    md5: str
+    size: int
+    modified: float
+    path: Path
+
+
+class UploadGone(Exception):
+    """The upload was aborted, completed or cleaned while a part was being written."""
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uploads_dir = root / "uploads"
+        self.buckets_dir = root / "buckets"
+        self.etags_dir = root / "etags"
+        self._etag_names: set[str] | None = None  # which keys have an etag file, loaded once
+
+    # --- multipart uploads ---
+    def _upload_dir(self, upload_id: str) -> Path | None:
+        return self.uploads_dir / upload_id if _UPLOAD_ID.match(upload_id) else None
+
+    def create(self, key: bytes) -> Upload:
+        upload = Upload(secrets.token_hex(16), key, time.time())
+        path = self.uploads_dir / upload.id
+        path.mkdir(parents=True)
+        meta = {"key": key.decode("utf-8", "surrogateescape"), "initiated": upload.initiated}
+        _write_atomic(path / "upload.json", json.dumps(meta).encode())
+        return upload
+
+    def get(self, upload_id: str) -> Upload | None:
+        path = self._upload_dir(upload_id)
+        if path is None:
+            return None
+        try:
+            meta = json.loads((path / "upload.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return Upload(upload_id, meta["key"].encode("utf-8", "surrogateescape"),
+                      meta["initiated"])
+
+    def uploads(self) -> list[Upload]:
+        try:
+            names = os.listdir(self.uploads_dir)
+        except FileNotFoundError:
+            return []
+        return [u for u in map(self.get, names) if u is not None]
+
+    def parts(self, upload_id: str) -> dict[int, Part]:
+        path = self._upload_dir(upload_id)
+        found: dict[int, Part] = {}
+        if path is None:
+            return found
+        with os.scandir(path) as entries:
+            for entry in entries:
+                m = _PART_FILE.match(entry.name)
+                if m:
+                    st = entry.stat()
+                    found[int(m.group(1))] = Part(int(m.group(1)), m.group(2), st.st_size,
+                                                  st.st_mtime, Path(entry.path))
+        return found
+
+    async def write_part(self, upload_id: str, number: int,
+                         chunks: AsyncIterator[bytes]) -> Part:
+        """Receive a part into a temp file, then rename it into place with its md5 in the
+        name; a part sent again replaces the earlier one. The caller serialises writes of
+        one part number."""
+        path = self._upload_dir(upload_id)
+        if path is None or not path.is_dir():
+            raise UploadGone(upload_id)
+        tmp = path / f".tmp-{number}-{secrets.token_hex(4)}"
+        digest = hashlib.md5()
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+            final = path / f"{number}.{digest.hexdigest()}"
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            raise UploadGone(upload_id) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        for other in path.glob(f"{number}.*"):
+            if other != final:
+                other.unlink(missing_ok=True)
+        return Part(number, digest.hexdigest(), size, time.time(), final)
+
+    def remove(self, upload_id: str) -> bool:
+        """Drop an upload and its parts (abort, or after completion); False if unknown."""
+        path = self._upload_dir(upload_id)
+        if path is None or not path.is_dir():
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+
+    def sweep(self, ttl: float, now: float) -> list[str]:
+        """Remove uploads with no activity for `ttl` seconds; the ids removed."""
+        removed = []
+        try:
+            names = os.listdir(self.uploads_dir)
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            path = self.uploads_dir / name
+            try:
+                latest = max([path.stat().st_mtime] +
+                             [e.stat().st_mtime for e in os.scandir(path)])
+            except OSError:
+                continue
+            if now - latest > ttl:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+        return removed
+
+    @staticmethod
+    async def read(parts: list[Part]) -> AsyncIterator[bytes]:
+        """The parts' bytes in order, read off the event loop a block at a time."""
+        for part in parts:
+            with open(part.path, "rb") as f:
+                while block := await asyncio.to_thread(f.read, READ_SIZE):
+                    yield block
+
+    # --- buckets ---
+    def _bucket_file(self, name: str) -> Path:
+        return self.buckets_dir / quote(name, safe="")
+
+    def make_bucket(self, name: str) -> None:
+        self.buckets_dir.mkdir(parents=True, exist_ok=True)
+        self._bucket_file(name).touch(exist_ok=True)
+
+    def bucket_created(self, name: str) -> float | None:
+        try:
+            return self._bucket_file(name).stat().st_mtime
+        except OSError:
+            return None
+
+    def remove_bucket(self, name: str) -> bool:
+        try:
+            self._bucket_file(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def buckets(self) -> dict[str, float]:
+        try:
+            with os.scandir(self.buckets_dir) as entries:
+                return {unquote(e.name): e.stat().st_mtime for e in entries}
+        except FileNotFoundError:
+            return {}
+
+    # --- ETags of completed multipart uploads ---
+    def _etag_name(self, key: bytes) -> str:
+        return hashlib.sha1(key).hexdigest()
+
+    def _known_etags(self) -> set[str]:
+        if self._etag_names is None:
+            try:
+                self._etag_names = set(os.listdir(self.etags_dir))
+            except FileNotFoundError:
+                self._etag_names = set()
+        return self._etag_names
+
+    def save_etag(self, key: bytes, md5: str, etag: str) -> None:
+        self.etags_dir.mkdir(parents=True, exist_ok=True)
+        name = self._etag_name(key)
+        _write_atomic(self.etags_dir / name, json.dumps({"md5": md5, "etag": etag}).encode())
+        self._known_etags().add(name)
+
+    def etag(self, key: bytes, md5: str) -> str | None:
+        """The multipart ETag of `key`, if its value is still the one that upload made."""
+        name = self._etag_name(key)
+        if name not in self._known_etags():
+            return None
+        try:
+            saved = json.loads((self.etags_dir / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return saved["etag"] if saved.get("md5") == md5 else None
+
+    def forget_etag(self, key: bytes) -> None:
+        name = self._etag_name(key)
+        if name in self._known_etags():
+            (self.etags_dir / name).unlink(missing_ok=True)
+            self._known_etags().discard(name)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
