@@ -233,9 +233,10 @@ class Pool:
 
     async def connection(self, hostport: str) -> Connection:
         """An idle connection to `hostport`, or a new one."""
-        return self._take_idle(hostport) or await self._connect(hostport)
+        return self.idle(hostport) or await self._connect(hostport)
 
-    def _take_idle(self, hostport: str) -> Connection | None:
+    def idle(self, hostport: str) -> Connection | None:
+        """An idle connection to `hostport` that is still fresh, if there is one."""
         idle = self._idle.get(hostport)
         if idle:
             now = self.loop.time()
@@ -271,7 +272,7 @@ class Pool:
                       body: bytes = b"", timeout: float | None = None,
                       stream: bool = False) -> ClientResponse:
         """One exchange. A reused connection that turns out closed is retried once, fresh."""
-        conn = self._take_idle(hostport) or await self._connect(hostport)
+        conn = self.idle(hostport) or await self._connect(hostport)
         try:
             return await conn.send(method, target, headers, body, stream=stream, timeout=timeout)
         except VolumeTimeout:

@@ -286,10 +286,7 @@ class Master:
 
     async def _delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Delete the key's file from each replica at once; the replicas that failed."""
-        results = await asyncio.gather(*(self.volumes.delete(r, key) for r in replicas),
-                                       return_exceptions=True)
-        failed = [r for r, result in zip(replicas, results, strict=True)
-                  if isinstance(result, Exception)]
+        failed = await self.volumes.delete_all(replicas, key)
         for replica in failed:
             log.warning("DELETE %s from %s failed", key.decode(errors="replace"), replica)
         return failed

@@ -5,7 +5,6 @@ A move copies to the new replicas, rewrites the record (state and md5 kept), the
 from replicas no longer used. A copy that fails leaves the key as it was.
 """
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -73,22 +72,14 @@ async def copy_value(volumes: Volumes, key: bytes, sources: list[str], targets: 
             errors.append(str(e))  # nginx drops an upload cut off, so the targets hold nothing
             continue
         except VolumeError as e:
-            await _remove(volumes, key, targets)  # a target that did finish must not keep it
+            await volumes.delete_all(targets, key)  # a target that did finish must not keep it
             raise CopyError(f"copying from {source} failed: {e}") from None
         if md5 is None or written == md5:
             return source
         # a corrupt source must not spread: undo, and try the next one
-        await _remove(volumes, key, targets)
+        await volumes.delete_all(targets, key)
         errors.append(f"{source} holds md5 {written}, the record says {md5}")
     raise CopyError("no replica gave the value: " + "; ".join(errors or ["none listed"]))
-
-
-async def _remove(volumes: Volumes, key: bytes, replicas: list[str]) -> list[str]:
-    """Delete the key's file from each replica; the replicas where that failed."""
-    results = await asyncio.gather(*(volumes.delete(r, key) for r in replicas),
-                                   return_exceptions=True)
-    return [r for r, result in zip(replicas, results, strict=True)
-            if isinstance(result, Exception)]
 
 
 async def rebalance_key(index: Index, volumes: Volumes, config: Config, key: bytes,
@@ -109,7 +100,7 @@ async def rebalance_key(index: Index, volumes: Volumes, config: Config, key: byt
             raise RebalanceError(str(e)) from None
     index.put(key, Record(tuple(target), record.state, record.md5))
     # a failed delete leaves an orphan file, never a missing value: the record is moved
-    return await _remove(volumes, key, [r for r in record.replicas if r not in target])
+    return await volumes.delete_all([r for r in record.replicas if r not in target], key)
 
 
 async def rebalance(config: Config, index: Index, volumes: Volumes,
