@@ -184,16 +184,18 @@ class HeadChecker:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for pipes in self._pipes.values():
-            for pipe in list(pipes):
-                if pipe.inflight and pipe.inflight[0].deadline <= now:
-                    # answers come in order: a late first answer holds up all behind it
-                    stuck, pipe.inflight = pipe.inflight, deque()
-                    pipe.abandon()
-                    for check in stuck:
-                        check.answer(False)
+        stuck: list[_Check] = []
+        for pipe in [p for pipes in self._pipes.values() for p in pipes]:
+            if pipe.inflight and pipe.inflight[0].deadline <= now:
+                # answers come in order: a late first answer holds up all behind it
+                stuck += pipe.inflight
+                pipe.inflight = deque()
+                pipe.abandon()
         busy = any(pipe.inflight for pipes in self._pipes.values() for pipe in pipes)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if busy else None
+        # answered last: an answer may ask another volume, which changes the pipes above
+        for check in stuck:
+            check.answer(False)
 
     def close(self) -> None:
         for pipes in list(self._pipes.values()):

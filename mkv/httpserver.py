@@ -238,8 +238,11 @@ class HTTPConnection(FlowControlled):
         method = self._extra_method or self.parser.get_method()
         self._extra_method = b""
         request = Request(method, path, query, headers, body, self.peer)
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers, no status line
+            raise httptools.HttpParserError(f"HTTP/{version} is not supported")
         request.keep_alive = self.parser.should_keep_alive()
-        request.http10 = self.parser.get_http_version() == "1.0"
+        request.http10 = version == "1.0"
         self._url = b""
         self._headers = {}
         self._header_bytes = self._head_read = 0

@@ -46,6 +46,8 @@ def text(status: int, reason: str = "") -> Response:
 
 def parse_key(path: bytes) -> bytes | str:
     """The key a request path names, or why it names none."""
+    if path[:1] != b"/":  # absolute-form (http://host/k) and asterisk-form (*) targets
+        return "the request target must be a path"
     if path.isascii() and b"%" not in path and b"/." not in path and b"\x00" not in path:
         return path  # the common case, checked in one pass each
     if b"%" in path:
@@ -249,9 +251,13 @@ class Master:
         replicas = self.config.placement(key)
         stale = [r for r in old.replicas if r not in replicas] if old else []
         # crash safety: INIT first, so a cut-off write is never live. A live key being
-        # replaced stays live: nginx renames each replica into place whole.
+        # replaced stays live (nginx renames each replica into place whole, so a reader gets
+        # the old or the new value) but loses its md5 meanwhile: cut off, its replicas may
+        # hold different whole values, which `repair -checksum` settles.
         if old is None or old.state is not State.LIVE:
             self.index.put(key, Record(tuple(replicas), State.WRITING))
+        elif old.md5:
+            self.index.put(key, Record(old.replicas, State.LIVE))
         try:
             md5 = await self.volumes.write(replicas, key, chunks, length, self.config.md5sum)
         except (VolumeError, ClientGone) as e:

@@ -1,7 +1,9 @@
 """`mkv repair`: put right what `verify` finds, with the master stopped.
 
 - A live key's missing replica (with -checksum also a corrupt one) is copied anew from a
-  good replica; a copy is checked against the record's md5 when there is one.
+  good replica; a copy is checked against the record's md5 when there is one. Replicas
+  holding different whole values under a record without md5 (a REPLACE cut off) all get
+  the first replica's value.
 - An INIT record (a write cut off) older than -grace is finished: live, with its md5, when
   every replica holds the same value, else unlinked, so a later DELETE cleans up. Such a
   record has no timestamp, so its age is that of its newest replica file (Last-Modified);
@@ -37,7 +39,10 @@ async def repair_live(config: Config, volumes: Volumes, key: bytes, record: Reco
         return
     good = [c.replica for c in checked if not c.fault]
     lines = "; ".join(problem_line(key, c) for c in bad)
-    if not good:
+    if not good and record.md5 is None and all(c.fault == "corrupt" for c in checked):
+        # whole values that differ and no md5 to choose: a REPLACE cut off. The first
+        # replica's value, old or new, becomes every replica's.
+        good, bad = [checked[0].replica], checked[1:]
         progress.problem("failed", f"{lines}: no good replica to copy from")
         return
     try:

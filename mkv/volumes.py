@@ -147,6 +147,7 @@ class Volumes:
         then drops its temp file) and raises VolumeError.
         """
         conns: list[Connection] = []
+        answers: list[asyncio.Future] = []
         try:
             for replica in replicas:  # idle connections almost always: no task to gather
                 conns.append(await self.pool.connection(split_replica(replica)[0]))
@@ -175,6 +176,11 @@ class Volumes:
             for conn, answer in zip(conns, answers, strict=True):
                 _check_written(conn, await answer)
         except BaseException as e:
+            for answer in answers:  # nobody will wait for these now
+                if not answer.done():
+                    answer.cancel()
+                elif not answer.cancelled():
+                    answer.exception()
             for conn in conns:
                 conn.close()
             if isinstance(e, TimeoutError):
