@@ -43,6 +43,7 @@ async def repair_live(config: Config, volumes: Volumes, key: bytes, record: Reco
         # whole values that differ and no md5 to choose: a REPLACE cut off. The first
         # replica's value, old or new, becomes every replica's.
         good, bad = [checked[0].replica], checked[1:]
+    if not good:
         progress.problem("failed", f"{lines}: no good replica to copy from")
         return
     try:

@@ -206,6 +206,25 @@ def test_repair_fails_cleanly_without_a_good_replica(make_volumes, make_master):
     assert "healthy 1" in result.stdout
 
 
+def test_repair_settles_replicas_that_differ_without_an_md5(make_volumes, make_master):
+    """A REPLACE cut off leaves whole values that differ under a record without md5: repair
+    gives every replica the first replica's value, and verify is then content."""
+    vols = make_volumes(2)
+    master = make_master("-replicas", "2", "-subvolumes", "1", volumes=vols)
+    write_values(master, {b"/replaced": b"old value"})
+    master.stop()
+    record = Record.decode(read_records(master.db)[b"/replaced"])
+    write_records(master.db, {b"/replaced": Record(record.replicas).encode()})  # md5 dropped
+    first, second = (replica_file(vols, r, b"/replaced") for r in record.replicas)
+    first.write_bytes(b"new value")
+    flags = ("-replicas", "2", "-subvolumes", "1", "-checksum")
+    assert mkv(master.db, vols, *flags, "verify").returncode == 1
+    result = mkv(master.db, vols, *flags, "repair")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert second.read_bytes() == first.read_bytes() == b"new value"
+    assert mkv(master.db, vols, *flags, "verify").returncode == 0
+
+
 def test_repair_settles_old_writes_and_leaves_recent_ones(make_volumes, tmp_path):
     vols = make_volumes(2)
     addrs = [v.addr for v in vols]
