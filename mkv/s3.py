@@ -512,34 +512,37 @@ class S3:
                           params: dict[str, str]) -> Response:
         wanted = _single_range(req.headers.get(b"range"))
         ask = b"Range: %s\r\n" % req.headers[b"range"].strip() if wanted else b""
+        response = await self._open(key, record, ask)
+        h = response.headers
+        info = ObjectInfo(0, _parse_http_date(h.get(b"last-modified")) or 0.0,
+                          h.get(b"etag", b'""').decode("latin-1"))
+        headers = self._object_headers(key, record, info, params)
+        try:
+            self._preconditions(req, headers[0][1], info.modified, read=True)
+        except (S3Error, _NotModified):
+            response.body.abort()  # type: ignore[union-attr]
+            raise
+        headers.append(("Content-Length", h.get(b"content-length", b"0").decode()))
+        if response.status == 206:
+            headers.append(("Content-Range", h[b"content-range"].decode("latin-1")))
+        return Response(response.status, headers, self.master.volumes.chunks(response))
+
+    async def _open(self, key: bytes, record: Record, range_header: bytes = b"") -> ClientResponse:
+        """A streamed GET of the key's value from a replica that has it, in random order."""
         order = list(record.replicas)
         random.shuffle(order)
         for replica in order:
             try:
-                response = await self._fetch(replica, key, ask, stream=True)
+                response = await self._fetch(replica, key, range_header, stream=True)
             except VolumeError:
                 continue
-            h = response.headers
-            body: Body = response.body  # type: ignore[assignment]
-            if response.status not in (200, 206):
-                body.abort()  # an error page we will not read
-                if response.status == 416:
-                    size = h.get(b"content-range", b"*/0").rpartition(b"/")[2].decode()
-                    raise S3Error(416, "InvalidRange", "The requested range is not "
-                                  "satisfiable", ActualObjectSize=size)
-                continue
-            info = ObjectInfo(0, _parse_http_date(h.get(b"last-modified")) or 0.0,
-                              h.get(b"etag", b'""').decode("latin-1"))
-            headers = self._object_headers(key, record, info, params)
-            try:
-                self._preconditions(req, headers[0][1], info.modified, read=True)
-            except (S3Error, _NotModified):
-                body.abort()
-                raise
-            headers.append(("Content-Length", h.get(b"content-length", b"0").decode()))
-            if response.status == 206:
-                headers.append(("Content-Range", h[b"content-range"].decode("latin-1")))
-            return Response(response.status, headers, self.master.volumes.chunks(response))
+            if response.status in (200, 206):
+                return response
+            response.body.abort()  # type: ignore[union-attr]  # an error page we will not read
+            if response.status == 416:
+                size = response.headers.get(b"content-range", b"*/0").rpartition(b"/")[2]
+                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
+                              ActualObjectSize=size.decode())
         raise S3Error(500, "InternalError", "no replica has the value of this key")
 
     # --- writing values ---
@@ -638,20 +641,7 @@ class S3:
 
     async def _open_source(self, key: bytes, range_header: bytes = b"") -> ClientResponse:
         """A streamed GET of a copy source from a replica that has it."""
-        record = self._live(key)
-        order = list(record.replicas)
-        random.shuffle(order)
-        for replica in order:
-            try:
-                response = await self._fetch(replica, key, range_header, stream=True)
-            except VolumeError:
-                continue
-            if response.status in (200, 206):
-                return response
-            response.body.abort()  # type: ignore[union-attr]
-            if response.status == 416:
-                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable")
-        raise S3Error(500, "InternalError", "no replica has the value of the copy source")
+        return await self._open(key, self._live(key), range_header)
 
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
