@@ -24,7 +24,7 @@ SWEEP_SECONDS = 0.02  # how late past its deadline a stuck check may be noticed
 class _Check:
     """One HEAD in flight; `answer(found)` is called exactly once."""
 
-    __slots__ = ("hostport", "request", "callback", "deadline", "retried")
+    __slots__ = ("hostport", "request", "callback", "deadline")
 
     def __init__(self, hostport: str, request: bytes, callback: Callable[[bool], None],
                  deadline: float) -> None:
@@ -32,7 +32,6 @@ class _Check:
         self.request = request
         self.callback: Callable[[bool], None] | None = callback
         self.deadline = deadline
-        self.retried = False
 
     def answer(self, found: bool) -> None:
         callback, self.callback = self.callback, None
@@ -66,6 +65,7 @@ class _Pipe(asyncio.Protocol):
         self.outgoing: list[bytes] = []
         self.buffer = bytearray()
         self.closing = False
+        self.answered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -98,6 +98,7 @@ class _Pipe(asyncio.Protocol):
                 self.abandon()
                 return
             self.inflight.popleft().answer(status == 200)
+            self.answered += 1
             if closes:
                 self.abandon()
                 return
@@ -115,7 +116,15 @@ class _Pipe(asyncio.Protocol):
         unanswered, self.inflight = self.inflight, deque()
         self.outgoing.clear()
         for check in unanswered:
-            self.checker._retry(check)
+            if check.callback is None:
+                continue
+            # nginx closes a keep-alive connection after keepalive_requests answers: what it
+            # did not answer is asked again, until the check's deadline. A connection that
+            # answered nothing says the volume is not well: those checks fail.
+            if self.answered:
+                self.checker._send(check)
+            else:
+                check.answer(False)
 
 
 class HeadChecker:
@@ -171,16 +180,6 @@ class HeadChecker:
         hostport = self._hostport_of.pop(pipe, None)
         if hostport is not None:
             self._pipes[hostport].remove(pipe)
-
-    def _retry(self, check: _Check) -> None:
-        # nginx closes a keep-alive connection after keepalive_requests answers: ask once more
-        if check.callback is None:
-            return
-        if check.retried:
-            check.answer(False)
-            return
-        check.retried = True
-        self._send(check)
 
     def _sweep(self) -> None:
         now = self.loop.time()

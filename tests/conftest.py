@@ -11,16 +11,20 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
+import subprocess
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import plyvel
 import pytest
-from cluster import Process, Volume, start_master, start_volume
+from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
+
+from mkv.nginx import find_nginx
 
 # --- the contract, written out independently of mkv/ so the tests pin it ---
 
@@ -313,3 +317,57 @@ def make_volumes(tmp_path) -> Iterator[VolumeFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+def nginx_config(prefix: Path, data: Path, port: int, extra: str) -> Path:
+    """A config of our own, so a test can set what `mkv volume` would not."""
+    temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    for name in temps:
+        (prefix / "tmp" / name).mkdir(parents=True, exist_ok=True)
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+daemon off; {user}
+worker_processes 1;
+pid nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {" ".join(f"{name}_temp_path tmp/{name};" for name in temps)}
+    {extra}
+    server {{
+        listen 127.0.0.1:{port};
+        root {data};
+    }}
+}}
+""")
+    return conf
+
+
+@pytest.fixture
+def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Start nginx with extra http-level directives; gives its host:port."""
+    procs: list[subprocess.Popen] = []
+
+    def start(extra: str) -> str:
+        port = free_port()
+        prefix, data = tmp_path / f"ngx{len(procs)}", tmp_path / "data"
+        prefix.mkdir()
+        data.mkdir(exist_ok=True)
+        (data / "small").write_bytes(b"hello")
+        conf = nginx_config(prefix, data, port, extra)
+        proc = subprocess.Popen([find_nginx(), "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
+                                stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_listening(port, proc)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,15 +5,12 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import uvloop
-from cluster import Volume, free_port, start_volume, wait_listening
+from cluster import Volume, free_port, start_volume
 
 from mkv import nginx
 from mkv.flow import Body
@@ -51,60 +48,6 @@ def volume(tmp_path_factory) -> Iterator[tuple[Volume, bytes]]:
     (vol.dir / "small").write_bytes(b"hello")
     yield vol, big
     vol.stop()
-
-
-def nginx_config(prefix: Path, data: Path, port: int, extra: str) -> Path:
-    """A config of our own, so a test can set what `mkv volume` would not."""
-    temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    for name in temps:
-        (prefix / "tmp" / name).mkdir(parents=True, exist_ok=True)
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-daemon off; {user}
-worker_processes 1;
-pid nginx.pid;
-error_log stderr;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    {" ".join(f"{name}_temp_path tmp/{name};" for name in temps)}
-    {extra}
-    server {{
-        listen 127.0.0.1:{port};
-        root {data};
-    }}
-}}
-""")
-    return conf
-
-
-@pytest.fixture
-def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """Start nginx with extra http-level directives; gives its host:port."""
-    procs: list[subprocess.Popen] = []
-
-    def start(extra: str) -> str:
-        port = free_port()
-        prefix, data = tmp_path / f"ngx{len(procs)}", tmp_path / "data"
-        prefix.mkdir()
-        data.mkdir(exist_ok=True)
-        (data / "small").write_bytes(b"hello")
-        conf = nginx_config(prefix, data, port, extra)
-        proc = subprocess.Popen([NGINX, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
-                                stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_listening(port, proc)
-        return f"127.0.0.1:{port}"
-
-    yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @needs_nginx
