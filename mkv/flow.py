@@ -72,6 +72,15 @@ class ClientGone(Exception):
     """The client closed the connection or sent a broken body."""
 
 
+class BrokenBody(ClientGone):
+    """The body broke the protocol mid-way: the client is still there to be told why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class Body:
     """A message body as it arrives; `read()` returns b"" at its end.
 

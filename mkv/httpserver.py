@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
-from mkv.flow import EMPTY, Body, ClientGone, FlowControlled
+from mkv.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
 
 log = logging.getLogger("mkv")
 
@@ -284,9 +284,12 @@ class HTTPConnection(FlowControlled):
     async def _run(self, request: Request, pending: Awaitable[Response]) -> None:
         try:
             response = await pending
-        except ClientGone:
+        except ClientGone as gone:
             self._active = None
-            self.close()
+            if isinstance(gone, BrokenBody):
+                self._refuse(gone.status, gone.reason)
+            else:
+                self.close()
             return
         except Exception:
             log.exception("handler failed for %s %r", request.method, request.path)
@@ -372,12 +375,24 @@ class HTTPConnection(FlowControlled):
             self._start(self._pending.popleft())
 
     def _reject(self, status: int, reason: str) -> None:
+        """Refuse what the parser could not take, then close."""
         if self.closed:
             return
         if self._active is None:
-            message = reason.encode() + b"\n"
-            self.write(_STATUS_LINES[status] + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-                       % len(message) + message)
+            self._refuse(status, reason)
+            return
+        body = self._parsing.body if self._parsing is not None else None
+        if body is not None and body is not EMPTY and not body._done:
+            # the handler is reading this body: it stops, and _run answers for it
+            self.pause_reading("rejected")
+            body.fail(BrokenBody(status, reason))
+        else:
+            self.close()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        message = reason.encode() + b"\n"
+        self.write(_STATUS_LINES[status] + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                   % len(message) + message)
         self.close()
 
     def abandon(self, reason: str) -> None:
