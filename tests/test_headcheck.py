@@ -9,7 +9,7 @@ import pytest
 import uvloop
 from cluster import free_port, start_volume
 
-from mkv.headcheck import HeadChecker, parse_head_answers
+from mkv.headcheck import MAX_CONNECTIONS, HeadChecker, parse_head_answers
 
 # --- framing, pure ---
 
@@ -107,3 +107,24 @@ def test_a_stopped_volume_answers_false_within_the_timeout(tmp_path):
     finally:
         os.killpg(pgid, signal.SIGCONT)
         vol.stop()
+
+
+def test_connections_open_as_checks_pile_up_and_no_more_than_the_cap(volume):
+    async def main() -> tuple[int, int]:
+        checker = HeadChecker()
+        loop = asyncio.get_running_loop()
+        counts = []
+        for burst in (10, 600):
+            futures = []
+            for _ in range(burst):
+                found = loop.create_future()
+                checker.ask(volume.addr, b"/there", 2.0, found.set_result)
+                futures.append(found)
+            counts.append(len(checker._pipes[volume.addr]))
+            assert all(await asyncio.gather(*futures))
+        checker.close()
+        return counts[0], counts[1]
+
+    few, many = uvloop.run(main())
+    assert few == 1  # a handful of checks share one connection: one write, one read
+    assert 1 < many <= MAX_CONNECTIONS
