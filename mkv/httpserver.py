@@ -37,16 +37,15 @@ _STATUS_LINES = {
 class Request:
     """One request: method and path as bytes, headers with lower-case names, a streamed body."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "peer", "keep_alive", "http10")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http10")
 
     def __init__(self, method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes],
-                 body: "Body", peer: str) -> None:
+                 body: "Body") -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
-        self.peer = peer
         self.keep_alive = True
         self.http10 = False
 
@@ -123,7 +122,6 @@ class HTTPConnection(FlowControlled):
         self.loop = server.loop
         self.handler = server.handler
         self.parser = httptools.HttpRequestParser(self)
-        self.peer = ""
         self.heard = True  # data arrived since the server's last sweep
         self.last_heard = 0.0
         # the request being parsed, and the cycles waiting to run (pipelining)
@@ -134,7 +132,7 @@ class HTTPConnection(FlowControlled):
         self._parsing: Request | None = None
         self._pending: deque[Request] = deque()
         self._active: Request | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._started = 0.0
         self._in_message = False
         self._upgraded = False
@@ -144,8 +142,6 @@ class HTTPConnection(FlowControlled):
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self.last_heard = self.loop.time()
         self.server.connections.add(self)
 
@@ -237,7 +233,7 @@ class HTTPConnection(FlowControlled):
             body = EMPTY
         method = self._extra_method or self.parser.get_method()
         self._extra_method = b""
-        request = Request(method, path, query, headers, body, self.peer)
+        request = Request(method, path, query, headers, body)
         version = self.parser.get_http_version()
         if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers, no status line
             raise httptools.HttpParserError(f"HTTP/{version} is not supported")

@@ -226,7 +226,7 @@ def test_xml_parsing_is_safe_and_strict():
 
 def request(method: bytes, path: bytes, query: bytes = b"",
             headers: dict[bytes, bytes] | None = None) -> Request:
-    return Request(method, path, query, headers or {b"host": b"h"}, EMPTY, "")
+    return Request(method, path, query, headers or {b"host": b"h"}, EMPTY)
 
 
 def test_is_s3_recognises_s3_and_leaves_native_requests_alone():
