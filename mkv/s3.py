@@ -33,7 +33,6 @@ from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3xml import MalformedXML, Node
 from mkv.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
-from mkv.volumes import split_replica
 
 if TYPE_CHECKING:
     from mkv.master import Master
@@ -397,17 +396,10 @@ class S3:
                       "this resource.")
 
     # --- reading values from replicas ---
-    async def _fetch(self, replica: str, key: bytes, headers: bytes,
-                     stream: bool) -> ClientResponse:
-        """GET the key's file from one replica (the body streamed when `stream`)."""
-        hostport, subvolume = split_replica(replica)
-        target = (subvolume + self.master.key2path(key)).encode()
-        return await self.master.volumes.pool.request(
-            hostport, b"GET", target, headers, timeout=self.config.writetimeout, stream=stream)
-
     async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
         """Size, date and nginx's ETag of the key's file on one replica; None if absent."""
-        response = await self._fetch(replica, key, b"Range: bytes=0-0\r\n", stream=False)
+        response = await self.master.volumes.get(replica, key, b"Range: bytes=0-0\r\n",
+                                                 stream=False)
         h = response.headers
         if response.status == 206:
             size = int(h.get(b"content-range", b"/0").rpartition(b"/")[2])
@@ -533,7 +525,7 @@ class S3:
         random.shuffle(order)
         for replica in order:
             try:
-                response = await self._fetch(replica, key, range_header, stream=True)
+                response = await self.master.volumes.get(replica, key, range_header, stream=True)
             except VolumeError:
                 continue
             if response.status in (200, 206):

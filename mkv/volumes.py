@@ -87,12 +87,19 @@ class Volumes:
                     failed.append(replica)
         return failed
 
+    async def get(self, replica: str, key: bytes, headers: bytes = b"",
+                  stream: bool = True) -> ClientResponse:
+        """GET the key's file from one replica, whatever the status; the body streamed
+        when `stream` (a caller that will not read it must `abort()` it)."""
+        hostport, target = _target(replica, key2path(key))
+        return await self.pool.request(hostport, b"GET", target, headers, stream=stream,
+                                       timeout=self.write_timeout)
+
     async def open(self, replica: str, key: bytes) -> ClientResponse:
         """GET the key's file, its body streamed; raises unless the status is 200."""
-        hostport, target = _target(replica, key2path(key))
-        response = await self.pool.request(hostport, b"GET", target, stream=True,
-                                           timeout=self.write_timeout)
+        response = await self.get(replica, key)
         if response.status != 200:
+            response.body.abort()  # type: ignore[union-attr]  # an error page nobody reads
             raise VolumeError(f"GET {replica}: status {response.status}")
         return response
 
