@@ -16,7 +16,13 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then apt_install n
 if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     apt_install python3 python3-venv
 fi
-if [ "$mode" = test ] && ! command -v wrk >/dev/null; then apt_install wrk; fi
+if [ "$mode" = test ]; then
+    command -v wrk >/dev/null || apt_install wrk
+    # Go mkv and goleveldb for the compatibility tests, from Debian's packages (no module download)
+    command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/syndtr/goleveldb ] \
+        && [ -d /usr/share/gocode/src/github.com/google/uuid ] \
+        || apt_install golang-go golang-github-syndtr-goleveldb-dev golang-github-google-uuid-dev
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 extras=""; [ "$mode" = test ] && extras="[test]"

@@ -11,6 +11,7 @@ from mkv.config import Config, parse_duration
 USAGE = """\
 Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
        mkv volume DIR [-port N]     (nginx volume server; port also from $PORT, default 3001)
+       mkv -db PATH checkpoint      (recover the index after a crash and leave it for Go mkv)
 """
 
 
@@ -193,6 +194,22 @@ def _volume(config: Config, positional: list[str], given: set[str]) -> int:
     return run_volume(positional[1], port, config.secret, config.signedreads)
 
 
+def _checkpoint(config: Config) -> int:
+    """Open the index (LevelDB replays what a crash left in its journal) and close it cleanly."""
+    from mkv.index import Index
+
+    if not config.db:
+        print("mkv checkpoint: -db is required: the path of the LevelDB index", file=sys.stderr)
+        return 2
+    if not os.path.isfile(os.path.join(config.db, "CURRENT")):
+        print(f"mkv checkpoint: no LevelDB index at {config.db}", file=sys.stderr)
+        return 1
+    Index(config.db).close()
+    print(f"mkv checkpoint: {config.db} is closed cleanly; Go mkv reads every record",
+          file=sys.stderr)
+    return 0
+
+
 def _server(config: Config) -> int:
     from mkv.master import serve
 
@@ -231,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     command = positional[0]
     if command == "volume":
         return _volume(config, positional, given)
+    from mkv.index import IndexLocked
+
+    try:
+        return _run_on_index(command, positional, config)
+    except IndexLocked as e:
+        print(f"mkv: {e}; stop the master (or other mkv command) first", file=sys.stderr)
+        return 1
+
+
+def _run_on_index(command: str, positional: list[str], config: Config) -> int:
+    if command == "checkpoint" and len(positional) == 1:
+        return _checkpoint(config)
     run = CLUSTER_COMMANDS.get(command)
     if run is None or len(positional) != 1:
         print(f"unknown command {' '.join(positional)!r}\n{usage()}", file=sys.stderr, end="")
@@ -239,10 +268,4 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"mkv: {problem}", file=sys.stderr)
         return 2
-    from mkv.index import IndexLocked
-
-    try:
-        return run(config)
-    except IndexLocked as e:
-        print(f"mkv: {e}; stop the master (or other mkv command) first", file=sys.stderr)
-        return 1
+    return run(config)

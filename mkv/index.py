@@ -1,6 +1,12 @@
 """The LevelDB index: key bytes → `Record`, through plyvel.
 
 One process at a time may open it; `IndexLocked` says another one holds it.
+
+Go mkv must read every record after any stop of ours. C++ LevelDB leaves journal records older
+than the MANIFEST's last sequence after a background memtable flush, and goleveldb drops those on
+open (google/leveldb#750), so `close` first writes the memtable to a table: the journal left
+behind is empty. Opening replays a journal a crash left and does the same, so any clean stop
+after a crash also hands over a goleveldb-clean index.
 """
 
 from collections.abc import Iterator
@@ -10,6 +16,7 @@ import plyvel
 from mkv.record import Record, State
 
 CLEAR_BATCH = 100_000
+NO_KEY = b"\x00"
 
 
 class IndexLocked(Exception):
@@ -67,5 +74,14 @@ class Index:
             if count < CLEAR_BATCH:
                 return
 
+    def flush(self) -> None:
+        """Write the memtable to a table and start an empty journal.
+
+        LevelDB's CompactRange always flushes the memtable first; a range no key can fall in
+        (mkv keys start with `/`) keeps it from compacting any table as well.
+        """
+        self.db.compact_range(start=NO_KEY, stop=NO_KEY)
+
     def close(self) -> None:
+        self.flush()
         self.db.close()

@@ -7,6 +7,7 @@ LevelDB lock raises IndexLocked, which the CLI turns into a clear message and ex
 
 import asyncio
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -159,6 +160,8 @@ def run_offline(config: Config,
     progress = Progress(command)
 
     async def main() -> None:
+        # SIGTERM stops the run as Ctrl-C does, so the index is still closed cleanly
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         volumes = Volumes.for_config(config)
         progress.start()
         try:
@@ -169,7 +172,7 @@ def run_offline(config: Config,
 
     try:
         uvloop.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         # a key cut off mid-copy keeps its record; at worst an orphan file is left behind
         print(f"{progress.summary()} (interrupted)", file=progress.out, flush=True)
         return 130

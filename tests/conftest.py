@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 import plyvel
 import pytest
 from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
+from golang import TESTS, go_build
 
 from mkv.nginx import find_nginx
 
@@ -286,6 +287,28 @@ def make_master(tmp_path, volumes) -> Iterator[MasterFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+class GoBuilder:
+    """Builds Go programs once per session into a temp dir (one Go build cache for all)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def __call__(self, source: Path, name: str) -> Path:
+        binary = self.out / name
+        return binary if binary.exists() else go_build(source, binary, self.out / "cache")
+
+
+@pytest.fixture(scope="session")
+def go_programs(tmp_path_factory) -> GoBuilder:
+    return GoBuilder(tmp_path_factory.mktemp("go"))
+
+
+@pytest.fixture(scope="session")
+def ldbdump(go_programs) -> Path:
+    """Our goleveldb reader: prints every record as Go mkv's LevelDB sees it."""
+    return go_programs(TESTS / "go/ldbdump", "ldbdump")
 
 
 class VolumeFactory:

@@ -125,6 +125,27 @@ def test_index_in_use(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_checkpoint_needs_an_existing_index(tmp_path: Path) -> None:
+    result = run("checkpoint")
+    assert result.returncode == 2 and "-db is required" in result.stderr
+    missing = tmp_path / "nothing"
+    result = run("-db", str(missing), "checkpoint")
+    assert result.returncode == 1 and "no LevelDB index" in result.stderr
+    assert not missing.exists()  # not created by the attempt
+
+
+def test_checkpoint_of_a_held_index(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    holder = plyvel.DB(str(db), create_if_missing=True)
+    holder.put(b"/k", b"a,b")
+    try:
+        result = run("-db", str(db), "checkpoint")
+    finally:
+        holder.close()
+    assert result.returncode == 1 and "in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- parse_args ---
 
 
