@@ -218,7 +218,7 @@ def _server(config: Config) -> int:
 
 def _offline(name: str) -> Callable[[Config], int]:
     """An offline command: `main` of the module of that name, imported when run."""
-    return lambda config: importlib.import_module(f"mkv.{name}").main(config)
+    return lambda config: importlib.import_module(f"mkv.ops.{name}").main(config)
 
 
 CLUSTER_COMMANDS: dict[str, Callable[[Config], int]] = {

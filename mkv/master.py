@@ -14,14 +14,14 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import uvloop
 
 from mkv.config import Config
-from mkv.flow import Body, ClientGone
-from mkv.httpclient import VolumeError
-from mkv.httpserver import HTTPServer, Pending, Request, Response
+from mkv.http.client import VolumeError
+from mkv.http.flow import Body, ClientGone
+from mkv.http.server import HTTPServer, Pending, Request, Response
 from mkv.index import Index
+from mkv.ops.rebalance import RebalanceError, rebalance_key
 from mkv.placement import key2path, storable
-from mkv.rebalance import RebalanceError, rebalance_key
 from mkv.record import Record, State
-from mkv.s3 import S3, is_s3
+from mkv.s3.face import S3, is_s3
 from mkv.security import signed_location
 from mkv.volumes import Volumes
 

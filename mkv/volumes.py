@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
 from mkv.config import Config
-from mkv.headcheck import HeadChecker
-from mkv.httpclient import ClientResponse, Connection, Pool, VolumeError
+from mkv.http.client import ClientResponse, Connection, Pool, VolumeError
+from mkv.http.headcheck import HeadChecker
 from mkv.placement import key2path
 from mkv.security import SECRET_HEADER
 

@@ -9,7 +9,7 @@ import pytest
 import uvloop
 from cluster import free_port, start_volume
 
-from mkv.headcheck import MAX_CONNECTIONS, HeadChecker, parse_head_answers
+from mkv.http.headcheck import MAX_CONNECTIONS, HeadChecker, parse_head_answers
 
 # --- framing, pure ---
 

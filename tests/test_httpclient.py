@@ -13,8 +13,8 @@ import uvloop
 from cluster import Volume, free_port, start_volume
 
 from mkv import nginx
-from mkv.flow import Body
-from mkv.httpclient import Pool, VolumeError, VolumeTimeout
+from mkv.http.client import Pool, VolumeError, VolumeTimeout
+from mkv.http.flow import Body
 
 NGINX = nginx.find_nginx()
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")

@@ -16,7 +16,7 @@ import pytest
 import uvloop
 from cluster import free_port
 
-from mkv.httpserver import HTTPServer, Pending, Request, Response
+from mkv.http.server import HTTPServer, Pending, Request, Response
 
 
 class App:

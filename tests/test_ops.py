@@ -23,7 +23,7 @@ from conftest import (
     write_records,
 )
 
-from mkv.progress import Progress
+from mkv.ops.progress import Progress
 from mkv.record import Record
 
 NESTED = [b"/???", b"/??????", b"/a?b?c?d??"]  # base64 with `/`: the files nest in directories
@@ -406,7 +406,7 @@ def test_progress_line_and_redraw():
 
 
 def test_progress_without_a_terminal_writes_plain_lines(monkeypatch):
-    monkeypatch.setattr("mkv.progress.PLAIN_LINE_SECONDS", 0.1)
+    monkeypatch.setattr("mkv.ops.progress.PLAIN_LINE_SECONDS", 0.1)
     out, err = io.StringIO(), io.StringIO()
     progress = Progress("rebuild", out=out, err=err)
     progress.phase("rebuild: walking volumes", "files", fraction=lambda: 0.5)

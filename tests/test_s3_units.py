@@ -11,13 +11,13 @@ import zlib
 
 import pytest
 
-from mkv.awschunked import AwsChunked, BadPayload
-from mkv.checksums import Checksum, algorithm_of
-from mkv.flow import EMPTY
-from mkv.httpserver import Request
-from mkv.s3 import is_s3
-from mkv.s3xml import MalformedXML, parse_complete, parse_delete
-from mkv.sigv4 import AuthError, verify, verify_v2
+from mkv.http.flow import EMPTY
+from mkv.http.server import Request
+from mkv.s3.awschunked import AwsChunked, BadPayload
+from mkv.s3.checksums import Checksum, algorithm_of
+from mkv.s3.face import is_s3
+from mkv.s3.sigv4 import AuthError, verify, verify_v2
+from mkv.s3.xml import MalformedXML, parse_complete, parse_delete
 
 EXAMPLE_SECRETS = {"AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
 MAY_24_2013 = calendar.timegm((2013, 5, 24, 0, 0, 0))

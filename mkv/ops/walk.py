@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
-from mkv.httpclient import VolumeError
+from mkv.http.client import VolumeError
+from mkv.ops.progress import Progress
 from mkv.placement import key2path
-from mkv.progress import Progress
 from mkv.volumes import Volumes, split_replica
 
 _SUBVOLUME = re.compile(r"sv[0-9A-F]{2}")

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
-from mkv.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
+from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
 
 log = logging.getLogger("mkv")
 

@@ -20,14 +20,14 @@ import time
 from collections.abc import Awaitable
 
 from mkv.config import Config
-from mkv.httpclient import VolumeError
+from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.rebalance import CopyError, copy_value, md5_of
+from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.rebalance import CopyError, copy_value, md5_of
+from mkv.ops.verify import check_replicas, claimed, describe, problem_line
+from mkv.ops.walk import VolumeFile, Walk, http_time
 from mkv.record import Record, State
-from mkv.verify import check_replicas, claimed, describe, problem_line
 from mkv.volumes import Volumes
-from mkv.walk import VolumeFile, Walk, http_time
 
 
 async def repair_live(config: Config, volumes: Volumes, key: bytes, record: Record,

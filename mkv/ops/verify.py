@@ -10,13 +10,13 @@ import asyncio
 from typing import NamedTuple
 
 from mkv.config import Config
-from mkv.httpclient import VolumeError
+from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.rebalance import read_md5
+from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.rebalance import read_md5
+from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record, State
 from mkv.volumes import Volumes
-from mkv.walk import VolumeFile, Walk
 
 HEAD_TIMEOUT = 1.0  # when -voltimeout is 0 (the master's "no check"): verify always checks
 

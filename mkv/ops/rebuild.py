@@ -8,13 +8,13 @@ more, from its first replica, to restore it.
 """
 
 from mkv.config import Config
-from mkv.httpclient import VolumeError
+from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.rebalance import read_md5
+from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.rebalance import read_md5
+from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record
 from mkv.volumes import Volumes
-from mkv.walk import VolumeFile, Walk
 
 
 def ordered(replicas: list[str], placement: list[str], volumes: tuple[str, ...]) -> list[str]:

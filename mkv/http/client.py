@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import httptools
 
-from mkv.flow import Body, FlowControlled
+from mkv.http.flow import Body, FlowControlled
 
 IDLE_REUSE_SECONDS = 10.0  # well under nginx's keepalive_timeout, so a reused socket is open
 SWEEP_SECONDS = 0.02  # how late past its deadline a timed-out exchange may be noticed

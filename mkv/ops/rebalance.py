@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from mkv.config import Config
-from mkv.httpclient import ClientResponse, VolumeError
+from mkv.http.client import ClientResponse, VolumeError
 from mkv.index import Index
-from mkv.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
 from mkv.record import Record, State
 from mkv.volumes import Volumes
 

@@ -13,8 +13,8 @@ for the caller, which checks the checksum they carry.
 import hashlib
 from collections.abc import AsyncIterator
 
-from mkv.flow import ClientGone
-from mkv.sigv4 import Signed
+from mkv.http.flow import ClientGone
+from mkv.s3.sigv4 import Signed
 
 MAX_LINE = 4096  # a chunk header: hex size and a signature fit many times over
 MAX_TRAILER = 16 * 1024

@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 
-from mkv.httpclient import Resolver
+from mkv.http.client import Resolver
 
 # A volume's checks share one connection until PIPE_DEPTH wait on it, then another opens, up
 # to MAX_CONNECTIONS: few connections make big batches (one connection measured 17% more GETs/s

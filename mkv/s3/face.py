@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
 
-from mkv import s3xml
-from mkv.awschunked import AwsChunked, BadPayload
-from mkv.checksums import ALGORITHMS, Checksum, algorithm_of
-from mkv.flow import Body, ClientGone
-from mkv.httpclient import ClientResponse, VolumeError
-from mkv.httpserver import Request, Response
-from mkv.multipart import Part, Spool, UploadGone
+from mkv.http.client import ClientResponse, VolumeError
+from mkv.http.flow import Body, ClientGone
+from mkv.http.server import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
-from mkv.s3xml import MalformedXML, Node
-from mkv.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
+from mkv.s3 import xml as s3xml
+from mkv.s3.awschunked import AwsChunked, BadPayload
+from mkv.s3.checksums import ALGORITHMS, Checksum, algorithm_of
+from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
+from mkv.s3.spool import Part, Spool, UploadGone
+from mkv.s3.xml import MalformedXML, Node
 
 if TYPE_CHECKING:
     from mkv.master import Master
