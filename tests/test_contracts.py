@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from mkv.config import parse_duration
-from mkv.master import parse_key
+from mkv.http.target import parse_key
 from mkv.placement import key2path, key2volume, placement_key, storable
 from mkv.record import Record, State
 

@@ -11,9 +11,9 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.ops.rebalance import read_md5
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record
+from mkv.transfer import read_md5
 from mkv.volumes import Volumes
 
 

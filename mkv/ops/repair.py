@@ -23,10 +23,10 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.ops.rebalance import CopyError, copy_value, md5_of
 from mkv.ops.verify import check_replicas, claimed, describe, problem_line
 from mkv.ops.walk import VolumeFile, Walk, http_time
 from mkv.record import Record, State
+from mkv.transfer import CopyError, copy_value, md5_of
 from mkv.volumes import Volumes
 
 

@@ -13,9 +13,9 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
-from mkv.ops.rebalance import read_md5
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record, State
+from mkv.transfer import read_md5
 from mkv.volumes import Volumes
 
 HEAD_TIMEOUT = 1.0  # when -voltimeout is 0 (the master's "no check"): verify always checks

@@ -2,9 +2,9 @@
 
 Bucket `b` and object `k` are mkv key `/b/k` (SPEC §5), so S3 and the native API see the same
 data. Objects are read through the master (boto3 does not follow redirects), streamed from one
-replica with backpressure; writes go through `Master.store` like a native REPLACE. A bucket is a
+replica with backpressure; writes go through `Store.write` like a native REPLACE. A bucket is a
 key prefix: it exists while it holds a live key, or after CreateBucket until DeleteBucket.
-Multipart uploads, bucket markers and multipart ETags live in the spool (mkv/multipart.py).
+Multipart uploads, bucket markers and multipart ETags live in the spool (mkv/s3/spool.py).
 """
 
 import asyncio
@@ -19,12 +19,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
 from mkv.http.flow import Body, ClientGone
 from mkv.http.server import Request, Response
+from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
@@ -33,9 +34,7 @@ from mkv.s3.checksums import ALGORITHMS, Checksum, algorithm_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Part, Spool, UploadGone
 from mkv.s3.xml import MalformedXML, Node
-
-if TYPE_CHECKING:
-    from mkv.master import Master
+from mkv.store import Store
 
 log = logging.getLogger("mkv")
 
@@ -259,21 +258,19 @@ class Payload:
 
 
 class S3:
-    """Answers S3 requests for one Master."""
+    """Answers S3 requests over one store."""
 
-    def __init__(self, master: "Master") -> None:
-        self.master = master
-        self.config = master.config
-        self.index = master.index
-        self.secrets = dict(master.config.s3_keys)
-        spool = master.config.s3_spool or f"{master.config.db.rstrip('/')}.s3"
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.config = store.config
+        self.index = store.index
+        self.volumes = store.volumes
+        self.secrets = dict(store.config.s3_keys)
+        spool = store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"
         self.spool = Spool(Path(spool))
         self.completing: set[str] = set()  # upload ids whose Complete is running
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
-        from mkv.master import parse_key  # here, not above: master imports this module
-
-        self._parse_key = parse_key
         self._schedule_sweep(first=True)
 
     # --- entry ---
@@ -323,7 +320,7 @@ class S3:
 
     async def _dispatch(self, req: Request) -> Response:
         signed = self._authenticate(req)
-        key = self._parse_key(req.path)
+        key = parse_key(req.path)
         if isinstance(key, str):
             raise S3Error(400, "InvalidArgument", key)
         params = _params(req.query)
@@ -398,7 +395,7 @@ class S3:
     # --- reading values from replicas ---
     async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
         """Size, date and nginx's ETag of the key's file on one replica; None if absent."""
-        response = await self.master.volumes.get(replica, key, b"Range: bytes=0-0\r\n",
+        response = await self.volumes.get(replica, key, b"Range: bytes=0-0\r\n",
                                                  stream=False)
         h = response.headers
         if response.status == 206:
@@ -517,7 +514,7 @@ class S3:
         headers.append(("Content-Length", h.get(b"content-length", b"0").decode()))
         if response.status == 206:
             headers.append(("Content-Range", h[b"content-range"].decode("latin-1")))
-        return Response(response.status, headers, self.master.volumes.chunks(response))
+        return Response(response.status, headers, self.volumes.chunks(response))
 
     async def _open(self, key: bytes, record: Record, range_header: bytes = b"") -> ClientResponse:
         """A streamed GET of the key's value from a replica that has it, in random order."""
@@ -525,7 +522,7 @@ class S3:
         random.shuffle(order)
         for replica in order:
             try:
-                response = await self.master.volumes.get(replica, key, range_header, stream=True)
+                response = await self.volumes.get(replica, key, range_header, stream=True)
             except VolumeError:
                 continue
             if response.status in (200, 206):
@@ -601,7 +598,7 @@ class S3:
         a live value it was to replace is put back as it was."""
         old = self.index.get(key)
         try:
-            md5 = await self.master.store(key, chunks, length, old)
+            md5 = await self.store.write(key, chunks, length, old)
         except ClientGone:
             if old is not None and old.state is State.LIVE:
                 self.index.put(key, old)
@@ -611,9 +608,9 @@ class S3:
 
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
                             length: int | None) -> str | None:
-        if key in self.master.busy:
+        if key in self.store.busy:
             raise _busy(key)
-        return await self.master.locked(key, self._store(key, chunks, length))
+        return await self.store.locked(key, self._store(key, chunks, length))
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         self._check_storable(key)
@@ -647,12 +644,12 @@ class S3:
                               "object's metadata.")
             md5 = record.md5
         else:
-            if key in self.master.busy:
+            if key in self.store.busy:
                 raise _busy(key)
             response = await self._open_source(source)
             length = int(response.headers.get(b"content-length", b"0"))
             try:
-                md5 = await self._locked_store(key, self.master.volumes.chunks(response), length)
+                md5 = await self._locked_store(key, self.volumes.chunks(response), length)
             finally:
                 if not response.body.complete:  # type: ignore[union-attr]
                     response.body.abort()  # type: ignore[union-attr]
@@ -670,14 +667,14 @@ class S3:
         record = self.index.get(key)
         if record is None:
             return
-        if key in self.master.busy:
+        if key in self.store.busy:
             raise _busy(key)
         if self.config.protect:
             if record.state is State.LIVE:
                 self.index.put(key, record.with_state(State.UNLINKED))
             return
-        answer = await self.master.locked(key, self.master.remove(key, record))
-        if answer.status >= 500:
+        failed = await self.store.locked(key, self.store.remove(key, record))
+        if failed:
             raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
                           "unlinked", Key=_object_name(key))
         self.spool.forget_etag(key)
@@ -692,7 +689,7 @@ class S3:
             async with limit:
                 try:
                     # the rules a request path meets, applied to the key it would be sent as
-                    if isinstance(self._parse_key(quote(key, safe="/").encode()), str):
+                    if isinstance(parse_key(quote(key, safe="/").encode()), str):
                         raise S3Error(400, "InvalidArgument", "this key cannot be named")
                     await self._delete(key)
                 except S3Error as e:
@@ -936,7 +933,7 @@ class S3:
         response = await self._open_source(source, header)
         try:
             part = await self.spool.write_part(upload_id, number,
-                                               self.master.volumes.chunks(response))
+                                               self.volumes.chunks(response))
         except UploadGone:
             raise _no_such_upload(upload_id) from None
         finally:

@@ -1,0 +1,140 @@
+"""The store: what a key's life means over the index and the volumes — write (PUT, REPLACE),
+remove, unlink, relink and move — in SPEC §4's write order, with a lock per busy key.
+
+The native API and the S3 face translate their protocols into calls on it and answer `409`
+their own way while `key in store.busy`; the offline commands use it too.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from functools import lru_cache
+from typing import TypeVar
+
+from mkv.config import Config
+from mkv.http.client import VolumeError
+from mkv.http.flow import ClientGone
+from mkv.index import Index
+from mkv.placement import key2path
+from mkv.record import Record, State
+from mkv.transfer import CopyError, copy_value
+from mkv.volumes import Volumes
+
+log = logging.getLogger("mkv")
+
+PLACEMENT_CACHE = 1 << 16  # keys whose placement and path are remembered
+
+T = TypeVar("T")
+
+
+class MoveError(Exception):
+    """The key could not be moved; its record and files are as they were."""
+
+
+class Store:
+    """One index, the volumes, and the keys with a write, delete or move in flight."""
+
+    def __init__(self, config: Config, index: Index, volumes: Volumes) -> None:
+        self.config = config
+        self.index = index
+        self.volumes = volumes
+        self.busy: set[bytes] = set()
+        # pure functions of the key: remembered, as a hot key is read over and over
+        self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
+        self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
+
+    def locked(self, key: bytes, work: Awaitable[T]) -> Awaitable[T]:
+        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`.
+
+        The lock is taken now, not when the coroutine first runs: requests parsed in the
+        same event-loop turn would otherwise all pass the check.
+        """
+        self.busy.add(key)
+        return self._release_after(key, work)
+
+    async def _release_after(self, key: bytes, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        finally:
+            self.busy.discard(key)
+
+    async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
+                    old: Record | None) -> str | None:
+        """Write a value to today's replicas, in SPEC order; its md5 when -md5sum is on.
+
+        The caller holds the key's lock and has read `old`, the key's record. On a failed
+        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked.
+        """
+        replicas = self.config.placement(key)
+        stale = [r for r in old.replicas if r not in replicas] if old else []
+        # crash safety: INIT first, so a cut-off write is never live. A live key being
+        # replaced stays live (nginx renames each replica into place whole, so a reader gets
+        # the old or the new value) but loses its md5 meanwhile: cut off, its replicas may
+        # hold different whole values, which `repair -checksum` settles.
+        if old is None or old.state is not State.LIVE:
+            self.index.put(key, Record(tuple(replicas), State.WRITING))
+        elif old.md5:
+            self.index.put(key, Record(old.replicas, State.LIVE))
+        try:
+            md5 = await self.volumes.write(replicas, key, chunks, length, self.config.md5sum)
+        except (VolumeError, ClientGone) as e:
+            # unlinked with every replica that may hold a file, so a later DELETE cleans up
+            self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+            log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
+            raise
+        self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
+        if stale:
+            await self.delete_files(stale, key)
+        return md5
+
+    async def remove(self, key: bytes, record: Record) -> list[str]:
+        """Unlink, delete every replica, drop the record; the replicas that failed (the key
+        then stays unlinked)."""
+        if record.state is not State.UNLINKED:
+            self.index.put(key, record.with_state(State.UNLINKED))
+        failed = await self.delete_files(record.replicas, key)
+        if not failed:
+            self.index.delete(key)
+        return failed
+
+    async def delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
+        """Delete the key's file from each replica at once; the replicas that failed."""
+        failed = await self.volumes.delete_all(replicas, key)
+        for replica in failed:
+            log.warning("DELETE %s from %s failed", key.decode(errors="replace"), replica)
+        return failed
+
+    def unlink(self, key: bytes, record: Record) -> None:
+        """The virtual delete: the record kept as unlinked, the files left."""
+        self.index.put(key, record.with_state(State.UNLINKED))
+
+    async def relink(self, key: bytes, record: Record) -> bool:
+        """Undo an unlink if every replica still has the file; whether it did."""
+        # an unlinked record may be a failed write: only a complete one may come back
+        present = await asyncio.gather(
+            *(self.volumes.exists(r, key, self.config.voltimeout) for r in record.replicas))
+        if not record.replicas or not all(present):
+            return False
+        self.index.put(key, record.with_state(State.LIVE))
+        return True
+
+    async def move(self, key: bytes, record: Record) -> list[str] | None:
+        """Move one key to today's placement; None when it is there already, else the old
+        replicas whose file could not be deleted (orphans now).
+
+        Copy to the new replicas, rewrite the record (state and md5 kept), then delete from
+        the replicas no longer used. Raises MoveError when the copy fails.
+        """
+        target = self.config.placement(key)
+        if list(record.replicas) == target:
+            return None
+        missing = [r for r in target if r not in record.replicas]
+        if missing:
+            try:
+                await copy_value(self.volumes, key, list(record.replicas), missing, record.md5)
+            except (CopyError, VolumeError) as e:
+                raise MoveError(str(e)) from None
+        self.index.put(key, Record(tuple(target), record.state, record.md5))
+        # a failed delete leaves an orphan file, never a missing value: the record is moved
+        return await self.volumes.delete_all([r for r in record.replicas if r not in target],
+                                             key)
