@@ -196,7 +196,7 @@ def _volume(config: Config, positional: list[str], given: set[str]) -> int:
 
 def _checkpoint(config: Config) -> int:
     """Open the index (LevelDB replays what a crash left in its journal) and close it cleanly."""
-    from mkv.index import Index
+    from mkv.index import open_index
 
     if not config.db:
         print("mkv checkpoint: -db is required: the path of the LevelDB index", file=sys.stderr)
@@ -204,7 +204,7 @@ def _checkpoint(config: Config) -> int:
     if not os.path.isfile(os.path.join(config.db, "CURRENT")):
         print(f"mkv checkpoint: no LevelDB index at {config.db}", file=sys.stderr)
         return 1
-    Index(config.db).close()
+    open_index(config.db).close()
     print(f"mkv checkpoint: {config.db} is closed cleanly; Go mkv reads every record",
           file=sys.stderr)
     return 0

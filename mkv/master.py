@@ -12,7 +12,7 @@ import uvloop
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer, Request, Response
-from mkv.index import Index
+from mkv.index import Index, open_index
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import Store
@@ -35,7 +35,7 @@ def serve(config: Config) -> int:
     """Run the master until SIGTERM or SIGINT; the index is closed on the way out."""
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if config.verbose else logging.WARNING)
-    index = Index(config.db)
+    index = open_index(config.db)
     try:
         uvloop.run(_serve(config, index))
     finally:

@@ -17,7 +17,7 @@ from typing import TextIO, TypeVar
 import uvloop
 
 from mkv.config import Config
-from mkv.index import Index
+from mkv.index import Index, open_index
 from mkv.volumes import Volumes
 
 T = TypeVar("T")
@@ -156,7 +156,7 @@ def run_offline(config: Config,
                 operation: Callable[[Config, Index, Volumes, Progress], Awaitable[None]],
                 command: str) -> int:
     """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
-    index = Index(config.db)
+    index = open_index(config.db)
     progress = Progress(command)
 
     async def main() -> None:

@@ -1,4 +1,5 @@
-"""The LevelDB index: key bytes → `Record`, through plyvel.
+"""The LevelDB engine of the index (the default, and Go mkv's): key bytes → `Record` through
+plyvel, in the files Go mkv reads and writes.
 
 One process at a time may open it; `IndexLocked` says another one holds it.
 
@@ -13,17 +14,14 @@ from collections.abc import Iterator
 
 import plyvel
 
+from mkv.index.base import IndexLocked
 from mkv.record import Record, State
 
 CLEAR_BATCH = 100_000
 NO_KEY = b"\x00"
 
 
-class IndexLocked(Exception):
-    """Another process holds the LevelDB lock."""
-
-
-class Index:
+class LevelDBIndex:
     def __init__(self, path: str) -> None:
         try:
             self.db = plyvel.DB(path, create_if_missing=True)
