@@ -1,4 +1,4 @@
-"""The volume client pool (mkv/httpclient.py) against real nginx and against tiny in-test servers
+"""The volume client pool (mkv/http/client.py) against real nginx and against tiny in-test servers
 that misbehave the ways a volume can: closing kept-alive connections, stalling, refusing."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""The master's HTTP/1.1 server (mkv/httpserver.py) over raw loopback sockets.
+"""The master's HTTP/1.1 server (mkv/http/server.py) over raw loopback sockets.
 
 Each test runs a real `HTTPServer` on its own uvloop event loop in a background thread, with
 the small application below, and speaks bytes to it the way curl, wrk or a broken client would.

@@ -14,11 +14,14 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
+XML = ("Content-Type", "application/xml")  # the header of every XML answer
 MAX_XML_BODY = 2 * 1024 * 1024  # 10,000 parts or 1,000 keys of 1 KiB fit
 _HEADER = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\r": "&#13;"})
 
 Node = tuple[str, "str | list[Node] | None"]
+
+OWNER: list[Node] = [("ID", "mkv"), ("DisplayName", "mkv")]
 
 
 class MalformedXML(Exception):

@@ -1,0 +1,66 @@
+"""S3 buckets: a bucket is a key prefix, there while it holds a live key or from CreateBucket
+to DeleteBucket (a marker in the spool)."""
+
+import re
+
+from mkv.http.server import Response
+from mkv.record import State
+from mkv.s3 import xml as s3xml
+from mkv.s3.errors import S3Error
+from mkv.s3.request import successor
+from mkv.s3.xml import OWNER, XML, Node
+
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+
+
+class Buckets:
+    """Mixed into S3: buckets over `self.index` and `self.spool`."""
+
+    # --- buckets ---
+    def _bucket_has_keys(self, bucket: str) -> bool:
+        for _, record in self.index.items(f"/{bucket}/".encode()):
+            if record.state is State.LIVE:
+                return True
+        return False
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        return self.spool.bucket_created(bucket) is not None or self._bucket_has_keys(bucket)
+
+    def create_bucket(self, bucket: str) -> Response:
+        if not _BUCKET_NAME.match(bucket) or bucket in (".", ".."):
+            raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
+                          BucketName=bucket)
+        self.spool.make_bucket(bucket)
+        return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
+
+    def delete_bucket(self, bucket: str) -> Response:
+        if self._bucket_has_keys(bucket):
+            raise S3Error(409, "BucketNotEmpty", "The bucket you tried to delete is not empty",
+                          BucketName=bucket)
+        # a bucket that existed only through its keys is gone once they are: deleting it
+        # succeeds too, so `aws s3 rb --force` works on one
+        self.spool.remove_bucket(bucket)
+        return Response(204)
+
+    def list_buckets(self) -> Response:
+        buckets = self.spool.buckets()
+        start: bytes | None = b"/"
+        while start is not None:
+            following = None
+            for key, record in self.index.items(b"/", start):
+                slash = key.find(b"/", 1)
+                if slash < 0 or record.state is not State.LIVE:
+                    continue
+                name = key[1:slash].decode("utf-8", "replace")
+                buckets.setdefault(name, 0.0)
+                following = successor(key[:slash + 1])
+                break
+            start = following
+        nodes: list[Node] = [("Bucket", [("Name", name), ("CreationDate",
+                                                          s3xml.timestamp(created))])
+                             for name, created in sorted(buckets.items())]
+        body = s3xml.document("ListAllMyBucketsResult",
+                              [("Owner", OWNER), ("Buckets", nodes)])
+        return Response(200, [XML], body)

@@ -1,0 +1,140 @@
+"""S3 listings: ListObjects V1 and V2 (prefix, delimiter, pages), with sizes and dates from
+the replicas."""
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Callable
+from urllib.parse import quote
+
+from mkv.http.server import Response
+from mkv.record import Record, State
+from mkv.s3 import xml as s3xml
+from mkv.s3.errors import S3Error
+from mkv.s3.request import MAX_KEYS, int_param, successor
+from mkv.s3.xml import OWNER, XML, Node
+
+STAT_CONCURRENCY = 32  # replicas asked at once for the sizes and dates of a listing
+
+
+class Listings:
+    """Mixed into S3: listings over `self.index`, asking replicas through `self.stat`."""
+
+    # --- listing objects ---
+    def _scan(self, bucket: str, prefix: bytes, delimiter: bytes, start: bytes,
+              after: bytes | None, limit: int
+              ) -> tuple[list[tuple[bytes, Record | None]], bytes | None]:
+        """Up to `limit` keys (with records) and common prefixes (record None) in order, and
+        where the next page starts (None: no more). `start` is inclusive, `after` exclusive."""
+        base = f"/{bucket}/".encode()
+        full = base + prefix
+        begin = max(full, base + start, base + (after or b""))
+        entries: list[tuple[bytes, Record | None]] = []
+        items = self.index.items(full, begin)
+        while True:
+            reseek = None
+            for key, record in items:
+                if record.state is not State.LIVE:
+                    continue
+                name = key[len(base):]
+                common = None
+                if delimiter:
+                    cut = name.find(delimiter, len(prefix))
+                    if cut >= 0:
+                        common = name[:cut + len(delimiter)]
+                if common is not None:
+                    if after is not None and common <= after and not (
+                            after.startswith(common) and after != common):
+                        reseek = successor(base + common)
+                        break
+                    if len(entries) == limit:
+                        return entries, common
+                    entries.append((common, None))
+                    reseek = successor(base + common)
+                    break
+                if after is not None and name <= after:
+                    continue
+                if len(entries) == limit:
+                    return entries, name
+                entries.append((name, record))
+            if reseek is None:
+                return entries, None
+            items = self.index.items(full, reseek)
+
+    async def _contents(self, bucket: str, entries: list[tuple[bytes, Record | None]],
+                        encode: Callable[[bytes], str], owner: bool) -> list[Node]:
+        """<Contents> for each key listed (sizes and dates asked of replicas, a few at once)."""
+        limit = asyncio.Semaphore(STAT_CONCURRENCY)
+
+        async def one(name: bytes, record: Record) -> Node | None:
+            key = f"/{bucket}/".encode() + name
+            async with limit:
+                info = await self.stat(key, record)
+            if info is None:
+                return None  # no replica has it: unreadable, so not listed
+            nodes: list[Node] = [("Key", encode(name)),
+                                 ("LastModified", s3xml.timestamp(info.modified)),
+                                 ("ETag", self.etag(key, record, info)),
+                                 ("Size", str(info.size)), ("StorageClass", "STANDARD")]
+            if owner:
+                nodes.append(("Owner", OWNER))
+            return ("Contents", nodes)
+
+        found = await asyncio.gather(*(one(name, record) for name, record in entries
+                                       if record is not None))
+        return [node for node in found if node is not None]
+
+    async def list_objects(self, bucket: str, params: dict[str, str]) -> Response:
+        v2 = params.get("list-type") == "2"
+        if not self._bucket_exists(bucket):
+            raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
+                          BucketName=bucket)
+        url = params.get("encoding-type") == "url"
+        if "encoding-type" in params and not url:
+            raise S3Error(400, "InvalidArgument", "Invalid Encoding Method specified in Request")
+
+        def encode(value: bytes) -> str:
+            text = value.decode("utf-8", "replace")
+            return quote(text, safe="/") if url else text
+
+        prefix = params.get("prefix", "").encode()
+        delimiter = params.get("delimiter", "").encode()
+        max_keys = int_param(params, "max-keys", MAX_KEYS)
+        limit = min(max_keys, MAX_KEYS)
+        start, after = b"", None
+        if v2:
+            token = params.get("continuation-token")
+            if token is not None:
+                try:
+                    start = base64.urlsafe_b64decode(token.encode())
+                except (binascii.Error, ValueError):
+                    raise S3Error(400, "InvalidArgument",
+                                  "The continuation token provided is incorrect") from None
+            elif params.get("start-after"):
+                after = params["start-after"].encode()
+        elif params.get("marker"):
+            after = params["marker"].encode()
+        entries, following = self._scan(bucket, prefix, delimiter, start, after, limit) \
+            if limit else ([], None)
+        contents = await self._contents(bucket, entries, encode,
+                                        owner=not v2 or params.get("fetch-owner") == "true")
+        prefixes: list[Node] = [("CommonPrefixes", [("Prefix", encode(name))])
+                                for name, record in entries if record is None]
+        nodes: list[Node] = [("Name", bucket), ("Prefix", encode(prefix)),
+                             ("Delimiter", encode(delimiter) if delimiter else None),
+                             ("MaxKeys", str(max_keys)),
+                             ("EncodingType", "url" if url else None),
+                             ("IsTruncated", "true" if following is not None else "false")]
+        if v2:
+            nodes += [("KeyCount", str(len(contents) + len(prefixes))),
+                      ("ContinuationToken", params.get("continuation-token")),
+                      ("StartAfter", encode(after) if after is not None else None)]
+            if following is not None:
+                token = base64.urlsafe_b64encode(following).decode()
+                nodes.append(("NextContinuationToken", token))
+        else:
+            nodes.append(("Marker", encode(after or b"")))
+            if following is not None and entries:
+                nodes.append(("NextMarker", encode(entries[-1][0])))
+        body = s3xml.document("ListBucketResult", nodes + contents + prefixes)
+        return Response(200, [XML], body)

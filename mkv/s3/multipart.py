@@ -1,0 +1,209 @@
+"""S3 multipart uploads: create, upload parts (or copy them), complete into one value through
+the store, abort, list, and the sweep of abandoned uploads."""
+
+import asyncio
+import hashlib
+import logging
+import time
+from urllib.parse import quote
+
+from mkv.http.server import Request, Response
+from mkv.s3 import xml as s3xml
+from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
+from mkv.s3.request import MAX_KEYS, int_param, single_range
+from mkv.s3.sigv4 import Signed
+from mkv.s3.spool import Part, UploadGone
+from mkv.s3.xml import OWNER, XML, Node
+
+log = logging.getLogger("mkv")
+
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last, as S3 requires
+MAX_PART_NUMBER = 10_000
+
+
+class Uploads:
+    """Mixed into S3: uploads over `self.spool`, completed through `self._locked_store`."""
+
+    # --- multipart uploads ---
+    def create_upload(self, key: bytes) -> Response:
+        self._check_storable(key)
+        upload = self.spool.create(key)
+        bucket = key.split(b"/")[1].decode("utf-8", "replace")
+        body = s3xml.document("InitiateMultipartUploadResult", [
+            ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload.id)])
+        return Response(200, [XML], body)
+
+    def _upload_of(self, key: bytes, upload_id: str) -> None:
+        upload = self.spool.get(upload_id)
+        if upload is None or upload.key != key:
+            raise no_such_upload(upload_id)
+
+    async def upload_part(self, key: bytes, upload_id: str, params: dict[str, str],
+                          req: Request, signed: Signed | None) -> Response:
+        number = int_param(params, "partNumber", 0, 1, MAX_PART_NUMBER) \
+            if params.get("partNumber") else 0
+        if not number:
+            raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 "
+                          "and 10000, inclusive")
+        self._upload_of(key, upload_id)
+        if upload_id in self.completing:
+            raise no_such_upload(upload_id)
+        lock, users = self._part_locks.setdefault((upload_id, number), (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                if b"x-amz-copy-source" in req.headers:
+                    return await self._upload_part_copy(upload_id, number, req)
+                payload = self._payload(req, signed)
+                try:
+                    part = await self.spool.write_part(upload_id, number, payload)
+                except UploadGone:
+                    raise no_such_upload(upload_id) from None
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._part_locks[(upload_id, number)]
+        headers = [("ETag", f'"{part.md5}"'), ("Content-Length", "0")]
+        if payload.checksum:
+            headers.append(payload.checksum)
+        return Response(200, headers)
+
+    async def _upload_part_copy(self, upload_id: str, number: int, req: Request) -> Response:
+        source = self._copy_source(req)
+        wanted = req.headers.get(b"x-amz-copy-source-range")
+        header = b""
+        if wanted is not None:
+            if single_range(wanted) is None:
+                raise S3Error(400, "InvalidArgument", "The x-amz-copy-source-range value "
+                              "must be of the form bytes=first-last")
+            header = b"Range: %s\r\n" % wanted.strip()
+        response = await self._open_source(source, header)
+        try:
+            part = await self.spool.write_part(upload_id, number,
+                                               self.volumes.chunks(response))
+        except UploadGone:
+            raise no_such_upload(upload_id) from None
+        finally:
+            if not response.body.complete:  # type: ignore[union-attr]
+                response.body.abort()  # type: ignore[union-attr]
+        body = s3xml.document("CopyPartResult", [
+            ("LastModified", s3xml.timestamp(part.modified)), ("ETag", f'"{part.md5}"')])
+        return Response(200, [XML], body)
+
+    async def complete_upload(self, key: bytes, upload_id: str, req: Request,
+                              signed: Signed | None) -> Response:
+        self._upload_of(key, upload_id)
+        wanted = s3xml.parse_complete(await self._read_xml(req, signed))
+        numbers = [number for number, _ in wanted]
+        if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
+            raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending "
+                          "order. The parts list must be specified in order by part number.",
+                          UploadId=upload_id)
+        if upload_id in self.completing:
+            raise busy(key)
+        have = self.spool.parts(upload_id)
+        parts: list[Part] = []
+        for number, etag in wanted:
+            part = have.get(number)
+            if part is None or part.md5 != etag.lower():
+                raise S3Error(400, "InvalidPart", "One or more of the specified parts could "
+                              "not be found. The part may not have been uploaded, or the "
+                              "specified entity tag may not match the part's entity tag.",
+                              UploadId=upload_id, PartNumber=str(number), ETag=etag)
+            parts.append(part)
+        for part in parts[:-1]:
+            if part.size < MIN_PART_SIZE:
+                raise S3Error(400, "EntityTooSmall", "Your proposed upload is smaller than "
+                              "the minimum allowed object size.", UploadId=upload_id,
+                              PartNumber=str(part.number))
+        self.completing.add(upload_id)
+        try:
+            md5 = await self._locked_store(key, self.spool.read(parts),
+                                           sum(p.size for p in parts))
+        finally:
+            self.completing.discard(upload_id)
+        combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts)).hexdigest()
+        etag = f"{combined}-{len(parts)}"
+        if md5:
+            self.spool.save_etag(key, md5, etag)
+        self.spool.remove(upload_id)
+        bucket = key.split(b"/")[1].decode("utf-8", "replace")
+        host = req.headers.get(b"host", b"").decode("latin-1")
+        body = s3xml.document("CompleteMultipartUploadResult", [
+            ("Location", f"http://{host}{quote(key)}"), ("Bucket", bucket),
+            ("Key", object_name(key)), ("ETag", f'"{etag}"')])
+        return Response(200, [XML], body)
+
+    def abort_upload(self, key: bytes, upload_id: str) -> Response:
+        self._upload_of(key, upload_id)
+        if upload_id in self.completing:
+            raise busy(key)
+        self.spool.remove(upload_id)
+        return Response(204)
+
+    def list_parts(self, key: bytes, upload_id: str, params: dict[str, str]) -> Response:
+        self._upload_of(key, upload_id)
+        max_parts = int_param(params, "max-parts", MAX_KEYS)
+        marker = int_param(params, "part-number-marker", 0)
+        parts = sorted((p for p in self.spool.parts(upload_id).values() if p.number > marker),
+                       key=lambda p: p.number)
+        page = parts[:min(max_parts, MAX_KEYS)]
+        truncated = len(parts) > len(page)
+        bucket = key.split(b"/")[1].decode("utf-8", "replace")
+        nodes: list[Node] = [
+            ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload_id),
+            ("Initiator", OWNER), ("Owner", OWNER), ("StorageClass", "STANDARD"),
+            ("PartNumberMarker", str(marker)),
+            ("NextPartNumberMarker", str(page[-1].number) if page else None),
+            ("MaxParts", str(max_parts)), ("IsTruncated", "true" if truncated else "false")]
+        nodes += [("Part", [("PartNumber", str(p.number)),
+                            ("LastModified", s3xml.timestamp(p.modified)),
+                            ("ETag", f'"{p.md5}"'), ("Size", str(p.size))]) for p in page]
+        return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
+
+    def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:
+        prefix = f"/{bucket}/{params.get('prefix', '')}".encode()
+        key_marker = params.get("key-marker", "")
+        id_marker = params.get("upload-id-marker", "")
+        max_uploads = int_param(params, "max-uploads", MAX_KEYS)
+        uploads = sorted((u for u in self.spool.uploads() if u.key.startswith(prefix)),
+                         key=lambda u: (u.key, u.initiated, u.id))
+        if key_marker:
+            mark = f"/{bucket}/{key_marker}".encode()
+            uploads = [u for u in uploads if u.key > mark or (
+                u.key == mark and id_marker and u.id > id_marker)]
+        page = uploads[:min(max_uploads, MAX_KEYS)]
+        truncated = len(uploads) > len(page)
+        nodes: list[Node] = [
+            ("Bucket", bucket), ("KeyMarker", key_marker), ("UploadIdMarker", id_marker),
+            ("NextKeyMarker", object_name(page[-1].key) if truncated else None),
+            ("NextUploadIdMarker", page[-1].id if truncated else None),
+            ("Prefix", params.get("prefix", "")), ("MaxUploads", str(max_uploads)),
+            ("IsTruncated", "true" if truncated else "false")]
+        nodes += [("Upload", [("Key", object_name(u.key)), ("UploadId", u.id),
+                              ("Initiator", OWNER), ("Owner", OWNER),
+                              ("StorageClass", "STANDARD"),
+                              ("Initiated", s3xml.timestamp(u.initiated))]) for u in page]
+        return Response(200, [XML], s3xml.document("ListMultipartUploadsResult", nodes))
+
+    # --- housekeeping ---
+    def _schedule_sweep(self, first: bool = False) -> None:
+        ttl = self.config.s3_upload_ttl
+        if ttl <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(0 if first else min(max(ttl / 4, 0.5), 3600.0), self._sweep)
+
+    def _sweep(self) -> None:
+        """Remove multipart uploads idle for longer than -s3_upload_ttl."""
+        try:
+            for upload_id in self.spool.sweep(self.config.s3_upload_ttl, time.time()):
+                log.warning("S3: removed multipart upload %s, idle past -s3_upload_ttl",
+                            upload_id)
+        except OSError as e:
+            log.warning("S3: cleaning the spool %s failed: %s", self.spool.root, e)
+        self._schedule_sweep()

@@ -1,0 +1,364 @@
+"""S3 objects: Get/Head (streamed from a replica, ranges, conditions), Put, Copy, Delete and
+DeleteObjects, through the store."""
+
+import asyncio
+import base64
+import binascii
+import random
+import re
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+from urllib.parse import quote, unquote_to_bytes
+
+from mkv.http.client import ClientResponse, VolumeError
+from mkv.http.flow import Body, ClientGone
+from mkv.http.server import Request, Response
+from mkv.http.target import parse_key
+from mkv.placement import storable
+from mkv.record import Record, State
+from mkv.s3 import xml as s3xml
+from mkv.s3.awschunked import AwsChunked
+from mkv.s3.checksums import ALGORITHMS, algorithm_of
+from mkv.s3.errors import NotModified, S3Error, busy, no_such_key, object_name
+from mkv.s3.payload import Payload
+from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
+from mkv.s3.sigv4 import Signed
+from mkv.s3.xml import XML, MalformedXML, Node
+
+DELETE_CONCURRENCY = 16
+_RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type", "response-content-disposition":
+    "Content-Disposition", "response-content-encoding": "Content-Encoding",
+    "response-content-language": "Content-Language", "response-cache-control": "Cache-Control",
+    "response-expires": "Expires"}
+
+
+class ObjectInfo(NamedTuple):
+    size: int
+    modified: float
+    volume_etag: str
+
+
+
+class Objects:
+    """Mixed into S3: objects over `self.store`, `self.index`, `self.volumes` and
+    `self.spool`."""
+
+    # --- reading values from replicas ---
+    async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
+        """Size, date and nginx's ETag of the key's file on one replica; None if absent."""
+        response = await self.volumes.get(replica, key, b"Range: bytes=0-0\r\n",
+                                                 stream=False)
+        h = response.headers
+        if response.status == 206:
+            size = int(h.get(b"content-range", b"/0").rpartition(b"/")[2])
+        elif response.status == 200:
+            size = int(h.get(b"content-length", b"0"))
+        else:
+            return None
+        return ObjectInfo(size, parse_http_date(h.get(b"last-modified")) or 0.0,
+                          h.get(b"etag", b'""').decode("latin-1"))
+
+    async def stat(self, key: bytes, record: Record) -> ObjectInfo | None:
+        """What a replica that has the file says about it, trying replicas in random order."""
+        order = list(record.replicas)
+        random.shuffle(order)
+        for replica in order:
+            try:
+                info = await self._stat_replica(replica, key)
+            except VolumeError:
+                continue
+            if info is not None:
+                return info
+        return None
+
+    def etag(self, key: bytes, record: Record, info: ObjectInfo | None) -> str:
+        if record.md5:
+            return f'"{self.spool.etag(key, record.md5) or record.md5}"'
+        return info.volume_etag if info is not None else '""'
+
+    def _live(self, key: bytes) -> Record:
+        record = self.index.get(key)
+        if record is None or record.state is not State.LIVE:
+            raise no_such_key(key)
+        return record
+
+    @staticmethod
+    def _preconditions(req: Request, etag: str, modified: float, read: bool) -> None:
+        """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order."""
+        h = req.headers
+
+        def matches(header: bytes) -> bool:
+            tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
+            return "*" in tags or etag in tags or etag.strip('"') in tags
+
+        if b"if-match" in h:
+            if not matches(h[b"if-match"]):
+                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
+                              "you specified did not hold", Condition="If-Match")
+        elif (since := parse_http_date(h.get(b"if-unmodified-since"))) is not None:
+            if int(modified) > since:
+                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
+                              "you specified did not hold", Condition="If-Unmodified-Since")
+        if b"if-none-match" in h:
+            if matches(h[b"if-none-match"]):
+                if read:
+                    raise NotModified(etag, modified)
+                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
+                              "you specified did not hold", Condition="If-None-Match")
+        elif read and (since := parse_http_date(h.get(b"if-modified-since"))) is not None:
+            if int(modified) <= since:
+                raise NotModified(etag, modified)
+
+    async def get_object(self, key: bytes, req: Request, params: dict[str, str],
+                         head: bool) -> Response:
+        record = self._live(key)
+        try:
+            if head:
+                return await self._head_object(key, record, req, params)
+            return await self._get_object(key, record, req, params)
+        except NotModified as e:
+            return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
+
+    def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
+                        params: dict[str, str]) -> list[tuple[str, str]]:
+        headers = [("ETag", self.etag(key, record, info)),
+                   ("Last-Modified", http_date(info.modified)),
+                   ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+        for param, header in _RESPONSE_OVERRIDES.items():
+            if param in params:
+                headers = [(n, v) for n, v in headers if n != header] + [(header, params[param])]
+        return headers
+
+    async def _head_object(self, key: bytes, record: Record, req: Request,
+                           params: dict[str, str]) -> Response:
+        info = await self.stat(key, record)
+        if info is None:
+            raise S3Error(500, "InternalError", "no replica has the value of this key")
+        headers = self._object_headers(key, record, info, params)
+        self._preconditions(req, headers[0][1], info.modified, read=True)
+        wanted = single_range(req.headers.get(b"range"))
+        if wanted is None or info.size == 0:
+            return Response(200, headers + [("Content-Length", str(info.size))])
+        span = resolve_range(wanted, info.size)
+        if span is None:
+            raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
+                          ActualObjectSize=str(info.size))
+        first, last = span
+        headers += [("Content-Range", f"bytes {first}-{last}/{info.size}"),
+                    ("Content-Length", str(last - first + 1))]
+        return Response(206, headers)
+
+    async def _get_object(self, key: bytes, record: Record, req: Request,
+                          params: dict[str, str]) -> Response:
+        wanted = single_range(req.headers.get(b"range"))
+        ask = b"Range: %s\r\n" % req.headers[b"range"].strip() if wanted else b""
+        response = await self._open(key, record, ask)
+        h = response.headers
+        info = ObjectInfo(0, parse_http_date(h.get(b"last-modified")) or 0.0,
+                          h.get(b"etag", b'""').decode("latin-1"))
+        headers = self._object_headers(key, record, info, params)
+        try:
+            self._preconditions(req, headers[0][1], info.modified, read=True)
+        except (S3Error, NotModified):
+            response.body.abort()  # type: ignore[union-attr]
+            raise
+        headers.append(("Content-Length", h.get(b"content-length", b"0").decode()))
+        if response.status == 206:
+            headers.append(("Content-Range", h[b"content-range"].decode("latin-1")))
+        return Response(response.status, headers, self.volumes.chunks(response))
+
+    async def _open(self, key: bytes, record: Record, range_header: bytes = b"") -> ClientResponse:
+        """A streamed GET of the key's value from a replica that has it, in random order."""
+        order = list(record.replicas)
+        random.shuffle(order)
+        for replica in order:
+            try:
+                response = await self.volumes.get(replica, key, range_header, stream=True)
+            except VolumeError:
+                continue
+            if response.status in (200, 206):
+                return response
+            response.body.abort()  # type: ignore[union-attr]  # an error page we will not read
+            if response.status == 416:
+                size = response.headers.get(b"content-range", b"*/0").rpartition(b"/")[2]
+                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
+                              ActualObjectSize=size.decode())
+        raise S3Error(500, "InternalError", "no replica has the value of this key")
+
+    # --- writing values ---
+    def _payload(self, req: Request, signed: Signed | None) -> Payload:
+        """How to read and check a request body, from its headers; errors before reading."""
+        h = req.headers
+        sha = h.get(b"x-amz-content-sha256", b"").decode("latin-1")
+        encoding = h.get(b"content-encoding", b"").lower()
+        if "ECDSA" in sha:
+            raise S3Error(501, "NotImplemented", "SigV4a (ECDSA) signed payloads are not "
+                          "supported")
+        chunked = None
+        if sha.startswith("STREAMING-") or b"aws-chunked" in encoding:
+            signed_chunks = sha.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+            chunked = AwsChunked(req.body, signed if signed_chunks else None,
+                                 expect_signatures=signed_chunks)
+            source: AsyncIterator[bytes] | Body = chunked
+            decoded = h.get(b"x-amz-decoded-content-length")
+            try:
+                length = int(decoded) if decoded is not None else None
+            except ValueError:
+                raise S3Error(400, "InvalidArgument",
+                              "x-amz-decoded-content-length is not a number") from None
+        else:
+            source, length = req.body, req.body.length
+        content_md5 = None
+        if b"content-md5" in h:
+            try:
+                content_md5 = base64.b64decode(h[b"content-md5"], validate=True)
+            except (binascii.Error, ValueError):
+                content_md5 = b""
+            if len(content_md5) != 16:
+                raise S3Error(400, "InvalidDigest",
+                              "The Content-MD5 you specified was invalid.")
+        algorithm = expected = None
+        for name, value in h.items():
+            found = algorithm_of(name.decode("latin-1"))
+            if found is not None:
+                algorithm, expected = found, value.decode("latin-1").strip()
+                break
+        trailer = h.get(b"x-amz-trailer")
+        if algorithm is None and trailer is not None:
+            algorithm = algorithm_of(trailer.decode("latin-1").strip())
+            if algorithm is None:
+                raise S3Error(400, "InvalidRequest", f"unsupported trailer {trailer!r}: "
+                              f"checksums supported are {', '.join(ALGORITHMS)}")
+            if chunked is None:
+                raise S3Error(400, "InvalidRequest", "x-amz-trailer needs an aws-chunked body")
+        payload_sha = sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+        return Payload(source, length, content_md5, payload_sha, algorithm, expected, chunked)
+
+    def _check_storable(self, key: bytes) -> None:
+        problem = storable(key)
+        if problem:
+            code = "KeyTooLongError" if "too long" in problem else "InvalidArgument"
+            raise S3Error(400, code, f"this key cannot be stored: {problem}",
+                          Key=object_name(key))
+
+    async def _store(self, key: bytes, chunks: AsyncIterator[bytes],
+                     length: int | None) -> str | None:
+        """Write a value under the key's lock, replacing a live one as S3 does; its md5.
+
+        A body that broke or failed a check never completed on any replica (see Payload), so
+        a live value it was to replace is put back as it was."""
+        old = self.index.get(key)
+        try:
+            md5 = await self.store.write(key, chunks, length, old)
+        except ClientGone:
+            if old is not None and old.state is State.LIVE:
+                self.index.put(key, old)
+            raise
+        self.spool.forget_etag(key)
+        return md5
+
+    async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
+                            length: int | None) -> str | None:
+        if key in self.store.busy:
+            raise busy(key)
+        return await self.store.locked(key, self._store(key, chunks, length))
+
+    async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
+        self._check_storable(key)
+        payload = self._payload(req, signed)
+        md5 = await self._locked_store(key, payload, payload.length)
+        headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
+        if payload.checksum:
+            headers.append(payload.checksum)
+        return Response(200, headers)
+
+    def _copy_source(self, req: Request) -> bytes:
+        source = req.headers[b"x-amz-copy-source"].split(b"?", 1)[0]
+        key = b"/" + unquote_to_bytes(source).lstrip(b"/")
+        if key.count(b"/") < 2 or key.endswith(b"/") and key.count(b"/") == 2:
+            raise S3Error(400, "InvalidArgument", "x-amz-copy-source must be bucket/key")
+        return key
+
+    async def _open_source(self, key: bytes, range_header: bytes = b"") -> ClientResponse:
+        """A streamed GET of a copy source from a replica that has it."""
+        return await self._open(key, self._live(key), range_header)
+
+    async def copy_object(self, key: bytes, req: Request) -> Response:
+        self._check_storable(key)
+        source = self._copy_source(req)
+        if source == key:
+            record = self._live(key)
+            directive = req.headers.get(b"x-amz-metadata-directive", b"").upper()
+            if directive != b"REPLACE":
+                raise S3Error(400, "InvalidRequest", "This copy request is illegal because it "
+                              "is trying to copy an object to itself without changing the "
+                              "object's metadata.")
+            md5 = record.md5
+        else:
+            if key in self.store.busy:
+                raise busy(key)
+            response = await self._open_source(source)
+            length = int(response.headers.get(b"content-length", b"0"))
+            try:
+                md5 = await self._locked_store(key, self.volumes.chunks(response), length)
+            finally:
+                if not response.body.complete:  # type: ignore[union-attr]
+                    response.body.abort()  # type: ignore[union-attr]
+        etag = self.etag(key, self._live(key), None) if md5 else '""'
+        body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
+                                                   ("ETag", etag)])
+        return Response(200, [XML], body)
+
+    async def delete_object(self, key: bytes) -> Response:
+        await self._delete(key)
+        return Response(204)
+
+    async def _delete(self, key: bytes) -> None:
+        """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
+        record = self.index.get(key)
+        if record is None:
+            return
+        if key in self.store.busy:
+            raise busy(key)
+        if self.config.protect:
+            if record.state is State.LIVE:
+                self.index.put(key, record.with_state(State.UNLINKED))
+            return
+        failed = await self.store.locked(key, self.store.remove(key, record))
+        if failed:
+            raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
+                          "unlinked", Key=object_name(key))
+        self.spool.forget_etag(key)
+
+    async def delete_objects(self, bucket: str, req: Request,
+                             signed: Signed | None) -> Response:
+        quiet, names = s3xml.parse_delete(await self._read_xml(req, signed))
+        limit = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def one(name: str) -> Node | None:
+            key = f"/{bucket}/{name}".encode()
+            async with limit:
+                try:
+                    # the rules a request path meets, applied to the key it would be sent as
+                    if isinstance(parse_key(quote(key, safe="/").encode()), str):
+                        raise S3Error(400, "InvalidArgument", "this key cannot be named")
+                    await self._delete(key)
+                except S3Error as e:
+                    return ("Error", [("Key", name), ("Code", e.code), ("Message", e.message)])
+            return None if quiet else ("Deleted", [("Key", name)])
+
+        results = await asyncio.gather(*(one(name) for name in names))
+        body = s3xml.document("DeleteResult", [r for r in results if r is not None])
+        return Response(200, [XML], body)
+
+    async def _read_xml(self, req: Request, signed: Signed | None) -> bytes:
+        """A request's (small) XML body, checked as any payload is."""
+        if req.body.length is not None and req.body.length > s3xml.MAX_XML_BODY:
+            raise MalformedXML("the XML body is too large")
+        data = bytearray()
+        async for chunk in self._payload(req, signed):
+            data += chunk
+            if len(data) > s3xml.MAX_XML_BODY:
+                raise MalformedXML("the XML body is too large")
+        return bytes(data)
