@@ -1,4 +1,4 @@
-"""The pipelined HEAD checker (mkv/http/headcheck.py): its answer framing, and real nginx volumes."""
+"""The pipelined HEAD checker (mkv/http/headcheck.py): answer framing, and real nginx volumes."""
 
 import asyncio
 import os
