@@ -3,7 +3,7 @@
 import argparse
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.launcher import LocalCluster, Proc, stop_on_sigterm
@@ -20,6 +20,16 @@ GO = {
 
 class BenchFailure(Exception):
     """A wrong answer: the benchmark stops and exits non-zero."""
+
+
+# Wraps each measured interval of a benchmark by name (`with meter("master missing"): ...`),
+# for a caller that reads what the processes did over exactly that interval (bench/vs_go.py).
+Meter = Callable[[str], contextlib.AbstractContextManager[object]]
+
+
+def unmetered(name: str) -> contextlib.AbstractContextManager[object]:
+    """The default meter: measures nothing."""
+    return contextlib.nullcontext()
 
 
 def run_id() -> str:

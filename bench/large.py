@@ -28,6 +28,7 @@ from bench.client import Connection, HTTPFailure, Pool
 from bench.common import (
     GO,
     BenchFailure,
+    Meter,
     Target,
     add_cluster_args,
     fmt,
@@ -36,6 +37,7 @@ from bench.common import (
     ratio,
     run_id,
     target_from_args,
+    unmetered,
 )
 
 BLOCK = 1 << 20
@@ -166,7 +168,9 @@ def _peak_mib(target: Target) -> float | None:
     return None if proc is None else proc.status_kib("VmHWM") / 1024
 
 
-async def one_size(target: Target, size: int, tag: str) -> SizeResult:
+async def one_size(target: Target, size: int, tag: str, meter: Meter = unmetered) -> SizeResult:
+    """The direct PUT and GET, then the master's; `meter` wraps the master's PUT, named
+    "master put <size>"."""
     value = Value(size, seed=size)
     md5 = value.md5()  # before any timing
     pool = Pool()
@@ -186,7 +190,8 @@ async def one_size(target: Target, size: int, tag: str) -> SizeResult:
         base = proc.status_kib("VmRSS") / 1024 if proc else None
         if proc:
             proc.reset_peak_rss()
-        put = await _put(master, key, value, f"PUT {key} (master)")
+        with meter(f"master put {size}"):
+            put = await _put(master, key, value, f"PUT {key} (master)")
         put_peak = _peak_mib(target)
         if proc:
             proc.reset_peak_rss()
@@ -256,15 +261,15 @@ class Report:
         return "\n".join(lines)
 
 
-async def large(target: Target, sizes: list[int]) -> Report:
+async def large(target: Target, sizes: list[int], meter: Meter = unmetered) -> Report:
     tag = run_id()
-    results = [await one_size(target, size, tag) for size in sizes]
+    results = [await one_size(target, size, tag, meter) for size in sizes]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return Report(results, peak)
 
 
-def run(target: Target, sizes: list[int]) -> Report:
-    return uvloop.run(large(target, sizes))
+def run(target: Target, sizes: list[int], meter: Meter = unmetered) -> Report:
+    return uvloop.run(large(target, sizes, meter))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,16 +3,20 @@
 Every process it starts is stopped by `LocalCluster.stop()`: on leaving the `with` block, on an
 exception, and on SIGTERM or Ctrl-C once `stop_on_sigterm()` was called. Each process's
 output goes to a log file in the work dir; a process that dies while starting shows its tail.
+The volumes are `mkv volume`, or another launcher such as Go mkv's `volume` script (run in a
+process group of its own, so that stopping it stops the nginx it started too).
 """
 
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -54,11 +58,35 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-class Proc:
-    """A started server: its port, its Popen, its log."""
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [0] state, [1] ppid, [2] process group,
+    [11] utime, [12] stime (clock ticks, all threads)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
-    def __init__(self, name: str, port: int, popen: subprocess.Popen, log: Path) -> None:
+
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat_fields) of every process, leaving out those that exit meanwhile."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), stat_fields(int(entry.name))
+            except OSError:
+                continue
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies aside)."""
+    return any(int(f[2]) == pgid and f[0] != "Z" for _, f in processes())
+
+
+class Proc:
+    """A started server: its port, its Popen, its log; `group` when it leads a process group
+    whose every member is stopped with it."""
+
+    def __init__(self, name: str, port: int, popen: subprocess.Popen, log: Path,
+                 group: bool = False) -> None:
         self.name, self.port, self.popen, self.log = name, port, popen, log
+        self.group = group
 
     @property
     def addr(self) -> str:
@@ -88,13 +116,32 @@ class Proc:
         raise TimeoutError(f"{self.name}: nothing listening on {self.port} after {timeout}s")
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.popen.poll() is None:
+        if self.group:
+            self._stop_group(timeout)
+        elif self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+    def _stop_group(self, timeout: float) -> None:
+        """SIGTERM to the whole group, SIGKILL to what is left of it after `timeout`."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while self._group_running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not self._group_running():
+                break
+        self.popen.wait()
+
+    def _group_running(self) -> bool:
+        return self.popen.poll() is None or _group_alive(self.popen.pid)
 
     def status_kib(self, field: str) -> int:
         """A memory figure (VmHWM, VmRSS) of the process from /proc, in KiB."""
@@ -112,21 +159,41 @@ class Proc:
             return False
 
 
+def _open_to_nginx_workers(workdir: Path, own: bool) -> None:
+    """Started by root, a launcher's nginx runs its workers as `nobody`, who must be able to
+    enter the work dir; ValueError when a directory on its path is closed to others."""
+    if own:
+        workdir.chmod(0o755)  # mkdtemp made it 0700
+    for path in (workdir.resolve(), *workdir.resolve().parents):
+        if not path.stat().st_mode & stat.S_IXOTH:
+            raise ValueError(f"{path} is closed to others (mode {path.stat().st_mode & 0o777:o}), "
+                             f"but the volumes' nginx workers run as nobody and must reach "
+                             f"{workdir}: choose a work dir that others can enter")
+
+
 def mkv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mkv", *args]
 
 
 class LocalCluster:
-    """`volumes` nginx volumes and a master on them (default flags) in a work dir."""
+    """`volumes` nginx volumes and a master on them (default flags) in a work dir.
+
+    `volume_script` starts each volume as `PORT=N script DIR/` (Go mkv's launcher) instead of
+    `mkv volume DIR -port N`.
+    """
 
     def __init__(self, workdir: Path | None = None, volumes: int = 3,
-                 master_flags: tuple[str, ...] = (), with_master: bool = True) -> None:
+                 master_flags: tuple[str, ...] = (), with_master: bool = True,
+                 volume_script: Path | None = None) -> None:
         self.own_dir = workdir is None
         self.dir = Path(tempfile.mkdtemp(prefix="mkv-bench-")) if workdir is None else workdir
         self.dir.mkdir(parents=True, exist_ok=True)
+        if volume_script is not None and os.geteuid() == 0:
+            _open_to_nginx_workers(self.dir, self.own_dir)
         self.volume_count = volumes
         self.master_flags = master_flags
         self.with_master = with_master
+        self.volume_script = volume_script
         self.procs: list[Proc] = []
         self.volumes: list[Proc] = []
         self.master: Proc | None = None
@@ -143,15 +210,16 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, port: int, cmd: list[str]) -> Proc:
+    def _spawn(self, name: str, port: int, cmd: list[str], extra_env: dict[str, str] | None = None,
+               group: bool = False) -> Proc:
         log = self.dir / f"{name}.log"
         # no $MKV_SECRET: the yardstick writes to a volume directly, as any client would
         env = {k: v for k, v in os.environ.items() if k != "MKV_SECRET"}
         with open(log, "wb") as out:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT,
-                                     env={**env, "PYTHONUNBUFFERED": "1"})
-        proc = Proc(name, port, popen, log)
+                                     stderr=subprocess.STDOUT, start_new_session=group,
+                                     env={**env, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+        proc = Proc(name, port, popen, log, group)
         self.procs.append(proc)
         proc.wait_listening()
         return proc
@@ -159,20 +227,28 @@ class LocalCluster:
     def start(self) -> None:
         _clusters.append(self)
         for i in range(self.volume_count):
-            port = free_port()
-            self.volumes.append(self._spawn(
-                f"volume{i}", port, mkv_command("volume", str(self.dir / f"volume{i}"),
-                                                "-port", str(port))))
+            port, data = free_port(), self.dir / f"volume{i}"
+            if self.volume_script is None:
+                self.volumes.append(self._spawn(
+                    f"volume{i}", port, mkv_command("volume", str(data), "-port", str(port))))
+            else:  # its nginx config goes to a mktemp file: keep that in the work dir
+                self.volumes.append(self._spawn(
+                    f"volume{i}", port, [str(self.volume_script), f"{data}/"],
+                    {"PORT": str(port), "TMPDIR": str(self.dir)}, group=True))
         if self.with_master:
             self.master = self.start_master()
 
-    def start_master(self, db: Path | None = None, *flags: str) -> Proc:
-        """Another master on the same volumes (a fresh index unless `db` is given)."""
+    def start_master(self, db: Path | None = None, *flags: str,
+                     program: list[str] | None = None, serving: int | None = None) -> Proc:
+        """Another master on the same volumes (a fresh index unless `db` is given), or on the
+        first `serving` of them; `program` is the command before the flags (default ours,
+        `python -m mkv`)."""
         self.masters += 1
         db = db or self.dir / f"index{self.masters}"
         port = free_port()
-        cmd = mkv_command("-db", str(db), "-volumes", ",".join(v.addr for v in self.volumes),
-                          "-port", str(port), *(flags or self.master_flags), "server")
+        cmd = [*(program or mkv_command()), "-db", str(db),
+               "-volumes", ",".join(v.addr for v in self.volumes[:serving]),
+               "-port", str(port), *(flags or self.master_flags), "server"]
         return self._spawn(f"master{self.masters}", port, cmd)
 
     def stop_proc(self, proc: Proc) -> None:

@@ -18,9 +18,11 @@ runs it (`python -m mkv ...`, timed from start to exit):
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: python bench/ops.py
@@ -29,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: python bench/ops.py
 import plyvel
 
 from bench.common import BenchFailure, add_cluster_args, fmt
-from bench.launcher import LocalCluster, mkv_command, stop_on_sigterm
+from bench.launcher import LocalCluster, mkv_command, stop_on_sigterm, track, untrack
 from mkv.placement import key2path, key2volume
 from mkv.record import Record
 
@@ -40,12 +42,16 @@ def key_of(i: int) -> bytes:
 
 def fill(cluster: LocalCluster, db: Path, keys: int, size: int, replicas: int,
          subvolumes: int) -> float:
-    """Write the keys' files onto the first three volumes and their records; the seconds."""
+    """Write the keys' files onto the first three volumes and their records; the seconds.
+
+    The directories are made writable by all (umask 0), as Go mkv's `volume` makes the volume's
+    own: run by root, its nginx workers are `nobody` and must be able to delete the files."""
     started = time.perf_counter()
     names = [v.addr for v in cluster.volumes[:3]]
     dirs = {v.addr: cluster.dir / f"volume{i}" for i, v in enumerate(cluster.volumes)}
     ldb = plyvel.DB(str(db), create_if_missing=True, error_if_exists=True)
     made: set[Path] = set()
+    umask = os.umask(0)
     try:
         with ldb.write_batch() as batch:
             for i in range(keys):
@@ -62,23 +68,46 @@ def fill(cluster: LocalCluster, db: Path, keys: int, size: int, replicas: int,
                 md5 = hashlib.md5(value).hexdigest()
                 batch.put(key, Record(tuple(placed), md5=md5).encode())
     finally:
+        os.umask(umask)
         ldb.close()
     return time.perf_counter() - started
+
+
+@dataclass
+class Ran:
+    """A command run to its exit: wall seconds, its own CPU seconds (user + system), its
+    output's last line."""
+    seconds: float
+    cpu_s: float
+    line: str
+
+
+def run_command(cmd: list[str], log: Path) -> Ran:
+    """Run `cmd` with its output in `log`; a non-zero exit fails the bench."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT)
+        track(popen)
+        try:
+            _, status, usage = os.wait4(popen.pid, 0)
+        finally:
+            untrack(popen)
+    seconds = time.perf_counter() - started
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    if popen.returncode != 0:
+        raise BenchFailure(f"{' '.join(cmd)} exited {popen.returncode}:\n{text[-2000:]}")
+    lines = text.strip().splitlines()
+    return Ran(seconds, usage.ru_utime + usage.ru_stime, lines[-1] if lines else "")
 
 
 def run(db: Path, volumes: list[str], flags: list[str], command: str,
         log: Path) -> tuple[float, str]:
     """`mkv ... command`; its seconds and its summary line. A non-zero exit fails the bench."""
-    cmd = mkv_command("-db", str(db), "-volumes", ",".join(volumes), *flags, command)
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - started
-    text = log.read_text()
-    if result.returncode != 0:
-        raise BenchFailure(f"{command} exited {result.returncode}:\n{text[-2000:]}")
-    return seconds, text.strip().splitlines()[-1]
+    ran = run_command(mkv_command("-db", str(db), "-volumes", ",".join(volumes), *flags,
+                                  command), log)
+    return ran.seconds, ran.line
 
 
 def records(db: Path) -> dict[bytes, bytes]:

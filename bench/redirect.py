@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a file: python bench/redirect.py
 from bench.common import (
     GO,
     BenchFailure,
+    Meter,
     Target,
     add_cluster_args,
     fmt,
@@ -30,6 +31,7 @@ from bench.common import (
     ratio,
     run_id,
     target_from_args,
+    unmetered,
 )
 from bench.launcher import track, untrack
 
@@ -163,7 +165,8 @@ class Report:
 
 
 def run(target: Target, duration: float = 10, threads: int = 2, connections: int = 100,
-        install: bool = True) -> Report:
+        install: bool = True, meter: Meter = unmetered) -> Report:
+    """The four wrk runs; `meter` wraps each, named as its WrkRun."""
     binary = find_wrk(install)
     tag = run_id()
     key = f"/bench/redirect-{tag}"
@@ -189,7 +192,8 @@ def run(target: Target, duration: float = 10, threads: int = 2, connections: int
             WrkRun("nginx existing", location, 200),
         ]
         for r in runs:
-            wrk(binary, r, duration, threads, connections)
+            with meter(r.name):
+                wrk(binary, r, duration, threads, connections)
             if r.wrong:
                 raise BenchFailure(f"{r.name}: {r.wrong} of {r.requests} answers were not "
                                    f"{r.expect} ({r.url})")

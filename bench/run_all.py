@@ -4,6 +4,7 @@ and issue 3's targets.
 
     python -m bench              # thrasher 10,000 cycles, wrk 10 s, 256 MiB + 1 GiB, 1M keys
     python -m bench --quick      # tiny sizes and a second of wrk: checks the benchmarks run
+    python -m bench --vs-go      # instead: ours against Go mkv (bench/vs_go.py, its options)
 """
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: python bench/run_all.py
     sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
-from bench import index_scale, large, redirect, thrasher
+from bench import index_scale, large, redirect, thrasher, vs_go
 from bench.client import HTTPFailure
 from bench.common import (
     GO,
@@ -119,7 +120,12 @@ def code_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--vs-go" in argv:
+        return vs_go.main([a for a in argv if a != "--vs-go"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vs-go", action="store_true",
+                        help="run bench.vs_go instead, with the options it takes (see its --help)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and durations")
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")

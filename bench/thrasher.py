@@ -23,6 +23,7 @@ from bench.client import Connection, HTTPFailure, Pool, Reply
 from bench.common import (
     GO,
     BenchFailure,
+    Meter,
     Target,
     add_cluster_args,
     fmt,
@@ -31,6 +32,7 @@ from bench.common import (
     ratio,
     run_id,
     target_from_args,
+    unmetered,
 )
 
 OPERATIONS = ("put", "get", "delete")
@@ -195,22 +197,25 @@ class Report:
 
 
 async def thrash(target: Target, workers: int = 16, count: int = 10_000, size: int = 20,
-                 rounds: int = 4) -> Report:
-    """nginx and the master take turns, `rounds` times, so both meet the same noise."""
+                 rounds: int = 4, meter: Meter = unmetered) -> Report:
+    """nginx and the master take turns, `rounds` times, so both meet the same noise; `meter`
+    wraps each turn, named "nginx" or "master"."""
     tag = run_id()
     rounds = max(1, min(rounds, count // workers))
     bounds = [count * r // rounds for r in range(rounds + 1)]
     nginx, master = [], []
     for first, end in zip(bounds, bounds[1:], strict=False):
-        nginx.append(await _run(workers, first, end, nginx_cycle(target.volume, tag, size)))
-        master.append(await _run(workers, first, end, master_cycle(target.master, tag, size)))
+        with meter("nginx"):
+            nginx.append(await _run(workers, first, end, nginx_cycle(target.volume, tag, size)))
+        with meter("master"):
+            master.append(await _run(workers, first, end, master_cycle(target.master, tag, size)))
     ceiling = await client_ceiling(target.volume, workers, max(count, 2000))
     return Report(_merge(master), _merge(nginx), ceiling, workers, size)
 
 
 def run(target: Target, workers: int = 16, count: int = 10_000, size: int = 20,
-        rounds: int = 4) -> Report:
-    return uvloop.run(thrash(target, workers, count, size, rounds))
+        rounds: int = 4, meter: Meter = unmetered) -> Report:
+    return uvloop.run(thrash(target, workers, count, size, rounds, meter))
 
 
 def main(argv: list[str] | None = None) -> int:

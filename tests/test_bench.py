@@ -1,12 +1,17 @@
 """The benchmarks keep working: `python -m bench --quick` runs every one of them on its own
-cluster, reports sane (non-zero) figures and leaves no process behind. No time is asserted."""
+cluster, and `python -m bench.vs_go --quick` ours against Go mkv; each reports sane (non-zero)
+figures and leaves no process behind. No time is asserted."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
+from golang import peer_source
 
 from bench import large, redirect
 from bench.common import percentile
@@ -69,6 +74,39 @@ def test_quick_run_reports_every_benchmark(tmp_path):
     index = results["index"]
     assert index["keys"] == 20_000 and index["pages"] == 20
     assert index["keys_per_s"] > 0 and index["nginx_keys_per_s"] > 0
+
+
+@pytest.mark.skipif(peer_source() is None, reason="no Go mkv source: shared/peer/minikeyvalue "
+                                                   "beside the checkout, or $MKV_GO_PEER")
+def test_vs_go_quick_run_reports_both_masters(tmp_path):
+    out = tmp_path / "figures.json"
+    # not under tmp_path (0700): run by root, the volumes' nginx workers are nobody
+    workdir = Path(tempfile.mkdtemp(prefix="mkv-vs-go-test-"))
+    workdir.chmod(0o755)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.vs_go", "--quick", "--json", str(out),
+             "--dir", str(workdir)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert processes_mentioning(str(workdir)) == []  # every volume's nginx and both masters
+    assert "| measure" in done.stdout  # the table
+
+    report = json.loads(out.read_text())
+    assert report["failures"] == {}
+    rows = report["rows"]
+    both = {"missing", "nginx 404", "existing", "thrasher",
+            *(f"{what} {size}" for what in ("put", "rss") for size in (1 << 20, 3 << 20)),
+            "rebuild 2000", "rebalance-3-4 2000", "rebalance-4-3 2000"}
+    assert set(rows) == both | {"verify 2000", "repair 2000"}
+    for name, row in rows.items():
+        assert set(row["sides"]) == ({"ours", "go"} if name in both else {"ours"}), name
+        for side in row["sides"].values():
+            assert side["median"] > 0, name
+        if name in both:
+            assert row["advantage"] > 0, name
 
 
 def test_wrk_missing_is_reported_not_crashed(monkeypatch):
