@@ -27,6 +27,9 @@ class Index(Protocol):
              limit: int) -> tuple[list[bytes], bytes | None]:
         """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
 
+    def count(self) -> int:
+        """How many records the index holds (one pass over the keys)."""
+
     def clear(self) -> None:
         """Delete every record."""
 

@@ -59,6 +59,9 @@ class LevelDBIndex:
                 keys.append(key)
         return keys, None
 
+    def count(self) -> int:
+        return sum(1 for _ in self.db.iterator(include_value=False))
+
     def clear(self) -> None:
         """Delete every record, in batches: one batch for a billion keys would not fit memory."""
         while True:

@@ -43,11 +43,6 @@ async def for_each(items: Iterable[T], work: Callable[[T], Awaitable[None]],
             group.create_task(worker())
 
 
-def count_keys(index: Index) -> int:
-    """How many records the index holds: the total behind an ETA (one pass over the keys)."""
-    return sum(1 for _ in index.db.iterator(include_value=False))
-
-
 def shown(key: bytes) -> str:
     """A key for a report line: its UTF-8 text, other bytes escaped."""
     return key.decode("utf-8", "backslashreplace")

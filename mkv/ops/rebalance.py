@@ -5,7 +5,7 @@ A key that fails stays as it was, is reported, and the run goes on.
 
 from mkv.config import Config
 from mkv.index import Index
-from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.record import Record, State
 from mkv.store import MoveError, Store
 from mkv.volumes import Volumes
@@ -15,7 +15,7 @@ async def rebalance(config: Config, index: Index, volumes: Volumes,
                     progress: Progress) -> None:
     """Move every key whose replicas differ from today's placement; a key that fails stays
     as it was, is reported, and the run goes on. A second run finds nothing to move."""
-    progress.phase("rebalance", "keys", total=count_keys(index))
+    progress.phase("rebalance", "keys", total=index.count())
     store = Store(config, index, volumes)
 
     async def one(item: tuple[bytes, Record]) -> None:

@@ -10,7 +10,7 @@ more, from its first replica, to restore it.
 from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record
 from mkv.transfer import read_md5
@@ -54,7 +54,7 @@ async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Prog
 async def restore_md5(config: Config, index: Index, volumes: Volumes,
                       progress: Progress) -> None:
     """Read each value once, from the first replica that gives it, and record its md5."""
-    progress.phase("rebuild: reading values", "keys", total=count_keys(index))
+    progress.phase("rebuild: reading values", "keys", total=index.count())
 
     async def one(item: tuple[bytes, Record]) -> None:
         key, record = item

@@ -22,7 +22,7 @@ from collections.abc import Awaitable
 from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.verify import check_replicas, claimed, describe, problem_line
 from mkv.ops.walk import VolumeFile, Walk, http_time
 from mkv.record import Record, State
@@ -90,7 +90,7 @@ async def finish_writing(config: Config, volumes: Volumes, index: Index, key: by
 
 
 async def repair(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
-    total = count_keys(index)
+    total = index.count()
     progress.phase("repair: keys", "keys", total=total)
 
     async def one(item: tuple[bytes, Record]) -> None:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.ops.progress import Progress, count_keys, for_each, run_offline, shown
+from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record, State
 from mkv.transfer import read_md5
@@ -81,7 +81,7 @@ def describe(file: VolumeFile) -> str:
 
 
 async def verify(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
-    progress.phase("verify: checking keys", "keys", total=count_keys(index))
+    progress.phase("verify: checking keys", "keys", total=index.count())
 
     async def one(item: tuple[bytes, Record]) -> None:
         key, record = item

@@ -323,7 +323,7 @@ class Objects:
             raise busy(key)
         if self.config.protect:
             if record.state is State.LIVE:
-                self.index.put(key, record.with_state(State.UNLINKED))
+                self.store.unlink(key, record)
             return
         failed = await self.store.locked(key, self.store.remove(key, record))
         if failed:
