@@ -45,6 +45,7 @@ import plyvel
 from bench import large, ops, redirect, thrasher
 from bench.client import HTTPFailure
 from bench.common import BenchFailure, Target, fmt, fmt_s, markdown_table
+from bench.gomkv import GoUnavailable, go_build, peer_candidate, peer_source
 from bench.launcher import LocalCluster, Proc, mkv_command, processes, stat_fields, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,44 +59,17 @@ TICK = os.sysconf("SC_CLK_TCK")
 GO_TROUBLE = ("error", "impossible", "panic", "ugh", "issue")
 
 
-class Unavailable(Exception):
-    """Go mkv cannot be built here: no source or no toolchain."""
-
-
 # --- Go mkv, built once into a cache dir ---
 
 
-def peer_source() -> Path:
-    """Go mkv's source tree: `$MKV_GO_PEER`, else shared/peer/minikeyvalue beside this checkout."""
-    candidate = Path(os.environ.get("MKV_GO_PEER") or ROOT.parent / "shared/peer/minikeyvalue")
-    if not (candidate / "src/main.go").is_file() or not (candidate / "volume").is_file():
-        raise Unavailable(f"no Go mkv source at {candidate} (src/main.go and volume): set "
-                          "$MKV_GO_PEER to a minikeyvalue checkout")
-    return candidate
-
-
 def build_go(source: Path, cache: Path) -> Path:
-    """`cache/mkv-go`, built with Debian's Go packages unless newer than every source file."""
+    """`cache/mkv-go`, built again only when a source file is newer than it."""
     binary = cache / "mkv-go"
     newest = max(f.stat().st_mtime for f in (source / "src").glob("*.go"))
     if binary.is_file() and binary.stat().st_mtime >= newest:
         return binary
-    go = shutil.which("go")
-    if go is None:
-        raise Unavailable("no go toolchain: `bash setup.sh test` installs it (apt-get install "
-                          "golang-go golang-github-syndtr-goleveldb-dev "
-                          "golang-github-google-uuid-dev)")
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f"mkv-go.{os.getpid()}"
-    env = {**os.environ, "GOPATH": "/usr/share/gocode", "GO111MODULE": "off",
-           "GOCACHE": str(cache / "gocache"), "GOFLAGS": ""}
     print(f"building Go mkv from {source} into {binary}", flush=True)
-    done = subprocess.run([go, "build", "-o", str(partial), "."], cwd=source / "src", env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise Unavailable(f"go build in {source / 'src'} failed:\n{done.stderr}")
-    partial.replace(binary)
-    return binary
+    return go_build(source / "src", binary, cache / "gocache")
 
 
 # --- CPU of processes over an interval ---
@@ -442,12 +416,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    source = peer_source()
+    if source is None:
+        print(f"vs_go: no Go mkv source (src/main.go and volume) at {peer_candidate()}: set "
+              "$MKV_GO_PEER to a minikeyvalue checkout", file=sys.stderr)
+        return 2
     try:
-        source = peer_source()
         go = build_go(source, args.cache)
         if "get" in args.only:
             redirect.find_wrk()
-    except (Unavailable, redirect.WrkMissing) as e:
+    except (GoUnavailable, redirect.WrkMissing) as e:
         print(f"vs_go: {e}", file=sys.stderr)
         return 2
     stop_on_sigterm()

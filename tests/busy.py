@@ -2,6 +2,7 @@
 
 import http.client
 import threading
+from collections.abc import Iterable
 
 from conftest import url_path
 
@@ -21,7 +22,7 @@ def busy_writes(port: int, puts: int, workers: int = 16) -> tuple[set[bytes], se
     lock = threading.Lock()
     counter = iter(range(puts))
 
-    def work(worker: int) -> None:
+    def work() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for i in counter:  # iterators are thread-safe enough: next() holds the GIL
             key = f"/busy/{i:06d}-{KEY_FILLER}".encode()
@@ -45,7 +46,7 @@ def busy_writes(port: int, puts: int, workers: int = 16) -> tuple[set[bytes], se
                 deleted.add(key)
         conn.close()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
+    threads = [threading.Thread(target=work) for _ in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -54,8 +55,8 @@ def busy_writes(port: int, puts: int, workers: int = 16) -> tuple[set[bytes], se
     return live, deleted
 
 
-def assert_acknowledged(records: list[tuple[bytes, bytes]], live: set[bytes],
-                        deleted: set[bytes]) -> None:
+def assert_acknowledged(records: Iterable[tuple[bytes, bytes]] | dict[bytes, bytes],
+                        live: set[bytes], deleted: set[bytes]) -> None:
     """Every key acknowledged live is live in the index; every key acknowledged deleted is gone."""
     index = dict(records)
     lost = [k for k in live if k not in index or Record.decode(index[k]).state is not State.LIVE]

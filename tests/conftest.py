@@ -23,8 +23,8 @@ from urllib.parse import quote, urlsplit
 import plyvel
 import pytest
 from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
-from golang import TESTS, go_build
 
+from bench.gomkv import go_build
 from mkv.nginx import find_nginx
 
 # --- the contract, written out independently of mkv/ so the tests pin it ---
@@ -308,7 +308,7 @@ def go_programs(tmp_path_factory) -> GoBuilder:
 @pytest.fixture(scope="session")
 def ldbdump(go_programs) -> Path:
     """Our goleveldb reader: prints every record as Go mkv's LevelDB sees it."""
-    return go_programs(TESTS / "go/ldbdump", "ldbdump")
+    return go_programs(Path(__file__).parent / "go/ldbdump", "ldbdump")
 
 
 class VolumeFactory:

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from golang import peer_source
 
 from bench import large, redirect
 from bench.common import percentile
+from bench.gomkv import peer_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from busy import assert_acknowledged, busy_writes
 from cluster import Process, free_port, start_master, wait_listening
-from conftest import fetch, request, url_path
-from golang import assert_same_through_both, dump_plyvel, peer_source
+from conftest import fetch, read_records, request, url_path
+from golang import assert_same_through_both
+
+from bench.gomkv import peer_source
 
 PEER = peer_source()
 pytestmark = pytest.mark.skipif(PEER is None, reason="no copy of Go mkv's source on this machine "
@@ -88,7 +90,7 @@ def test_the_original_ci(make_volumes, make_master, go_programs, tmp_path):
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stderr.count("panic") == 0
-    assert len(dump_plyvel(tmp_path / "indexdbalt2")) == len(dump_plyvel(master.db)) > 100
+    assert len(read_records(tmp_path / "indexdbalt2")) == len(read_records(master.db)) > 100
 
 
 def assert_serves(port: int, live: set[bytes], deleted: set[bytes]) -> None:
@@ -130,4 +132,4 @@ def test_we_serve_what_go_mkv_wrote(volumes, go_mkv, tmp_path):
         assert_serves(master.port, live, deleted)
     finally:
         master.stop()
-    assert_acknowledged(dump_plyvel(db), live, deleted)
+    assert_acknowledged(read_records(db), live, deleted)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from busy import KEY_FILLER, assert_acknowledged, busy_writes
-from cluster import mkv_command, start_master
-from conftest import key2path
+from cluster import Volume, mkv_command, start_master
+from conftest import replica_file
 from golang import assert_same_through_both, memtable_flushed
 
 
@@ -65,10 +65,10 @@ def test_crash_then_one_command(busy_master, ldbdump, tmp_path):
     assert_acknowledged(assert_same_through_both(ldbdump, db), live, deleted)
 
 
-def write_volume_files(volume_dir: Path, keys: list[bytes]) -> None:
+def write_volume_files(volume: Volume, keys: list[bytes]) -> None:
     """Files straight into a volume's directory, laid out as key2path says (no subvolumes)."""
     for key in keys:
-        path = volume_dir / key2path(key).lstrip("/")
+        path = replica_file([volume], volume.addr, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"v")
 
@@ -83,7 +83,7 @@ def test_offline_commands_stop_clean(make_volumes, ldbdump, tmp_path):
     addrs = ",".join(v.addr for v in vols)
     keys = [f"/offline/{i:06d}-{KEY_FILLER}".encode() for i in range(30_000)]
     for n, vol in enumerate(vols):
-        write_volume_files(vol.dir, keys[n::3])
+        write_volume_files(vol, keys[n::3])
     db = tmp_path / "db"
 
     def mkv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_offline_commands_stop_clean(make_volumes, ldbdump, tmp_path):
     records = assert_same_through_both(ldbdump, db)
     assert [k for k, _ in records] == sorted(keys)
 
-    (vols[0].dir / key2path(keys[0]).lstrip("/")).unlink()
+    replica_file(vols, vols[0].addr, keys[0]).unlink()
     done = mkv("verify")
     assert done.returncode == 1, done.stdout.decode()
     assert_same_through_both(ldbdump, db)
