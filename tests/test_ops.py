@@ -310,21 +310,27 @@ def test_rebalance_with_a_volume_down(make_volumes, make_master):
     """Keys on the stopped volume fail and stay as they were; the others move."""
     vols = make_volumes(3)
     flags = ("-replicas", "1", "-subvolumes", "1")
+    down, grown = vols[1], [v.addr for v in vols]
+
+    def moves(key: bytes) -> tuple[str, str]:
+        return key2volume(key, grown[:2], 1, 1)[0], key2volume(key, grown, 1, 1)[0]
+
+    # the free ports decide placement: pick keys that surely cover both cases
+    candidates = values_of(400)
+    stuck = sorted(k for k in candidates if moves(k)[0] == down.addr != moves(k)[1])[:5]
+    moved = sorted(k for k in candidates if down.addr != moves(k)[0] != moves(k)[1])[:5]
+    values = {k: candidates[k] for k in [*stuck, *moved]} | values_of(0)
     master = make_master(*flags, volumes=vols[:2])
-    values = values_of(30)
     write_values(master, values)
     master.stop()
     db, before = master.db, read_records(master.db)
-    down = vols[1]
     assert down.stop() == 0
 
     result = mkv(db, vols, *flags, "rebalance")
     assert result.returncode == 1
-    target = {k: key2volume(k, [v.addr for v in vols], 1, 1)[0] for k in values}
-    stuck = {k for k in values if before[k].endswith(down.addr.encode()) and
-             target[k] != down.addr}
-    moved = {k for k in values if target[k] == vols[2].addr} - stuck
-    assert stuck and moved
+    assert all(before[k].endswith(down.addr.encode()) for k in stuck)
+    stuck, moved = set(stuck), set(moved)
+    assert len(stuck) == 5 and len(moved) == 5
     failed = lines(result, "failed")
     assert {line.split()[1].rstrip(":").encode() for line in failed} == stuck
     after = read_records(db)
@@ -345,7 +351,7 @@ def test_operations_carry_the_volumes_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("MKV_SECRET", secret)
     master = start_master(tmp_path / "db", [v.addr for v in vols[:2]], *flags)
     try:
-        values = values_of(10)
+        values = values_of(40)  # odds that no key moves to the third volume: (2/3)**43
         for key, value in values.items():
             assert request(master.port, "PUT", url_path(key), value).status == 201
         master.stop()
