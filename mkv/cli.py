@@ -1,5 +1,6 @@
 """The command line: Go mkv's flags (one or two dashes, `-f v` or `-f=v`, anywhere) → calls."""
 
+import asyncio
 import importlib
 import os
 import sys
@@ -204,7 +205,10 @@ def _checkpoint(config: Config) -> int:
     if not os.path.isfile(os.path.join(config.db, "CURRENT")):
         print(f"mkv checkpoint: no LevelDB index at {config.db}", file=sys.stderr)
         return 1
-    open_index(config.db).close()
+    async def checkpoint() -> None:
+        await (await open_index(config.db)).close()
+
+    asyncio.run(checkpoint())
     print(f"mkv checkpoint: {config.db} is closed cleanly; Go mkv reads every record",
           file=sys.stderr)
     return 0

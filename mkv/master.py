@@ -35,15 +35,19 @@ def serve(config: Config) -> int:
     """Run the master until SIGTERM or SIGINT; the index is closed on the way out."""
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if config.verbose else logging.WARNING)
-    index = open_index(config.db)
-    try:
-        uvloop.run(_serve(config, index))
-    finally:
-        index.close()
+    uvloop.run(_serve(config))
     return 0
 
 
-async def _serve(config: Config, index: Index) -> None:
+async def _serve(config: Config) -> None:
+    index = await open_index(config.db)
+    try:
+        await _serve_until_stopped(config, index)
+    finally:
+        await index.close()
+
+
+async def _serve_until_stopped(config: Config, index: Index) -> None:
     volumes = Volumes.for_config(config)
     server = HTTPServer(faces(Store(config, index, volumes)), extra_methods=EXTRA_METHODS,
                         access_log=config.verbose, idle_timeout=config.idletimeout,

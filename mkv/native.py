@@ -38,29 +38,53 @@ async def _chain(first: bytes, body: Body) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class _CheckedRedirect:
-    """Asks replicas in turn whether they have the file; resolves to the redirect to the
-    first that does, or 410. Callbacks rather than a coroutine: a task per GET cost ~5%
-    of the master's CPU in the existing-key benchmark (bench/)."""
+class _Read:
+    """One GET: the key's record from the index, then replicas asked in turn whether they
+    have the file; resolves to the redirect to the first that does, a 404 or a 410.
+    Callbacks rather than a coroutine: a task per GET cost ~5% of the master's CPU in the
+    existing-key benchmark (bench/)."""
 
-    __slots__ = ("api", "path", "order", "headers", "replica", "answer")
+    __slots__ = ("api", "key", "req", "path", "order", "headers", "replica", "answer")
 
-    def __init__(self, api: "NativeAPI", path: str, order: list[str],
-                 headers: list[tuple[str, str]]) -> None:
+    def __init__(self, api: "NativeAPI", key: bytes, req: Request) -> None:
         self.api = api
-        self.path = path
-        self.order = order
-        self.headers = headers
-        self.replica = ""
+        self.key = key
+        self.req = req
         self.answer = Pending()
+
+    def found(self, record: Record | None) -> None:
+        api = self.api
+        if record is None or record.state is not State.LIVE:
+            if api.config.fallback:
+                location = f"http://{api.config.fallback}{self.req.path.decode()}"
+                self.answer.resolve(
+                    Response(302, [("Location", location), ("Content-Length", "0")]))
+            else:
+                self.answer.resolve(NOT_FOUND)
+            return
+        replicas = record.replicas
+        balanced = replicas == api.placement(self.key)
+        self.headers = [("Key-Volumes", ",".join(replicas)),
+                        ("Key-Balance", "balanced" if balanced else "unbalanced"),
+                        ("Content-Length", "0")]
+        if record.md5:
+            self.headers.append(("Content-Md5", record.md5))
+        self.path = api.key2path(self.key)
+        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle)
+        first = int(random.random() * len(replicas))
+        if api.config.voltimeout == 0:  # the operator chose to skip the check
+            self.answer.resolve(api.redirect(replicas[first], self.path, self.headers))
+            return
+        self.order = list(replicas[first + 1:] + replicas[:first + 1])
+        self.ask()
 
     def ask(self) -> None:
         self.replica = self.order.pop()
         self.api.volumes.ask_exists(self.replica, self.path, self.api.config.voltimeout,
                                     self.answered)
 
-    def answered(self, found: bool) -> None:
-        if found:
+    def answered(self, exists: bool) -> None:
+        if exists:
             self.answer.resolve(self.api.redirect(self.replica, self.path, self.headers))
         elif self.order:
             self.ask()
@@ -101,33 +125,10 @@ class NativeAPI:
         return route(key, req)
 
     # --- reads ---
-    def get(self, key: bytes, req: Request) -> Response | Pending:
-        record = self.index.get(key)
-        if record is None or record.state is not State.LIVE:
-            if self.config.fallback:
-                location = f"http://{self.config.fallback}{req.path.decode()}"
-                return Response(302, [("Location", location), ("Content-Length", "0")])
-            return NOT_FOUND
-        balanced = record.replicas == self.placement(key)
-        headers = [("Key-Volumes", ",".join(record.replicas)),
-                   ("Key-Balance", "balanced" if balanced else "unbalanced"),
-                   ("Content-Length", "0")]
-        if record.md5:
-            headers.append(("Content-Md5", record.md5))
-        path = self.key2path(key)
-        if self.config.voltimeout == 0:  # the operator chose to skip the check
-            return self.redirect(random.choice(record.replicas), path, headers)
-        return self._checked_redirect(path, record.replicas, headers)
-
-    def _checked_redirect(self, path: str, replicas: tuple[str, ...],
-                          headers: list[tuple[str, str]]) -> Pending:
-        """Redirect to the first replica, in random order, whose HEAD finds the file; else 410."""
-        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle)
-        first = int(random.random() * len(replicas))
-        order = list(replicas[first + 1:] + replicas[:first + 1])
-        check = _CheckedRedirect(self, path, order, headers)
-        check.ask()
-        return check.answer
+    def get(self, key: bytes, req: Request) -> Pending:
+        read = _Read(self, key, req)
+        self.index.lookup(key, read.found)
+        return read.answer
 
     def redirect(self, replica: str, path: str, headers: list[tuple[str, str]]) -> Response:
         """The 302 to `path` on `replica`, signed when volumes want signed reads."""
@@ -139,7 +140,7 @@ class NativeAPI:
         headers.append(("Location", location))
         return Response(302, headers)
 
-    def listing(self, prefix: bytes, req: Request, state: State) -> Response:
+    async def listing(self, prefix: bytes, req: Request, state: State) -> Response:
         params = parse_qs(req.query.decode(errors="replace"))
         start = params.get("start", [""])[0].encode()
         try:
@@ -148,7 +149,7 @@ class NativeAPI:
                 raise ValueError
         except ValueError:
             return text(400, "limit must be a non-negative integer")
-        keys, following = self.index.page(prefix, state, start, limit or LIST_MAX)
+        keys, following = await self.index.page(prefix, state, start, limit or LIST_MAX)
         if not limit and following is not None:
             return text(413, f"more than {LIST_MAX} keys: page with &limit=N")
         body = json.dumps({
@@ -176,7 +177,7 @@ class NativeAPI:
         return self.store.locked(key, self._write(key, req, replace))
 
     async def _write(self, key: bytes, req: Request, replace: bool) -> Response:
-        old = self.index.get(key)
+        old = await self.index.get(key)
         if old is not None and old.state is State.LIVE and not replace:
             return text(403, "key exists: DELETE it first, or use REPLACE")
         first = await req.body.read()
@@ -188,53 +189,50 @@ class NativeAPI:
             return text(500, f"writing a replica failed: {e}")
         return Response(201)
 
+    # The others take the key's lock before they read its record, so that what they decide
+    # on is still the record when they act, whatever the engine's latency.
     def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        record = self.index.get(key)
+        return BUSY if key in self.store.busy else self.store.locked(key, self._delete(key))
+
+    async def _delete(self, key: bytes) -> Response:
+        record = await self.index.get(key)
         if record is None:
             return Response(404)
         if self.config.protect and record.state is State.LIVE:
             return text(403, "protected: UNLINK the key before DELETE")
-        if key in self.store.busy:
-            return BUSY
-        return self.store.locked(key, self._delete(key, record))
-
-    async def _delete(self, key: bytes, record: Record) -> Response:
         failed = await self.store.remove(key, record)
         if failed:
             return text(500, f"deleting from {', '.join(failed)} failed; the key stays unlinked")
         return Response(204)
 
-    def unlink(self, key: bytes, req: Request) -> Response:
-        record = self.index.get(key)
+    def unlink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
+        return BUSY if key in self.store.busy else self.store.locked(key, self._unlink(key))
+
+    async def _unlink(self, key: bytes) -> Response:
+        record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
             return Response(404)
-        if key in self.store.busy:
-            return BUSY
-        self.store.unlink(key, record)
+        await self.store.unlink(key, record)
         return Response(204)
 
     def relink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        record = self.index.get(key)
+        return BUSY if key in self.store.busy else self.store.locked(key, self._relink(key))
+
+    async def _relink(self, key: bytes) -> Response:
+        record = await self.index.get(key)
         if record is None or record.state is not State.UNLINKED:
             return Response(404)
-        if key in self.store.busy:
-            return BUSY
-        return self.store.locked(key, self._relink(key, record))
-
-    async def _relink(self, key: bytes, record: Record) -> Response:
         if not await self.store.relink(key, record):
             return text(409, "a replica's file is missing: this value cannot be relinked")
         return Response(204)
 
     def rebalance(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        record = self.index.get(key)
+        return BUSY if key in self.store.busy else self.store.locked(key, self._rebalance(key))
+
+    async def _rebalance(self, key: bytes) -> Response:
+        record = await self.index.get(key)
         if record is None:
             return Response(404)
-        if key in self.store.busy:
-            return BUSY
-        return self.store.locked(key, self._rebalance(key, record))
-
-    async def _rebalance(self, key: bytes, record: Record) -> Response:
         try:
             await self.store.move(key, record)
         except (MoveError, VolumeError) as e:

@@ -72,17 +72,17 @@ class Store:
         # the old or the new value) but loses its md5 meanwhile: cut off, its replicas may
         # hold different whole values, which `repair -checksum` settles.
         if old is None or old.state is not State.LIVE:
-            self.index.put(key, Record(tuple(replicas), State.WRITING))
+            await self.index.put(key, Record(tuple(replicas), State.WRITING))
         elif old.md5:
-            self.index.put(key, Record(old.replicas, State.LIVE))
+            await self.index.put(key, Record(old.replicas, State.LIVE))
         try:
             md5 = await self.volumes.write(replicas, key, chunks, length, self.config.md5sum)
         except (VolumeError, ClientGone) as e:
             # unlinked with every replica that may hold a file, so a later DELETE cleans up
-            self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+            await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
             raise
-        self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
+        await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
         if stale:
             await self.delete_files(stale, key)
         return md5
@@ -91,10 +91,10 @@ class Store:
         """Unlink, delete every replica, drop the record; the replicas that failed (the key
         then stays unlinked)."""
         if record.state is not State.UNLINKED:
-            self.index.put(key, record.with_state(State.UNLINKED))
+            await self.index.put(key, record.with_state(State.UNLINKED))
         failed = await self.delete_files(record.replicas, key)
         if not failed:
-            self.index.delete(key)
+            await self.index.delete(key)
         return failed
 
     async def delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
@@ -104,9 +104,9 @@ class Store:
             log.warning("DELETE %s from %s failed", key.decode(errors="replace"), replica)
         return failed
 
-    def unlink(self, key: bytes, record: Record) -> None:
+    async def unlink(self, key: bytes, record: Record) -> None:
         """The virtual delete: the record kept as unlinked, the files left."""
-        self.index.put(key, record.with_state(State.UNLINKED))
+        await self.index.put(key, record.with_state(State.UNLINKED))
 
     async def relink(self, key: bytes, record: Record) -> bool:
         """Undo an unlink if every replica still has the file; whether it did."""
@@ -115,7 +115,7 @@ class Store:
             *(self.volumes.exists(r, key, self.config.voltimeout) for r in record.replicas))
         if not record.replicas or not all(present):
             return False
-        self.index.put(key, record.with_state(State.LIVE))
+        await self.index.put(key, record.with_state(State.LIVE))
         return True
 
     async def move(self, key: bytes, record: Record) -> list[str] | None:
@@ -134,7 +134,7 @@ class Store:
                 await copy_value(self.volumes, key, list(record.replicas), missing, record.md5)
             except (CopyError, VolumeError) as e:
                 raise MoveError(str(e)) from None
-        self.index.put(key, Record(tuple(target), record.state, record.md5))
+        await self.index.put(key, Record(tuple(target), record.state, record.md5))
         # a failed delete leaves an orphan file, never a missing value: the record is moved
         return await self.volumes.delete_all([r for r in record.replicas if r not in target],
                                              key)

@@ -113,7 +113,7 @@ def test_offline_commands_stop_clean(make_volumes, ldbdump, tmp_path):
         assert proc.poll() is None, "rebalance ended before it could be interrupted"
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr.decode()
+        assert proc.returncode == 130, (stdout.decode()[-3000:], stderr.decode())
         assert b"(interrupted)" in stdout
         records = assert_same_through_both(ldbdump, db)
         assert len(records) == len(keys)

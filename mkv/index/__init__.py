@@ -12,6 +12,7 @@ from mkv.index.leveldb import LevelDBIndex
 __all__ = ["Index", "IndexLocked", "LevelDBIndex", "open_index"]
 
 
-def open_index(location: str) -> Index:
-    """The index at `-db`: a LevelDB directory (created when missing)."""
+async def open_index(location: str) -> Index:
+    """The index at `-db`: a LevelDB directory (created when missing). Awaited, as a
+    networked engine connects on the event loop it then serves."""
     return LevelDBIndex(location)

@@ -1,9 +1,16 @@
-"""The index interface every engine implements, and the errors it raises."""
+"""The index interface every engine implements, and the errors it raises.
 
-from collections.abc import Iterator
+Awaitable throughout, so a networked engine fits: it may gather the lookups that arrive in one
+event-loop turn into one query (`lookup` is the callback form the native GET uses, so it needs
+no task). An embedded engine such as LevelDB answers at once and never suspends.
+"""
+
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from mkv.record import Record, State
+
+Answer = Callable[[Record | None], object]
 
 
 class IndexLocked(Exception):
@@ -11,27 +18,32 @@ class IndexLocked(Exception):
 
 
 class Index(Protocol):
-    def get(self, key: bytes) -> Record | None:
+    def lookup(self, key: bytes, answer: Answer) -> None:
+        """Call `answer` with the key's record, or None when the key is absent: at once, or
+        once this loop turn's batch of lookups comes back."""
+
+    async def get(self, key: bytes) -> Record | None:
         """The key's record, or None when the key is absent (hard deleted)."""
 
-    def put(self, key: bytes, record: Record) -> None:
+    async def put(self, key: bytes, record: Record) -> None:
         """Write the record, durable against a process crash once this returns."""
 
-    def delete(self, key: bytes) -> None:
+    async def delete(self, key: bytes) -> None:
         """Remove the key's record (absent keys are fine)."""
 
-    def items(self, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, Record]]:
+    def items(self, prefix: bytes = b"", start: bytes = b"") -> AsyncIterator[
+            tuple[bytes, Record]]:
         """Records whose key starts with `prefix`, from `start` on, in byte order."""
 
-    def page(self, prefix: bytes, state: State, start: bytes,
-             limit: int) -> tuple[list[bytes], bytes | None]:
+    async def page(self, prefix: bytes, state: State, start: bytes,
+                   limit: int) -> tuple[list[bytes], bytes | None]:
         """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
 
-    def count(self) -> int:
+    async def count(self) -> int:
         """How many records the index holds (one pass over the keys)."""
 
-    def clear(self) -> None:
+    async def clear(self) -> None:
         """Delete every record."""
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Leave the index so that another process, Go mkv's included, reads every record."""

@@ -10,11 +10,11 @@ behind is empty. Opening replays a journal a crash left and does the same, so an
 after a crash also hands over a goleveldb-clean index.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import plyvel
 
-from mkv.index.base import IndexLocked
+from mkv.index.base import Answer, IndexLocked
 from mkv.record import Record, State
 
 CLEAR_BATCH = 100_000
@@ -22,6 +22,8 @@ NO_KEY = b"\x00"
 
 
 class LevelDBIndex:
+    """Every call answers at once: a LevelDB read costs 0.1-0.4 µs, less than a suspension."""
+
     def __init__(self, path: str) -> None:
         try:
             self.db = plyvel.DB(path, create_if_missing=True)
@@ -30,39 +32,46 @@ class LevelDBIndex:
                 raise IndexLocked(f"the index {path} is in use by another process") from e
             raise
 
-    def get(self, key: bytes) -> Record | None:
+    def lookup(self, key: bytes, answer: Answer) -> None:
+        raw = self.db.get(key)
+        answer(None if raw is None else Record.decode(raw))
+
+    async def get(self, key: bytes) -> Record | None:
         raw = self.db.get(key)
         return None if raw is None else Record.decode(raw)
 
-    def put(self, key: bytes, record: Record) -> None:
+    async def put(self, key: bytes, record: Record) -> None:
         self.db.put(key, record.encode())
 
-    def delete(self, key: bytes) -> None:
+    async def delete(self, key: bytes) -> None:
         self.db.delete(key)
 
-    def items(self, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, Record]]:
+    async def items(self, prefix: bytes = b"",
+                    start: bytes = b"") -> AsyncIterator[tuple[bytes, Record]]:
         """Records whose key starts with `prefix`, from `start` on, in byte order."""
         for key, raw in self.db.iterator(start=max(prefix, start)):
             if not key.startswith(prefix):
                 return
             yield key, Record.decode(raw)
 
-    def page(
+    async def page(
         self, prefix: bytes, state: State, start: bytes, limit: int
     ) -> tuple[list[bytes], bytes | None]:
         """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
         keys: list[bytes] = []
-        for key, record in self.items(prefix, start):
-            if record.state is state:
+        for key, raw in self.db.iterator(start=max(prefix, start)):
+            if not key.startswith(prefix):
+                break
+            if Record.decode(raw).state is state:
                 if len(keys) == limit:
                     return keys, key
                 keys.append(key)
         return keys, None
 
-    def count(self) -> int:
+    async def count(self) -> int:
         return sum(1 for _ in self.db.iterator(include_value=False))
 
-    def clear(self) -> None:
+    async def clear(self) -> None:
         """Delete every record, in batches: one batch for a billion keys would not fit memory."""
         while True:
             with self.db.write_batch() as batch:
@@ -83,6 +92,6 @@ class LevelDBIndex:
         """
         self.db.compact_range(start=NO_KEY, stop=NO_KEY)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.flush()
         self.db.close()

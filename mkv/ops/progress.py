@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TextIO, TypeVar
 
 import uvloop
@@ -26,17 +26,23 @@ TTY_REDRAW_SECONDS = 0.2
 PLAIN_LINE_SECONDS = 10.0  # a log file gets a line this often, not a line per key
 
 
-async def for_each(items: Iterable[T], work: Callable[[T], Awaitable[None]],
+async def for_each(items: AsyncIterator[T], work: Callable[[T], Awaitable[None]],
                    concurrency: int) -> None:
     """`work(item)` for every item, at most `concurrency` at a time, items taken in order.
 
-    The workers share one iterator, so a huge index is read as it is worked through.
+    The workers share one iterator, so a huge index is read as it is worked through; one
+    at a time, as an async generator may not be resumed while it waits.
     """
-    iterator = iter(items)
+    turn = asyncio.Lock()
+    done = object()
 
     async def worker() -> None:
-        for item in iterator:
-            await work(item)
+        while True:
+            async with turn:
+                item = await anext(items, done)
+            if item is done:
+                return
+            await work(item)  # type: ignore[arg-type]
 
     async with asyncio.TaskGroup() as group:
         for _ in range(concurrency):
@@ -151,12 +157,12 @@ def run_offline(config: Config,
                 operation: Callable[[Config, Index, Volumes, Progress], Awaitable[None]],
                 command: str) -> int:
     """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
-    index = open_index(config.db)
     progress = Progress(command)
 
     async def main() -> None:
         # SIGTERM stops the run as Ctrl-C does, so the index is still closed cleanly
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        index = await open_index(config.db)
         volumes = Volumes.for_config(config)
         progress.start()
         try:
@@ -164,6 +170,7 @@ def run_offline(config: Config,
         finally:
             progress.stop()
             volumes.close()
+            await index.close()
 
     try:
         uvloop.run(main())
@@ -171,7 +178,5 @@ def run_offline(config: Config,
         # a key cut off mid-copy keeps its record; at worst an orphan file is left behind
         print(f"{progress.summary()} (interrupted)", file=progress.out, flush=True)
         return 130
-    finally:
-        index.close()
     print(progress.summary(), file=progress.out, flush=True)
     return 1 if progress.problems else 0

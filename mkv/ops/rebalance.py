@@ -15,7 +15,7 @@ async def rebalance(config: Config, index: Index, volumes: Volumes,
                     progress: Progress) -> None:
     """Move every key whose replicas differ from today's placement; a key that fails stays
     as it was, is reported, and the run goes on. A second run finds nothing to move."""
-    progress.phase("rebalance", "keys", total=index.count())
+    progress.phase("rebalance", "keys", total=await index.count())
     store = Store(config, index, volumes)
 
     async def one(item: tuple[bytes, Record]) -> None:

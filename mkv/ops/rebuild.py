@@ -27,24 +27,35 @@ def ordered(replicas: list[str], placement: list[str], volumes: tuple[str, ...])
 
 
 async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
-    index.clear()
+    await index.clear()
     walk = Walk(volumes, config.volumes, config.concurrency, progress)
     progress.phase("rebuild: walking volumes", "files", fraction=walk.fraction)
+    # replicas found of keys whose record is being written: walkers of other volumes find
+    # the same key, and each must add to the record the other wrote, not overwrite it
+    arriving: dict[bytes, list[str]] = {}
 
-    def found(file: VolumeFile) -> None:
+    async def found(file: VolumeFile) -> None:
         progress.advance()
-        if file.key is None:
+        key = file.key
+        if key is None:
             progress.count("skipped")
             progress.note(f"skipped: {file.url}: {file.problem}")
             return
-        # no await between get and put: files of one key from other walkers cannot interleave
-        record = index.get(file.key)
-        replicas = list(record.replicas) if record else []
-        if record is None:
-            progress.count("keys")
-        replicas.append(file.replica)
-        replicas = ordered(replicas, config.placement(file.key), config.volumes)
-        index.put(file.key, Record(tuple(replicas)))
+        if key in arriving:
+            arriving[key].append(file.replica)
+            return
+        arriving[key] = waiting = [file.replica]
+        try:
+            while waiting:
+                record = await index.get(key)
+                if record is None:
+                    progress.count("keys")
+                replicas = (list(record.replicas) if record else []) + waiting
+                waiting.clear()
+                replicas = ordered(replicas, config.placement(key), config.volumes)
+                await index.put(key, Record(tuple(replicas)))
+        finally:
+            del arriving[key]
 
     await walk.run(found)
     if config.checksum:
@@ -54,7 +65,7 @@ async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Prog
 async def restore_md5(config: Config, index: Index, volumes: Volumes,
                       progress: Progress) -> None:
     """Read each value once, from the first replica that gives it, and record its md5."""
-    progress.phase("rebuild: reading values", "keys", total=index.count())
+    progress.phase("rebuild: reading values", "keys", total=await index.count())
 
     async def one(item: tuple[bytes, Record]) -> None:
         key, record = item
@@ -66,7 +77,7 @@ async def restore_md5(config: Config, index: Index, volumes: Volumes,
             except VolumeError as e:
                 errors.append(str(e))
                 continue
-            index.put(key, Record(record.replicas, record.state, md5))
+            await index.put(key, Record(record.replicas, record.state, md5))
             return
         progress.problem("unread", f"{shown(key)}: no replica gave the value: "
                          + "; ".join(errors))

@@ -17,7 +17,6 @@
 
 import asyncio
 import time
-from collections.abc import Awaitable
 
 from mkv.config import Config
 from mkv.http.client import VolumeError
@@ -78,11 +77,11 @@ async def finish_writing(config: Config, volumes: Volumes, index: Index, key: by
     md5s = {md5 for _, md5 in present}
     if record.replicas and len(present) == len(record.replicas) and len(md5s) == 1:
         md5 = md5s.pop() if config.md5sum else None
-        index.put(key, Record(record.replicas, State.LIVE, md5))
+        await index.put(key, Record(record.replicas, State.LIVE, md5))
         progress.count("finished (live)")
         progress.note(f"finished: {shown(key)}: every replica complete, now live")
     else:
-        index.put(key, record.with_state(State.UNLINKED))
+        await index.put(key, record.with_state(State.UNLINKED))
         progress.count("finished (unlinked)")
         progress.note(f"finished: {shown(key)}: {len(present)} of {len(record.replicas)} "
                       f"replicas complete{'' if len(md5s) < 2 else ' and differing'}, "
@@ -90,7 +89,7 @@ async def finish_writing(config: Config, volumes: Volumes, index: Index, key: by
 
 
 async def repair(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
-    total = index.count()
+    total = await index.count()
     progress.phase("repair: keys", "keys", total=total)
 
     async def one(item: tuple[bytes, Record]) -> None:
@@ -114,11 +113,11 @@ async def repair(config: Config, index: Index, volumes: Volumes, progress: Progr
     progress.phase("repair: looking for orphans", "files", fraction=walk.fraction)
     named = set(config.volumes)
 
-    def deletable(file: VolumeFile) -> bool:
+    async def deletable(file: VolumeFile) -> bool:
         """Past the grace period, and no record names the key's volumes otherwise."""
         if time.time() - file.mtime < config.grace:
             return False
-        record = index.get(file.key) if file.key is not None else None
+        record = await index.get(file.key) if file.key is not None else None
         return record is None or all(r.partition("/")[0] in named for r in record.replicas)
 
     async def delete_orphan(file: VolumeFile) -> None:
@@ -130,15 +129,15 @@ async def repair(config: Config, index: Index, volumes: Volumes, progress: Progr
         progress.count("orphans deleted")
         progress.note(f"deleted orphan: {describe(file)}")
 
-    def found(file: VolumeFile) -> Awaitable[None] | None:
+    async def found(file: VolumeFile) -> None:
         progress.advance()
-        if claimed(index, file):
-            return None
-        if delete and deletable(file):
-            return delete_orphan(file)
+        if await claimed(index, file):
+            return
+        if delete and await deletable(file):
+            await delete_orphan(file)
+            return
         progress.count("orphans kept")
         progress.note(f"orphan: {describe(file)}")
-        return None
 
     await walk.run(found)
 

@@ -62,11 +62,11 @@ async def check_replicas(config: Config, volumes: Volumes, key: bytes,
     return checked
 
 
-def claimed(index: Index, file: VolumeFile) -> bool:
+async def claimed(index: Index, file: VolumeFile) -> bool:
     """Whether a record (in any state) names this file as one of its key's replicas."""
     if file.key is None:
         return False
-    record = index.get(file.key)
+    record = await index.get(file.key)
     return record is not None and file.replica in record.replicas
 
 
@@ -81,7 +81,7 @@ def describe(file: VolumeFile) -> str:
 
 
 async def verify(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
-    progress.phase("verify: checking keys", "keys", total=index.count())
+    progress.phase("verify: checking keys", "keys", total=await index.count())
 
     async def one(item: tuple[bytes, Record]) -> None:
         key, record = item
@@ -99,10 +99,10 @@ async def verify(config: Config, index: Index, volumes: Volumes, progress: Progr
     walk = Walk(volumes, config.volumes, config.concurrency, progress)
     progress.phase("verify: looking for orphans", "files", fraction=walk.fraction)
 
-    def found(file: VolumeFile) -> None:
+    async def found(file: VolumeFile) -> None:
         progress.advance()
         progress.count("files")
-        if not claimed(index, file):
+        if not await claimed(index, file):
             progress.problem("orphan", describe(file))
 
     await walk.run(found)

@@ -74,7 +74,7 @@ def key_at(path: str) -> tuple[bytes | None, str]:
     return key, ""
 
 
-OnFile = Callable[[VolumeFile], Awaitable[None] | None]
+OnFile = Callable[[VolumeFile], Awaitable[None]]
 
 
 class Walk:
@@ -124,7 +124,7 @@ class Walk:
         return roots
 
     async def run(self, on_file: OnFile) -> None:
-        """Call `on_file` (awaited when it returns an awaitable) for every file in the layout."""
+        """Await `on_file` for every file in the layout."""
         first_levels = await asyncio.gather(*(self._roots(name) for name in self.names))
         self.first_level_total = sum(map(len, first_levels))
         async with asyncio.TaskGroup() as group:  # volumes are separate machines: all at once
@@ -166,7 +166,5 @@ class Walk:
             else:
                 file_path = f"{path}{name}"
                 key, problem = key_at(file_path)
-                result = on_file(VolumeFile(replica, file_path, key, problem,
-                                            entry.get("mtime", "")))
-                if result is not None:
-                    await result
+                await on_file(VolumeFile(replica, file_path, key, problem,
+                                         entry.get("mtime", "")))

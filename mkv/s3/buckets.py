@@ -19,14 +19,15 @@ class Buckets:
     """Mixed into S3: buckets over `self.index` and `self.spool`."""
 
     # --- buckets ---
-    def _bucket_has_keys(self, bucket: str) -> bool:
-        for _, record in self.index.items(f"/{bucket}/".encode()):
+    async def _bucket_has_keys(self, bucket: str) -> bool:
+        async for _, record in self.index.items(f"/{bucket}/".encode()):
             if record.state is State.LIVE:
                 return True
         return False
 
-    def _bucket_exists(self, bucket: str) -> bool:
-        return self.spool.bucket_created(bucket) is not None or self._bucket_has_keys(bucket)
+    async def _bucket_exists(self, bucket: str) -> bool:
+        return (self.spool.bucket_created(bucket) is not None
+                or await self._bucket_has_keys(bucket))
 
     def create_bucket(self, bucket: str) -> Response:
         if not _BUCKET_NAME.match(bucket) or bucket in (".", ".."):
@@ -35,8 +36,8 @@ class Buckets:
         self.spool.make_bucket(bucket)
         return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
 
-    def delete_bucket(self, bucket: str) -> Response:
-        if self._bucket_has_keys(bucket):
+    async def delete_bucket(self, bucket: str) -> Response:
+        if await self._bucket_has_keys(bucket):
             raise S3Error(409, "BucketNotEmpty", "The bucket you tried to delete is not empty",
                           BucketName=bucket)
         # a bucket that existed only through its keys is gone once they are: deleting it
@@ -44,12 +45,12 @@ class Buckets:
         self.spool.remove_bucket(bucket)
         return Response(204)
 
-    def list_buckets(self) -> Response:
+    async def list_buckets(self) -> Response:
         buckets = self.spool.buckets()
         start: bytes | None = b"/"
         while start is not None:
             following = None
-            for key, record in self.index.items(b"/", start):
+            async for key, record in self.index.items(b"/", start):
                 slash = key.find(b"/", 1)
                 if slash < 0 or record.state is not State.LIVE:
                     continue

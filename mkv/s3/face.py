@@ -116,7 +116,7 @@ class S3(Objects, Buckets, Listings, Uploads):
         method = req.method
         if key == b"/" or key == b"":
             if method == b"GET":
-                return self.list_buckets()
+                return await self.list_buckets()
             raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
                           "against this resource.")
         slash = key.find(b"/", 1)
@@ -136,7 +136,7 @@ class S3(Objects, Buckets, Listings, Uploads):
                 return Response(200, [XML], s3xml.document("VersioningConfiguration", []))
             return await self.list_objects(bucket, params)
         if method == b"HEAD":
-            if not self._bucket_exists(bucket):
+            if not await self._bucket_exists(bucket):
                 raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
                               BucketName=bucket)
             return Response(200, [("Content-Length", "0")])
@@ -146,7 +146,7 @@ class S3(Objects, Buckets, Listings, Uploads):
                               "configuration")
             return self.create_bucket(bucket)
         if method == b"DELETE":
-            return self.delete_bucket(bucket)
+            return await self.delete_bucket(bucket)
         if method == b"POST" and "delete" in params:
             return await self.delete_objects(bucket, req, signed)
         raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "

@@ -21,7 +21,7 @@ class Listings:
     """Mixed into S3: listings over `self.index`, asking replicas through `self.stat`."""
 
     # --- listing objects ---
-    def _scan(self, bucket: str, prefix: bytes, delimiter: bytes, start: bytes,
+    async def _scan(self, bucket: str, prefix: bytes, delimiter: bytes, start: bytes,
               after: bytes | None, limit: int
               ) -> tuple[list[tuple[bytes, Record | None]], bytes | None]:
         """Up to `limit` keys (with records) and common prefixes (record None) in order, and
@@ -33,7 +33,7 @@ class Listings:
         items = self.index.items(full, begin)
         while True:
             reseek = None
-            for key, record in items:
+            async for key, record in items:
                 if record.state is not State.LIVE:
                     continue
                 name = key[len(base):]
@@ -86,7 +86,7 @@ class Listings:
 
     async def list_objects(self, bucket: str, params: dict[str, str]) -> Response:
         v2 = params.get("list-type") == "2"
-        if not self._bucket_exists(bucket):
+        if not await self._bucket_exists(bucket):
             raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
                           BucketName=bucket)
         url = params.get("encoding-type") == "url"
@@ -114,8 +114,8 @@ class Listings:
                 after = params["start-after"].encode()
         elif params.get("marker"):
             after = params["marker"].encode()
-        entries, following = self._scan(bucket, prefix, delimiter, start, after, limit) \
-            if limit else ([], None)
+        entries, following = (await self._scan(bucket, prefix, delimiter, start, after, limit)
+                              if limit else ([], None))
         contents = await self._contents(bucket, entries, encode,
                                         owner=not v2 or params.get("fetch-owner") == "true")
         prefixes: list[Node] = [("CommonPrefixes", [("Prefix", encode(name))])

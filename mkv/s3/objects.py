@@ -77,8 +77,8 @@ class Objects:
             return f'"{self.spool.etag(key, record.md5) or record.md5}"'
         return info.volume_etag if info is not None else '""'
 
-    def _live(self, key: bytes) -> Record:
-        record = self.index.get(key)
+    async def _live(self, key: bytes) -> Record:
+        record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
             raise no_such_key(key)
         return record
@@ -112,7 +112,7 @@ class Objects:
 
     async def get_object(self, key: bytes, req: Request, params: dict[str, str],
                          head: bool) -> Response:
-        record = self._live(key)
+        record = await self._live(key)
         try:
             if head:
                 return await self._head_object(key, record, req, params)
@@ -248,12 +248,12 @@ class Objects:
 
         A body that broke or failed a check never completed on any replica (see Payload), so
         a live value it was to replace is put back as it was."""
-        old = self.index.get(key)
+        old = await self.index.get(key)
         try:
             md5 = await self.store.write(key, chunks, length, old)
         except ClientGone:
             if old is not None and old.state is State.LIVE:
-                self.index.put(key, old)
+                await self.index.put(key, old)
             raise
         self.spool.forget_etag(key)
         return md5
@@ -282,13 +282,13 @@ class Objects:
 
     async def _open_source(self, key: bytes, range_header: bytes = b"") -> ClientResponse:
         """A streamed GET of a copy source from a replica that has it."""
-        return await self._open(key, self._live(key), range_header)
+        return await self._open(key, await self._live(key), range_header)
 
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
         source = self._copy_source(req)
         if source == key:
-            record = self._live(key)
+            record = await self._live(key)
             directive = req.headers.get(b"x-amz-metadata-directive", b"").upper()
             if directive != b"REPLACE":
                 raise S3Error(400, "InvalidRequest", "This copy request is illegal because it "
@@ -305,7 +305,7 @@ class Objects:
             finally:
                 if not response.body.complete:  # type: ignore[union-attr]
                     response.body.abort()  # type: ignore[union-attr]
-        etag = self.etag(key, self._live(key), None) if md5 else '""'
+        etag = self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
         return Response(200, [XML], body)
@@ -316,17 +316,19 @@ class Objects:
 
     async def _delete(self, key: bytes) -> None:
         """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
-        record = self.index.get(key)
-        if record is None:
-            return
         if key in self.store.busy:
             raise busy(key)
+        await self.store.locked(key, self._delete_locked(key))
+
+    async def _delete_locked(self, key: bytes) -> None:
+        record = await self.index.get(key)
+        if record is None:
+            return
         if self.config.protect:
             if record.state is State.LIVE:
-                self.store.unlink(key, record)
+                await self.store.unlink(key, record)
             return
-        failed = await self.store.locked(key, self.store.remove(key, record))
-        if failed:
+        if await self.store.remove(key, record):
             raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
                           "unlinked", Key=object_name(key))
         self.spool.forget_etag(key)

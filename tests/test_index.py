@@ -1,0 +1,119 @@
+"""The index interface (mkv/index/base.py): the LevelDB engine against it, and the shape a
+networked engine needs — the lookups of one event-loop turn answered by one batch — with the
+real master's faces over real nginx volumes."""
+
+import asyncio
+from pathlib import Path
+
+import uvloop
+from cluster import free_port
+
+from mkv.config import Config
+from mkv.http.server import HTTPServer
+from mkv.index import LevelDBIndex
+from mkv.index.base import Answer
+from mkv.master import faces
+from mkv.record import Record, State
+from mkv.store import Store
+from mkv.volumes import Volumes
+
+LIVE = Record(("127.0.0.1:1",), State.LIVE, "0" * 32)
+
+
+def test_leveldb_engine(tmp_path: Path) -> None:
+    async def check() -> None:
+        index = LevelDBIndex(str(tmp_path / "db"))
+        for key in (b"/a/1", b"/a/2", b"/a/3", b"/b/1", b"/ab"):
+            await index.put(key, LIVE)
+        await index.put(b"/a/2", LIVE.with_state(State.UNLINKED))
+        assert await index.get(b"/a/2") == LIVE.with_state(State.UNLINKED)
+        assert await index.get(b"/none") is None
+        answers: list[Record | None] = []
+        index.lookup(b"/a/1", answers.append)
+        assert answers == [LIVE]  # an embedded engine answers at once
+        assert [k async for k, _ in index.items(b"/a/")] == [b"/a/1", b"/a/2", b"/a/3"]
+        assert [k async for k, _ in index.items(b"/a/", b"/a/2")] == [b"/a/2", b"/a/3"]
+        assert [k async for k, _ in index.items(b"/a")] == [b"/a/1", b"/a/2", b"/a/3", b"/ab"]
+        assert await index.page(b"/a/", State.LIVE, b"", 1) == ([b"/a/1"], b"/a/3")
+        assert await index.page(b"/a/", State.LIVE, b"/a/2", 5) == ([b"/a/3"], None)
+        await index.delete(b"/b/1")
+        await index.delete(b"/never")
+        assert await index.count() == 4
+        await index.close()
+        reopened = LevelDBIndex(str(tmp_path / "db"))
+        assert await reopened.count() == 4
+        await reopened.clear()
+        assert await reopened.count() == 0
+        await reopened.close()
+
+    asyncio.run(check())
+
+
+class BatchingIndex(LevelDBIndex):
+    """LevelDB behind the interface as a networked engine would use it: lookups and gets are
+    held until the end of the loop turn and answered together, one "query" each turn."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.waiting: list[tuple[bytes, Answer]] = []
+        self.batches: list[int] = []
+
+    def lookup(self, key: bytes, answer: Answer) -> None:
+        if not self.waiting:
+            asyncio.get_running_loop().call_soon(self._answer_batch)
+        self.waiting.append((key, answer))
+
+    def _answer_batch(self) -> None:
+        batch, self.waiting = self.waiting, []
+        self.batches.append(len(batch))
+        for key, answer in batch:
+            super().lookup(key, answer)
+
+    async def get(self, key: bytes) -> Record | None:
+        answered = asyncio.get_running_loop().create_future()
+        self.lookup(key, answered.set_result)
+        return await answered
+
+
+async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Each request on a connection of its own, all written at once (no await between the
+    writes, so the master reads them in one turn); the status of each answer."""
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in requests]
+    for (_, writer), request in zip(connections, requests, strict=True):
+        writer.write(request)
+    statuses = [(await reader.readline()).split()[1] for reader, _ in connections]
+    for _, writer in connections:
+        writer.close()
+    return statuses
+
+
+def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volumes) -> None:
+    vols = make_volumes(2)
+    config = Config(db=str(tmp_path / "db"), volumes=tuple(v.addr for v in vols), replicas=2,
+                    subvolumes=1)
+    stored = [f"/batch/{i}".encode() for i in range(20)]
+
+    async def check() -> None:
+        index = BatchingIndex(config.db)
+        volumes = Volumes.for_config(config)
+        store = Store(config, index, volumes)
+        server = HTTPServer(faces(store))
+        port = free_port()
+        await server.start("127.0.0.1", port)
+        puts = [b"PUT %s HTTP/1.1\r\nContent-Length: 5\r\n\r\nvalue" % k for k in stored]
+        assert await _exchange(port, puts) == [b"201"] * len(stored)
+
+        index.batches.clear()
+        keys = [k for key in stored for k in (key, key + b"-missing")]
+        statuses = await _exchange(port, [b"GET %s HTTP/1.1\r\n\r\n" % k for k in keys])
+        assert statuses == [b"302", b"404"] * len(stored)
+        assert index.batches == [len(keys)]  # parsed in one turn: one batch of 40
+
+        deletes = [b"DELETE %s HTTP/1.1\r\n\r\n" % k for k in keys]
+        assert await _exchange(port, deletes) == [b"204", b"404"] * len(stored)
+        assert [k async for k, _ in index.items(b"/batch/")] == []
+        await server.shutdown(grace=1.0)
+        volumes.close()
+        await index.close()
+
+    uvloop.run(check())
