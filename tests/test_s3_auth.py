@@ -58,10 +58,14 @@ def error_of(call, *args, **kw) -> tuple[str, int]:
         "HTTPStatusCode"]
 
 
-def test_the_flags_parse():
+def test_the_flags_parse(tmp_path):
     config, _, _ = parse_args(["-s3_keys", "a:b,c:d:e", "-s3_upload_ttl", "2h"])
     assert config.s3_keys == (("a", "b"), ("c", "d:e"))
     assert config.s3_upload_ttl == 7200
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# keys, one a line: access:secret\na:b\n  # old, c:d\ne:f\n")
+    config, _, _ = parse_args(["-s3_keyfile", str(keyfile), "-s3_port", "3010"])
+    assert (config.s3_keys, config.s3_port) == ((("a", "b"), ("e", "f")), 3010)
 
 
 def test_signed_requests_work_with_either_key(master):
