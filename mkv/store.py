@@ -7,7 +7,7 @@ their own way while `key in store.busy`; the offline commands use it too.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import TypeVar
 
@@ -39,6 +39,9 @@ class Store:
         self.index = index
         self.volumes = volumes
         self.busy: set[bytes] = set()
+        # told of each key whose value was just written or removed (S3 drops what it kept
+        # about the old value, whichever face changed it)
+        self.on_change: list[Callable[[bytes], None]] = []
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
@@ -83,6 +86,7 @@ class Store:
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
             raise
         self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
+        self._changed(key)
         if stale:
             await self.delete_files(stale, key)
         return md5
@@ -95,7 +99,12 @@ class Store:
         failed = await self.delete_files(record.replicas, key)
         if not failed:
             self.index.delete(key)
+            self._changed(key)
         return failed
+
+    def _changed(self, key: bytes) -> None:
+        for listener in self.on_change:
+            listener(key)
 
     async def delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Delete the key's file from each replica at once; the replicas that failed."""

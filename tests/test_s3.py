@@ -13,50 +13,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
-import pytest
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from conftest import MasterFactory, fetch, finish_put, md5hex, open_put, request
+from conftest import client, error_of, fetch, finish_put, md5hex, open_put, request
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def s3master(tmp_path_factory, volumes):
-    factory = MasterFactory(tmp_path_factory.mktemp("s3"), volumes)
-    try:
-        yield factory()
-    finally:
-        factory.stop_all()
-
-
-def client(port: int, retries: int | None = None, **kw):
-    config = Config(s3={"addressing_style": "path"},
-                    retries={"max_attempts": retries} if retries else None)
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                        aws_access_key_id=kw.pop("key", "test"),
-                        aws_secret_access_key=kw.pop("secret", "test"), config=config, **kw)
-
-
-@pytest.fixture(scope="module")
-def s3(s3master):
-    return client(s3master.port, retries=1)
-
-
-@pytest.fixture
-def bucket(s3):
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
-
-
-def error_of(call, *args, **kw) -> tuple[str, int]:
-    with pytest.raises(ClientError) as e:
-        call(*args, **kw)
-    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
-        "HTTPStatusCode"]
 
 
 def native_value(master, key: bytes) -> bytes:

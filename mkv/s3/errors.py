@@ -22,6 +22,11 @@ def no_such_upload(upload_id: str) -> S3Error:
                    UploadId=upload_id)
 
 
+def precondition_failed(condition: str) -> S3Error:
+    return S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you "
+                   "specified did not hold", Condition=condition)
+
+
 def busy(key: bytes) -> S3Error:
     return S3Error(409, "OperationAborted", "A conflicting operation is in progress on this "
                    "key; try again.", Key=object_name(key))

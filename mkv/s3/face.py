@@ -22,6 +22,7 @@ from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
 from mkv.s3.errors import S3Error
 from mkv.s3.listings import Listings
+from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
 from mkv.s3.request import is_s3, params_of
@@ -35,14 +36,14 @@ log = logging.getLogger("mkv")
 __all__ = ["S3", "is_s3"]
 
 _NOT_IMPLEMENTED = frozenset(
-    "acl tagging policy cors lifecycle website logging notification replication encryption "
+    "acl policy cors lifecycle website logging notification replication encryption "
     "object-lock retention legal-hold restore select attributes versions torrent analytics "
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
 _READS = (b"GET", b"HEAD")
 
 
-class S3(Objects, Buckets, Listings, Uploads):
+class S3(Objects, Buckets, Listings, Uploads, Tagging):
     """Answers S3 requests over one store."""
 
     def __init__(self, store: Store) -> None:
@@ -53,6 +54,7 @@ class S3(Objects, Buckets, Listings, Uploads):
         self.secrets = dict(store.config.s3_keys)
         spool = store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"
         self.spool = Spool(Path(spool))
+        store.on_change.append(self.spool.forget)
         self.completing: set[str] = set()  # upload ids whose Complete is running
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
@@ -140,6 +142,8 @@ class S3(Objects, Buckets, Listings, Uploads):
                 raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
                               BucketName=bucket)
             return Response(200, [("Content-Length", "0")])
+        if "tagging" in params:
+            raise S3Error(501, "NotImplemented", "mkv does not implement bucket tagging")
         if method == b"PUT":
             if set(params) - {"x-id"}:
                 raise S3Error(501, "NotImplemented", "mkv does not implement this bucket "
@@ -155,6 +159,8 @@ class S3(Objects, Buckets, Listings, Uploads):
     async def _object_request(self, method: bytes, key: bytes, params: dict[str, str],
                               req: Request, signed: Signed | None) -> Response:
         upload_id = params.get("uploadId")
+        if "tagging" in params:
+            return await self.object_tagging(method, key, req, signed)
         if method in _READS:
             if upload_id is not None and method == b"GET":
                 return self.list_parts(key, upload_id, params)
@@ -167,7 +173,7 @@ class S3(Objects, Buckets, Listings, Uploads):
             return await self.put_object(key, req, signed)
         if method == b"POST":
             if "uploads" in params:
-                return self.create_upload(key)
+                return self.create_upload(key, req)
             if upload_id is not None:
                 return await self.complete_upload(key, upload_id, req, signed)
         if method == b"DELETE":

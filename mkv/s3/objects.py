@@ -19,7 +19,15 @@ from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import AwsChunked
 from mkv.s3.checksums import ALGORITHMS, algorithm_of
-from mkv.s3.errors import NotModified, S3Error, busy, no_such_key, object_name
+from mkv.s3.errors import (
+    NotModified,
+    S3Error,
+    busy,
+    no_such_key,
+    object_name,
+    precondition_failed,
+)
+from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
 from mkv.s3.payload import Payload
 from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
 from mkv.s3.sigv4 import Signed
@@ -74,7 +82,8 @@ class Objects:
 
     def etag(self, key: bytes, record: Record, info: ObjectInfo | None) -> str:
         if record.md5:
-            return f'"{self.spool.etag(key, record.md5) or record.md5}"'
+            multipart = self.spool.etags.load(key, record.md5)
+            return f'"{multipart["etag"] if multipart else record.md5}"'
         return info.volume_etag if info is not None else '""'
 
     def _live(self, key: bytes) -> Record:
@@ -84,29 +93,29 @@ class Objects:
         return record
 
     @staticmethod
-    def _preconditions(req: Request, etag: str, modified: float, read: bool) -> None:
-        """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order."""
+    def _preconditions(req: Request, etag: str, modified: float, read: bool,
+                       prefix: bytes = b"") -> None:
+        """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order; with `prefix`
+        `x-amz-copy-source-`, CopyObject's conditions on its source."""
         h = req.headers
 
         def matches(header: bytes) -> bool:
             tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
             return "*" in tags or etag in tags or etag.strip('"') in tags
 
-        if b"if-match" in h:
-            if not matches(h[b"if-match"]):
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-Match")
-        elif (since := parse_http_date(h.get(b"if-unmodified-since"))) is not None:
+        if (if_match := h.get(prefix + b"if-match")) is not None:
+            if not matches(if_match):
+                raise precondition_failed("If-Match")
+        elif (since := parse_http_date(h.get(prefix + b"if-unmodified-since"))) is not None:
             if int(modified) > since:
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-Unmodified-Since")
-        if b"if-none-match" in h:
-            if matches(h[b"if-none-match"]):
+                raise precondition_failed("If-Unmodified-Since")
+        if (if_none_match := h.get(prefix + b"if-none-match")) is not None:
+            if matches(if_none_match):
                 if read:
                     raise NotModified(etag, modified)
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-None-Match")
-        elif read and (since := parse_http_date(h.get(b"if-modified-since"))) is not None:
+                raise precondition_failed("If-None-Match")
+        elif read and (since := parse_http_date(h.get(prefix + b"if-modified-since"))) \
+                is not None:
             if int(modified) <= since:
                 raise NotModified(etag, modified)
 
@@ -123,8 +132,8 @@ class Objects:
     def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
                         params: dict[str, str]) -> list[tuple[str, str]]:
         headers = [("ETag", self.etag(key, record, info)),
-                   ("Last-Modified", http_date(info.modified)),
-                   ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+                   ("Last-Modified", http_date(info.modified)), ("Accept-Ranges", "bytes"),
+                   *answer_headers(self.spool.metadata.load(key, record.md5))]
         for param, header in _RESPONSE_OVERRIDES.items():
             if param in params:
                 headers = [(n, v) for n, v in headers if n != header] + [(header, params[param])]
@@ -255,8 +264,14 @@ class Objects:
             if old is not None and old.state is State.LIVE:
                 self.index.put(key, old)
             raise
-        self.spool.forget_etag(key)
         return md5
+
+    def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
+        """Remember a value's metadata and tags (the store forgot the old value's)."""
+        if metadata.get("headers") or metadata.get("tags"):
+            self.spool.metadata.save(key, md5, metadata)
+        else:
+            self.spool.metadata.forget(key)
 
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
                             length: int | None) -> str | None:
@@ -267,7 +282,9 @@ class Objects:
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         self._check_storable(key)
         payload = self._payload(req, signed)
+        metadata = of_request(req)
         md5 = await self._locked_store(key, payload, payload.length)
+        self._keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
@@ -284,27 +301,50 @@ class Objects:
         """A streamed GET of a copy source from a replica that has it."""
         return await self._open(key, self._live(key), range_header)
 
+    def _copy_metadata(self, req: Request, source: bytes, record: Record) -> dict:
+        """The copy's metadata: the source's, or the request's under MetadataDirective
+        REPLACE; tags likewise under TaggingDirective."""
+        directives = []
+        for name in (b"x-amz-metadata-directive", b"x-amz-tagging-directive"):
+            directive = req.headers.get(name, b"COPY").strip().upper()
+            if directive not in (b"COPY", b"REPLACE"):
+                raise S3Error(400, "InvalidArgument", f"Unknown {name.decode()} value")
+            directives.append(directive == b"REPLACE")
+        kept = self.spool.metadata.load(source, record.md5) or {}
+        return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
+                "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
+
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
         source = self._copy_source(req)
+        record = self._live(source)
+        metadata = self._copy_metadata(req, source, record)
         if source == key:
-            record = self._live(key)
-            directive = req.headers.get(b"x-amz-metadata-directive", b"").upper()
-            if directive != b"REPLACE":
+            if req.headers.get(b"x-amz-metadata-directive", b"").upper() != b"REPLACE":
                 raise S3Error(400, "InvalidRequest", "This copy request is illegal because it "
                               "is trying to copy an object to itself without changing the "
                               "object's metadata.")
+            info = await self.stat(key, record)
+            self._preconditions(req, self.etag(key, record, info), info.modified if info else 0,
+                                read=False, prefix=b"x-amz-copy-source-")
             md5 = record.md5
         else:
             if key in self.store.busy:
                 raise busy(key)
-            response = await self._open_source(source)
-            length = int(response.headers.get(b"content-length", b"0"))
+            response = await self._open(source, record)
             try:
+                modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
+                try:
+                    self._preconditions(req, self.etag(source, record, None), modified,
+                                        read=True, prefix=b"x-amz-copy-source-")
+                except NotModified:  # a copy's source conditions all fail as 412
+                    raise precondition_failed("x-amz-copy-source-If-None-Match") from None
+                length = int(response.headers.get(b"content-length", b"0"))
                 md5 = await self._locked_store(key, self.volumes.chunks(response), length)
             finally:
                 if not response.body.complete:  # type: ignore[union-attr]
                     response.body.abort()  # type: ignore[union-attr]
+        self._keep_metadata(key, md5, metadata)
         etag = self.etag(key, self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
@@ -329,7 +369,6 @@ class Objects:
         if failed:
             raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
                           "unlinked", Key=object_name(key))
-        self.spool.forget_etag(key)
 
     async def delete_objects(self, bucket: str, req: Request,
                              signed: Signed | None) -> Response:
