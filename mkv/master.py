@@ -53,7 +53,7 @@ async def _serve(config: Config, index: Index) -> None:
     await servers[0].start(None, config.port)
     s3_port = ""
     if config.s3_port:
-        servers.append(HTTPServer(s3.handle, **timeouts))
+        servers.append(HTTPServer(s3.handle_own_port, **timeouts))
         await servers[1].start(None, config.s3_port)
         s3_port = f", S3 on :{config.s3_port}"
     print(f"mkv master listening on :{config.port}{s3_port}, volumes "

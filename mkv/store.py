@@ -39,6 +39,7 @@ class Store:
         self.index = index
         self.volumes = volumes
         self.busy: set[bytes] = set()
+        self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
         # told of each key whose value was just written or removed (S3 drops what it kept
         # about the old value, whichever face changed it)
         self.on_change: list[Callable[[bytes], None]] = []
@@ -60,6 +61,16 @@ class Store:
             return await work
         finally:
             self.busy.discard(key)
+            freed = self._freed.pop(key, None)
+            if freed is not None:
+                freed.set()
+
+    async def locked_in_turn(self, key: bytes, work: Awaitable[T]) -> T:
+        """Run `work` holding the key's lock once whoever holds it lets go: S3's writes of
+        one key all succeed, the last to finish winning (the native face answers 409)."""
+        while key in self.busy:
+            await self._freed.setdefault(key, asyncio.Event()).wait()
+        return await self.locked(key, work)
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:

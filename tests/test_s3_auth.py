@@ -287,3 +287,16 @@ def test_non_ascii_metadata_verifies_under_sigv4(master):
     auth, _ = authorization("PUT", f"/{bucket}/u2", headers, ACCESS, SECRET, amz_date)
     reply = request(master.port, "PUT", f"/{bucket}/u2", b"v", {**sent, "Authorization": auth})
     assert reply.status == 403 and b"SignatureDoesNotMatch" in reply.body
+
+
+def test_presigned_expiry_outside_one_second_to_a_week_is_refused(master):
+    bucket = f"auth-{uuid.uuid4().hex[:8]}"
+    s3 = client(master, signature_version="s3v4")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    for seconds, status in ((604800, 200), (604801, 403)):  # boto3 itself refuses 0
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
+                                        ExpiresIn=seconds)
+        got, body = http_call(url)
+        assert got == status, (seconds, body)
+        assert status == 200 or b"<Code>AccessDenied</Code>" in body

@@ -20,7 +20,7 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
-from mkv.s3.errors import S3Error
+from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.listings import Listings
 from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
@@ -41,6 +41,7 @@ _NOT_IMPLEMENTED = frozenset(
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
 _READS = (b"GET", b"HEAD")
+_WRITES = (b"PUT", b"POST")
 
 
 class S3(Objects, Buckets, Listings, Uploads, Tagging):
@@ -62,12 +63,19 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
 
     # --- entry ---
     def handle(self, req: Request) -> Awaitable[Response]:
-        return self._answer(req)
+        """An S3 request on the main port: buckets are implicit, as in Go mkv (a write into
+        one that does not exist makes it)."""
+        return self._answer(req, strict_buckets=False)
 
-    async def _answer(self, req: Request) -> Response:
+    def handle_own_port(self, req: Request) -> Awaitable[Response]:
+        """A request on -s3_port: S3's bucket rules (NoSuchBucket for writes into a bucket
+        never created)."""
+        return self._answer(req, strict_buckets=True)
+
+    async def _answer(self, req: Request, strict_buckets: bool) -> Response:
         request_id = secrets.token_hex(8).upper()
         try:
-            response = await self._dispatch(req)
+            response = await self._dispatch(req, strict_buckets)
         except S3Error as e:
             response = self._error(e.status, e.code, e.message, req, request_id, e.extra)
         except BadPayload as e:
@@ -105,7 +113,7 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         except AuthError as e:
             raise S3Error(e.status, e.code, e.message) from None
 
-    async def _dispatch(self, req: Request) -> Response:
+    async def _dispatch(self, req: Request, strict_buckets: bool) -> Response:
         signed = self._authenticate(req)
         key = parse_key(req.path)
         if isinstance(key, str):
@@ -124,7 +132,11 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         slash = key.find(b"/", 1)
         bucket = (key[1:] if slash < 0 else key[1:slash]).decode("utf-8", "replace")
         if slash < 0 or slash == len(key) - 1:
+            if strict_buckets and method == b"DELETE" and not self._bucket_exists(bucket):
+                raise no_such_bucket(bucket)
             return await self._bucket_request(method, bucket, params, req, signed)
+        if strict_buckets and method in _WRITES and not self._bucket_exists(bucket):
+            raise no_such_bucket(bucket)
         return await self._object_request(method, key, params, req, signed)
 
     async def _bucket_request(self, method: bytes, bucket: str, params: dict[str, str],
@@ -139,8 +151,7 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
             return await self.list_objects(bucket, params)
         if method == b"HEAD":
             if not self._bucket_exists(bucket):
-                raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
-                              BucketName=bucket)
+                raise no_such_bucket(bucket)
             return Response(200, [("Content-Length", "0")])
         if "tagging" in params:
             raise S3Error(501, "NotImplemented", "mkv does not implement bucket tagging")

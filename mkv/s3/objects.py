@@ -23,6 +23,7 @@ from mkv.s3.errors import (
     NotModified,
     S3Error,
     busy,
+    no_such_bucket,
     no_such_key,
     object_name,
     precondition_failed,
@@ -39,6 +40,12 @@ _RESPONSE_OVERRIDES = {
     "Content-Disposition", "response-content-encoding": "Content-Encoding",
     "response-content-language": "Content-Language", "response-cache-control": "Cache-Control",
     "response-expires": "Expires"}
+
+
+def etag_matches(header: bytes, etag: str) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
+    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
 class ObjectInfo(NamedTuple):
@@ -89,6 +96,9 @@ class Objects:
     def _live(self, key: bytes) -> Record:
         record = self.index.get(key)
         if record is None or record.state is not State.LIVE:
+            bucket = key.split(b"/")[1].decode("utf-8", "replace")
+            if not self._bucket_exists(bucket):
+                raise no_such_bucket(bucket)
             raise no_such_key(key)
         return record
 
@@ -98,19 +108,14 @@ class Objects:
         """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order; with `prefix`
         `x-amz-copy-source-`, CopyObject's conditions on its source."""
         h = req.headers
-
-        def matches(header: bytes) -> bool:
-            tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
-            return "*" in tags or etag in tags or etag.strip('"') in tags
-
         if (if_match := h.get(prefix + b"if-match")) is not None:
-            if not matches(if_match):
+            if not etag_matches(if_match, etag):
                 raise precondition_failed("If-Match")
         elif (since := parse_http_date(h.get(prefix + b"if-unmodified-since"))) is not None:
             if int(modified) > since:
                 raise precondition_failed("If-Unmodified-Since")
         if (if_none_match := h.get(prefix + b"if-none-match")) is not None:
-            if matches(if_none_match):
+            if etag_matches(if_none_match, etag):
                 if read:
                     raise NotModified(etag, modified)
                 raise precondition_failed("If-None-Match")
@@ -251,13 +256,16 @@ class Objects:
             raise S3Error(400, code, f"this key cannot be stored: {problem}",
                           Key=object_name(key))
 
-    async def _store(self, key: bytes, chunks: AsyncIterator[bytes],
-                     length: int | None) -> str | None:
+    async def _store(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
+                     req: Request | None) -> str | None:
         """Write a value under the key's lock, replacing a live one as S3 does; its md5.
+        With `req`, its If-Match / If-None-Match hold against the value there now.
 
         A body that broke or failed a check never completed on any replica (see Payload), so
         a live value it was to replace is put back as it was."""
         old = self.index.get(key)
+        if req is not None:
+            self._write_conditions(req, key, old)
         try:
             md5 = await self.store.write(key, chunks, length, old)
         except ClientGone:
@@ -274,16 +282,31 @@ class Objects:
             self.spool.metadata.forget(key)
 
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
-                            length: int | None) -> str | None:
-        if key in self.store.busy:
-            raise busy(key)
-        return await self.store.locked(key, self._store(key, chunks, length))
+                            length: int | None, req: Request | None = None) -> str | None:
+        return await self.store.locked_in_turn(key, self._store(key, chunks, length, req))
+
+    def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
+        """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: *."""
+        if_match, if_none_match = req.headers.get(b"if-match"), req.headers.get(b"if-none-match")
+        if if_match is None and if_none_match is None:
+            return
+        live = old is not None and old.state is State.LIVE
+        if if_none_match is not None:
+            if if_none_match.strip() != b"*":
+                raise S3Error(501, "NotImplemented", "If-None-Match takes only * on writes")
+            if live:
+                raise precondition_failed("If-None-Match")
+        if if_match is not None:
+            if not live:
+                raise no_such_key(key)
+            if not etag_matches(if_match, self.etag(key, old, None)):
+                raise precondition_failed("If-Match")
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         self._check_storable(key)
         payload = self._payload(req, signed)
         metadata = of_request(req)
-        md5 = await self._locked_store(key, payload, payload.length)
+        md5 = await self._locked_store(key, payload, payload.length, req)
         self._keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:

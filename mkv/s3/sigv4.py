@@ -165,9 +165,9 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
             raise AuthError("AuthorizationQueryParametersError",
                             "a presigned URL needs X-Amz-Credential, X-Amz-SignedHeaders, "
                             "X-Amz-Signature, X-Amz-Date and X-Amz-Expires", 400) from None
-        if not 0 <= expires <= MAX_EXPIRES:
-            raise AuthError("AuthorizationQueryParametersError",
-                            "X-Amz-Expires must be between 0 and 604800 seconds", 400)
+        if not 1 <= expires <= MAX_EXPIRES:
+            raise AuthError("AccessDenied", "X-Amz-Expires must be between 1 and 604800 "
+                            "seconds")
         signed_at = parse_amz_date(amz_date)
         if now > signed_at + expires:
             raise AuthError("AccessDenied", "Request has expired")
