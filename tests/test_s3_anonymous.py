@@ -79,7 +79,8 @@ def test_the_originals_s3test_passes_on_the_s3_port(master, tmp_path):
     # S3 refuses writes into a bucket that does not exist: the two it writes into are made first
     for bucket in ("boto", "bucket"):
         unsigned(s3_port(master)).create_bucket(Bucket=bucket)
-    assert passes(run_s3test(s3_port(master), tmp_path)) == 8
+    verdicts = run_s3test(s3_port(master), tmp_path)
+    assert passes(verdicts) == 8, verdicts
 
 
 @pytest.mark.parametrize("on", ["main port", "s3 port"])
