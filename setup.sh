@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up mkv on a Debian machine and either run a local cluster or run every test.
 #   bash setup.sh cluster   install what is missing, then 3 volumes (3001-3003, data in ./data)
-#                           and the master on 3000, in the foreground; Ctrl-C stops everything
+#                           and the master on 3000 (S3 alone also on 3010), in the foreground;
+#                           Ctrl-C stops everything
 #   bash setup.sh test      install the same plus test dependencies, then run every test
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,6 +39,6 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 for port in 3001 3002 3003; do
     .venv/bin/mkv volume "data/volume$port" -port "$port" & pids+=($!)
 done
-.venv/bin/mkv -volumes localhost:3001,localhost:3002,localhost:3003 -db data/indexdb server &
+.venv/bin/mkv -volumes localhost:3001,localhost:3002,localhost:3003 -db data/indexdb -s3_port 3010 server &
 pids+=($!)
 wait -n

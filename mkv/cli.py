@@ -44,9 +44,9 @@ def _positive(text: str) -> int:
 
 def _s3_keys(text: str) -> tuple[tuple[str, str], ...]:
     pairs = []
-    for item in text.replace("\n", ",").split(","):
+    for item in text.split(","):
         item = item.strip()
-        if not item or item.startswith("#"):
+        if not item:
             continue
         access, colon, secret = item.partition(":")
         if not colon or not access or not secret:
@@ -60,9 +60,11 @@ def _s3_keys(text: str) -> tuple[tuple[str, str], ...]:
 def _s3_keyfile(path: str) -> tuple[tuple[str, str], ...]:
     try:
         with open(path) as f:
-            return _s3_keys(f.read())
+            lines = f.read().splitlines()
     except OSError as e:
         raise ValueError(str(e)) from None
+    # comments go first, whole lines: a comment may hold commas and colons
+    return _s3_keys(",".join(line for line in lines if not line.lstrip().startswith("#")))
 
 
 def _orphans(text: str) -> str:
@@ -96,6 +98,8 @@ FLAGS: dict[str, Flag] = {
                        "How long a signed read URL works (default 1m)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+    "s3_port": Flag("s3_port", int, "S3: a port of its own, where every request is S3's, "
+                    "signed or not (default: none; S3 also answers on -port)"),
     "s3_keys": Flag("s3_keys", _s3_keys, "S3: access:secret pairs, comma separated; S3 "
                     "requests must then carry a valid SigV4 signature (default: no auth)"),
     "s3_keyfile": Flag("s3_keys", _s3_keyfile,

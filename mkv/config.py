@@ -46,6 +46,7 @@ class Config:
     verbose: bool = False
     vdir_colocation: bool = False
     # the S3 face (mkv/s3/)
+    s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any
     s3_spool: str = ""  # multipart parts and bucket markers; "" means `<db>.s3` beside the index
     s3_upload_ttl: float = 86400.0  # multipart uploads idle this long are removed; 0 never

@@ -1,6 +1,6 @@
-"""The master process: one store, its two faces (the native API and S3) on one HTTP server,
-and the lifecycle: serve until SIGTERM or SIGINT, let requests in flight finish, close the
-index."""
+"""The master process: one store, its two faces (the native API and S3) on one HTTP server
+(and S3 alone on `-s3_port` when given), and the lifecycle: serve until SIGTERM or SIGINT, let
+requests in flight finish, close the index."""
 
 import asyncio
 import logging
@@ -21,13 +21,13 @@ from mkv.volumes import Volumes
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
-def faces(store: Store) -> Handler:
+def faces(native: NativeAPI, s3: S3) -> Handler:
     """One handler for both faces: S3's requests to S3 (checked first: S3 also POSTs), the
     rest to the native API."""
-    native, s3 = NativeAPI(store).handle, S3(store).handle
+    native_handle, s3_handle = native.handle, s3.handle
 
     def handle(req: Request) -> Response | Awaitable[Response]:
-        return s3(req) if is_s3(req) else native(req)
+        return s3_handle(req) if is_s3(req) else native_handle(req)
     return handle
 
 
@@ -40,26 +40,33 @@ def serve(config: Config) -> int:
 
 
 async def _serve(config: Config) -> None:
+    # before the port opens: whoever sees it open may stop us at once
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     index = await open_index(config.db)
     try:
-        await _serve_until_stopped(config, index)
+        await _serve_until_stopped(config, index, stop)
     finally:
         await index.close()
 
 
-async def _serve_until_stopped(config: Config, index: Index) -> None:
+async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event) -> None:
     volumes = Volumes.for_config(config)
-    server = HTTPServer(faces(Store(config, index, volumes)), extra_methods=EXTRA_METHODS,
-                        access_log=config.verbose, idle_timeout=config.idletimeout,
-                        read_timeout=config.readtimeout)
-    await server.start(None, config.port)
-    print(f"mkv master listening on :{config.port}, volumes {','.join(config.volumes)}, "
-          f"{config.replicas} replicas, {config.subvolumes} subvolumes", file=sys.stderr,
-          flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    store = Store(config, index, volumes)
+    s3 = S3(store)
+    timeouts = {"access_log": config.verbose, "idle_timeout": config.idletimeout,
+                "read_timeout": config.readtimeout}
+    servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS, **timeouts)]
+    await servers[0].start(None, config.port)
+    s3_port = ""
+    if config.s3_port:
+        servers.append(HTTPServer(s3.handle_own_port, **timeouts))
+        await servers[1].start(None, config.s3_port)
+        s3_port = f", S3 on :{config.s3_port}"
+    print(f"mkv master listening on :{config.port}{s3_port}, volumes "
+          f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "
+          f"subvolumes", file=sys.stderr, flush=True)
     await stop.wait()
-    await server.shutdown(grace=10.0)
+    await asyncio.gather(*(server.shutdown(grace=10.0) for server in servers))
     volumes.close()

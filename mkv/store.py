@@ -7,7 +7,7 @@ their own way while `key in store.busy`; the offline commands use it too.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import TypeVar
 
@@ -39,6 +39,10 @@ class Store:
         self.index = index
         self.volumes = volumes
         self.busy: set[bytes] = set()
+        self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
+        # told of each key whose value was just written or removed (S3 drops what it kept
+        # about the old value, whichever face changed it)
+        self.on_change: list[Callable[[bytes], None]] = []
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
@@ -57,6 +61,16 @@ class Store:
             return await work
         finally:
             self.busy.discard(key)
+            freed = self._freed.pop(key, None)
+            if freed is not None:
+                freed.set()
+
+    async def locked_in_turn(self, key: bytes, work: Awaitable[T]) -> T:
+        """Run `work` holding the key's lock once whoever holds it lets go: S3's writes of
+        one key all succeed, the last to finish winning (the native face answers 409)."""
+        while key in self.busy:
+            await self._freed.setdefault(key, asyncio.Event()).wait()
+        return await self.locked(key, work)
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:
@@ -83,6 +97,7 @@ class Store:
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
             raise
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
+        self._changed(key)
         if stale:
             await self.delete_files(stale, key)
         return md5
@@ -95,7 +110,12 @@ class Store:
         failed = await self.delete_files(record.replicas, key)
         if not failed:
             await self.index.delete(key)
+            self._changed(key)
         return failed
+
+    def _changed(self, key: bytes) -> None:
+        for listener in self.on_change:
+            listener(key)
 
     async def delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Delete the key's file from each replica at once; the replicas that failed."""

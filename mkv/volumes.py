@@ -11,6 +11,7 @@ from functools import lru_cache
 from mkv.config import Config
 from mkv.http.client import ClientResponse, Connection, Pool, VolumeError
 from mkv.http.headcheck import HeadChecker
+from mkv.http.pipeline import Pipeline
 from mkv.placement import key2path
 from mkv.security import SECRET_HEADER
 
@@ -36,6 +37,7 @@ class Volumes:
         headers = f"{SECRET_HEADER}: {secret}\r\n".encode() if secret else b""
         self.pool = Pool(headers)
         self.heads = HeadChecker(headers)
+        self.listings = Pipeline(headers)
         self.write_timeout = write_timeout
 
     @classmethod
@@ -105,14 +107,13 @@ class Volumes:
 
     async def list_dir(self, hostport: str, path: str) -> list[dict]:
         """nginx's JSON autoindex of a directory; [] when it does not exist."""
-        response = await self.pool.request(hostport, b"GET", path.encode(),
-                                           timeout=self.write_timeout)
-        if response.status == 404:
+        status, body = await self.listings.get(hostport, path.encode(), self.write_timeout)
+        if status == 404:
             return []
-        if response.status != 200:
-            raise VolumeError(f"listing {hostport}{path}: status {response.status}")
+        if status != 200:
+            raise VolumeError(f"listing {hostport}{path}: status {status}")
         # nginx writes a file name's bytes as they are, which need not be UTF-8
-        return json.loads(response.body.decode("utf-8", "surrogateescape"))  # type: ignore[union-attr]
+        return json.loads(body.decode("utf-8", "surrogateescape"))
 
     async def delete_path(self, replica: str, path: str) -> None:
         """Remove the file at `path` (percent-encoded) under the replica; gone already is fine.
@@ -199,6 +200,7 @@ class Volumes:
     def close(self) -> None:
         self.pool.close()
         self.heads.close()
+        self.listings.close()
 
 
 def _check_deleted(replica: str, response: ClientResponse) -> None:

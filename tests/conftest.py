@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import boto3
 import plyvel
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
 
 from bench.gomkv import go_build
@@ -394,3 +397,42 @@ def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- S3 with boto3 (its default settings): a master per test module, a bucket per test ---
+
+
+@pytest.fixture(scope="module")
+def s3master(tmp_path_factory, volumes):
+    factory = MasterFactory(tmp_path_factory.mktemp("s3"), volumes)
+    try:
+        yield factory()
+    finally:
+        factory.stop_all()
+
+
+def client(port: int, retries: int | None = None, **kw):
+    config = Config(s3={"addressing_style": "path"},
+                    retries={"max_attempts": retries} if retries else None)
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                        aws_access_key_id=kw.pop("key", "test"),
+                        aws_secret_access_key=kw.pop("secret", "test"), config=config, **kw)
+
+
+@pytest.fixture(scope="module")
+def s3(s3master):
+    return client(s3master.port, retries=1)
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def error_of(call, *args, **kw) -> tuple[str, int]:
+    with pytest.raises(ClientError) as e:
+        call(*args, **kw)
+    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
+        "HTTPStatusCode"]

@@ -38,6 +38,8 @@ class App:
             raise RuntimeError("handler bug")
         if req.path == b"/stream":
             return self.stream()
+        if req.path == b"/endless":
+            return self.endless()
         if req.path.startswith(b"/future"):
             return self.future(req)
         if req.path.startswith(b"/pending"):
@@ -99,6 +101,13 @@ class App:
         for part in (b"hello ", b"streamed ", b"world"):
             await asyncio.sleep(0)
             yield part
+
+    async def endless(self) -> Response:
+        async def chunks():
+            while True:
+                await asyncio.sleep(0.001)
+                yield b"z" * 65536
+        return Response(200, [("Content-Length", str(1 << 40))], chunks())
 
     async def stream(self) -> Response:
         return Response(200, [("Content-Length", "20")], self._chunks())
@@ -556,6 +565,18 @@ def test_client_gone_mid_body_fails_the_read(server: Served) -> None:
     c2.send(get("/alive"))
     assert c2.read_response()[0] == 200
     c2.close()
+
+
+def test_client_gone_mid_answer_logs_one_line(server: Served, caplog) -> None:
+    c = Raw(server.port)
+    c.send(get("/endless"))
+    assert c.sock.recv(65536)
+    c.close()
+    deadline = time.monotonic() + 5
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("GET b'/endless': client closed the connection", None)]
 
 
 # --- bodies the application does not (yet) read ---

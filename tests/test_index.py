@@ -13,7 +13,9 @@ from mkv.http.server import HTTPServer
 from mkv.index import LevelDBIndex
 from mkv.index.base import Answer
 from mkv.master import faces
+from mkv.native import NativeAPI
 from mkv.record import Record, State
+from mkv.s3.face import S3
 from mkv.store import Store
 from mkv.volumes import Volumes
 
@@ -97,7 +99,7 @@ def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volum
         index = BatchingIndex(config.db)
         volumes = Volumes.for_config(config)
         store = Store(config, index, volumes)
-        server = HTTPServer(faces(store))
+        server = HTTPServer(faces(NativeAPI(store), S3(store)))
         port = free_port()
         await server.start("127.0.0.1", port)
         puts = [b"PUT %s HTTP/1.1\r\nContent-Length: 5\r\n\r\nvalue" % k for k in stored]

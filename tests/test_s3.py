@@ -8,55 +8,16 @@ import base64
 import hashlib
 import os
 import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
-import pytest
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from conftest import MasterFactory, fetch, finish_put, md5hex, open_put, request
+from conftest import client, error_of, fetch, finish_put, md5hex, open_put, request
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def s3master(tmp_path_factory, volumes):
-    factory = MasterFactory(tmp_path_factory.mktemp("s3"), volumes)
-    try:
-        yield factory()
-    finally:
-        factory.stop_all()
-
-
-def client(port: int, retries: int | None = None, **kw):
-    config = Config(s3={"addressing_style": "path"},
-                    retries={"max_attempts": retries} if retries else None)
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                        aws_access_key_id=kw.pop("key", "test"),
-                        aws_secret_access_key=kw.pop("secret", "test"), config=config, **kw)
-
-
-@pytest.fixture(scope="module")
-def s3(s3master):
-    return client(s3master.port, retries=1)
-
-
-@pytest.fixture
-def bucket(s3):
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
-
-
-def error_of(call, *args, **kw) -> tuple[str, int]:
-    with pytest.raises(ClientError) as e:
-        call(*args, **kw)
-    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
-        "HTTPStatusCode"]
 
 
 def native_value(master, key: bytes) -> bytes:
@@ -178,15 +139,21 @@ def test_signed_payload_hash_mismatch_is_refused(s3master, bucket):
     assert s3master.call("GET", f"/{bucket}/sha-mismatch".encode()).status == 404
 
 
-def test_a_busy_key_is_409(s3master, bucket):
+def test_concurrent_writes_of_a_key_all_succeed_and_the_last_wins(s3master, bucket):
     key = f"/{bucket}/busy".encode()
-    sock = open_put(s3master.port, key, 3)  # a native PUT holds the key
-    try:
-        s3 = client(s3master.port, retries=1)
-        assert error_of(s3.put_object, Bucket=bucket, Key="busy", Body=b"x") == \
-            ("OperationAborted", 409)
-    finally:
-        assert finish_put(sock, [b"abc"], 0.01) == 201
+    sock = open_put(s3master.port, key, 5)  # a native PUT holds the key
+    result: dict = {}
+    s3 = client(s3master.port, retries=1)
+    writer = threading.Thread(target=lambda: result.update(
+        s3.put_object(Bucket=bucket, Key="busy", Body=b"second")))
+    writer.start()
+    time.sleep(0.5)
+    assert writer.is_alive()  # S3's write waits its turn
+    assert request(s3master.port, "PUT", key.decode(), b"x").status == 409  # the native 409
+    assert finish_put(sock, [b"first"], 0.01) == 201
+    writer.join(30)
+    assert result["ETag"] == f'"{md5hex(b"second")}"'
+    assert native_value(s3master, key) == b"second"
 
 
 def test_keys_with_odd_characters_round_trip(s3, bucket):

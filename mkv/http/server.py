@@ -295,6 +295,10 @@ class HTTPConnection(FlowControlled):
             return
         try:
             await self._stream(request, response)
+        except ClientGone as gone:  # a client hanging up is ordinary: no traceback
+            log.warning("%s %r: %s", request.method.decode(), request.path, gone)
+            self._active = None
+            self.close()
         except Exception:
             log.exception("streaming the answer to %s %r failed", request.method, request.path)
             self._active = None

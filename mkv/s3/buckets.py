@@ -10,7 +10,14 @@ from mkv.s3.errors import S3Error
 from mkv.s3.request import successor
 from mkv.s3.xml import OWNER, XML, Node
 
-_BUCKET_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+# S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or
+# digit at each end, no "..", not an IP address
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def valid_bucket_name(name: str) -> bool:
+    return bool(_BUCKET_NAME.match(name)) and ".." not in name and not _IP_ADDRESS.match(name)
 
 
 
@@ -30,7 +37,7 @@ class Buckets:
                 or await self._bucket_has_keys(bucket))
 
     def create_bucket(self, bucket: str) -> Response:
-        if not _BUCKET_NAME.match(bucket) or bucket in (".", ".."):
+        if not valid_bucket_name(bucket):
             raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
                           BucketName=bucket)
         self.spool.make_bucket(bucket)

@@ -16,10 +16,20 @@ def no_such_key(key: bytes) -> S3Error:
                    Key=object_name(key))
 
 
+def no_such_bucket(bucket: str) -> S3Error:
+    return S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
+                   BucketName=bucket)
+
+
 def no_such_upload(upload_id: str) -> S3Error:
     return S3Error(404, "NoSuchUpload", "The specified multipart upload does not exist. The "
                    "upload ID might be invalid, or it might have been aborted or completed.",
                    UploadId=upload_id)
+
+
+def precondition_failed(condition: str) -> S3Error:
+    return S3Error(412, "PreconditionFailed", "At least one of the pre-conditions you "
+                   "specified did not hold", Condition=condition)
 
 
 def busy(key: bytes) -> S3Error:

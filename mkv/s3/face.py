@@ -20,8 +20,9 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
-from mkv.s3.errors import S3Error
+from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.listings import Listings
+from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
 from mkv.s3.request import is_s3, params_of
@@ -35,14 +36,15 @@ log = logging.getLogger("mkv")
 __all__ = ["S3", "is_s3"]
 
 _NOT_IMPLEMENTED = frozenset(
-    "acl tagging policy cors lifecycle website logging notification replication encryption "
+    "acl policy cors lifecycle website logging notification replication encryption "
     "object-lock retention legal-hold restore select attributes versions torrent analytics "
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
 _READS = (b"GET", b"HEAD")
+_WRITES = (b"PUT", b"POST")
 
 
-class S3(Objects, Buckets, Listings, Uploads):
+class S3(Objects, Buckets, Listings, Uploads, Tagging):
     """Answers S3 requests over one store."""
 
     def __init__(self, store: Store) -> None:
@@ -53,6 +55,7 @@ class S3(Objects, Buckets, Listings, Uploads):
         self.secrets = dict(store.config.s3_keys)
         spool = store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"
         self.spool = Spool(Path(spool))
+        store.on_change.append(self.spool.forget)
         self.completing: set[str] = set()  # upload ids whose Complete is running
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
@@ -60,12 +63,19 @@ class S3(Objects, Buckets, Listings, Uploads):
 
     # --- entry ---
     def handle(self, req: Request) -> Awaitable[Response]:
-        return self._answer(req)
+        """An S3 request on the main port: buckets are implicit, as in Go mkv (a write into
+        one that does not exist makes it)."""
+        return self._answer(req, strict_buckets=False)
 
-    async def _answer(self, req: Request) -> Response:
+    def handle_own_port(self, req: Request) -> Awaitable[Response]:
+        """A request on -s3_port: S3's bucket rules (NoSuchBucket for writes into a bucket
+        never created)."""
+        return self._answer(req, strict_buckets=True)
+
+    async def _answer(self, req: Request, strict_buckets: bool) -> Response:
         request_id = secrets.token_hex(8).upper()
         try:
-            response = await self._dispatch(req)
+            response = await self._dispatch(req, strict_buckets)
         except S3Error as e:
             response = self._error(e.status, e.code, e.message, req, request_id, e.extra)
         except BadPayload as e:
@@ -103,7 +113,7 @@ class S3(Objects, Buckets, Listings, Uploads):
         except AuthError as e:
             raise S3Error(e.status, e.code, e.message) from None
 
-    async def _dispatch(self, req: Request) -> Response:
+    async def _dispatch(self, req: Request, strict_buckets: bool) -> Response:
         signed = self._authenticate(req)
         key = parse_key(req.path)
         if isinstance(key, str):
@@ -122,7 +132,11 @@ class S3(Objects, Buckets, Listings, Uploads):
         slash = key.find(b"/", 1)
         bucket = (key[1:] if slash < 0 else key[1:slash]).decode("utf-8", "replace")
         if slash < 0 or slash == len(key) - 1:
+            if strict_buckets and method == b"DELETE" and not await self._bucket_exists(bucket):
+                raise no_such_bucket(bucket)
             return await self._bucket_request(method, bucket, params, req, signed)
+        if strict_buckets and method in _WRITES and not await self._bucket_exists(bucket):
+            raise no_such_bucket(bucket)
         return await self._object_request(method, key, params, req, signed)
 
     async def _bucket_request(self, method: bytes, bucket: str, params: dict[str, str],
@@ -137,9 +151,10 @@ class S3(Objects, Buckets, Listings, Uploads):
             return await self.list_objects(bucket, params)
         if method == b"HEAD":
             if not await self._bucket_exists(bucket):
-                raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
-                              BucketName=bucket)
+                raise no_such_bucket(bucket)
             return Response(200, [("Content-Length", "0")])
+        if "tagging" in params:
+            raise S3Error(501, "NotImplemented", "mkv does not implement bucket tagging")
         if method == b"PUT":
             if set(params) - {"x-id"}:
                 raise S3Error(501, "NotImplemented", "mkv does not implement this bucket "
@@ -155,6 +170,8 @@ class S3(Objects, Buckets, Listings, Uploads):
     async def _object_request(self, method: bytes, key: bytes, params: dict[str, str],
                               req: Request, signed: Signed | None) -> Response:
         upload_id = params.get("uploadId")
+        if "tagging" in params:
+            return await self.object_tagging(method, key, req, signed)
         if method in _READS:
             if upload_id is not None and method == b"GET":
                 return self.list_parts(key, upload_id, params)
@@ -167,7 +184,7 @@ class S3(Objects, Buckets, Listings, Uploads):
             return await self.put_object(key, req, signed)
         if method == b"POST":
             if "uploads" in params:
-                return self.create_upload(key)
+                return self.create_upload(key, req)
             if upload_id is not None:
                 return await self.complete_upload(key, upload_id, req, signed)
         if method == b"DELETE":

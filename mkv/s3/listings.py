@@ -10,7 +10,7 @@ from urllib.parse import quote
 from mkv.http.server import Response
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
-from mkv.s3.errors import S3Error
+from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.request import MAX_KEYS, int_param, successor
 from mkv.s3.xml import OWNER, XML, Node
 
@@ -87,8 +87,7 @@ class Listings:
     async def list_objects(self, bucket: str, params: dict[str, str]) -> Response:
         v2 = params.get("list-type") == "2"
         if not await self._bucket_exists(bucket):
-            raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist",
-                          BucketName=bucket)
+            raise no_such_bucket(bucket)
         url = params.get("encoding-type") == "url"
         if "encoding-type" in params and not url:
             raise S3Error(400, "InvalidArgument", "Invalid Encoding Method specified in Request")

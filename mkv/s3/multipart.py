@@ -10,6 +10,7 @@ from urllib.parse import quote
 from mkv.http.server import Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
+from mkv.s3.metadata import of_request
 from mkv.s3.request import MAX_KEYS, int_param, single_range
 from mkv.s3.sigv4 import Signed
 from mkv.s3.spool import Part, UploadGone
@@ -26,9 +27,9 @@ class Uploads:
     """Mixed into S3: uploads over `self.spool`, completed through `self._locked_store`."""
 
     # --- multipart uploads ---
-    def create_upload(self, key: bytes) -> Response:
+    def create_upload(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
-        upload = self.spool.create(key)
+        upload = self.spool.create(key, of_request(req))
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         body = s3xml.document("InitiateMultipartUploadResult", [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload.id)])
@@ -79,6 +80,14 @@ class Uploads:
                               "must be of the form bytes=first-last")
             header = b"Range: %s\r\n" % wanted.strip()
         response = await self._open_source(source, header)
+        if wanted is not None:
+            # nginx serves what it has of a range that runs past the end; S3 refuses it
+            _, _, size = response.headers.get(b"content-range", b"").rpartition(b"/")
+            asked = single_range(wanted)
+            if asked is not None and asked.group(2) and int(asked.group(2)) >= int(size or 0):
+                response.body.abort()  # type: ignore[union-attr]
+                raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
+                              ActualObjectSize=size.decode())
         try:
             part = await self.spool.write_part(upload_id, number,
                                                self.volumes.chunks(response))
@@ -93,7 +102,12 @@ class Uploads:
 
     async def complete_upload(self, key: bytes, upload_id: str, req: Request,
                               signed: Signed | None) -> Response:
-        self._upload_of(key, upload_id)
+        done = self.spool.completed(upload_id)
+        if done is not None and done["key"] == key.decode("utf-8", "surrogateescape"):
+            return self._completed(req, key, done["etag"])  # S3 answers a repeat the same
+        upload = self.spool.get(upload_id)
+        if upload is None or upload.key != key:
+            raise no_such_upload(upload_id)
         wanted = s3xml.parse_complete(await self._read_xml(req, signed))
         numbers = [number for number, _ in wanted]
         if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
@@ -120,14 +134,19 @@ class Uploads:
         self.completing.add(upload_id)
         try:
             md5 = await self._locked_store(key, self.spool.read(parts),
-                                           sum(p.size for p in parts))
+                                           sum(p.size for p in parts), req)
         finally:
             self.completing.discard(upload_id)
         combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts)).hexdigest()
         etag = f"{combined}-{len(parts)}"
         if md5:
-            self.spool.save_etag(key, md5, etag)
-        self.spool.remove(upload_id)
+            self.spool.etags.save(key, md5, {"etag": etag, "parts": [p.size for p in parts]})
+        self._keep_metadata(key, md5, upload.metadata)
+        self.spool.finish(upload_id, key, etag)
+        return self._completed(req, key, etag)
+
+    @staticmethod
+    def _completed(req: Request, key: bytes, etag: str) -> Response:
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         host = req.headers.get(b"host", b"").decode("latin-1")
         body = s3xml.document("CompleteMultipartUploadResult", [

@@ -19,7 +19,16 @@ from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import AwsChunked
 from mkv.s3.checksums import ALGORITHMS, algorithm_of
-from mkv.s3.errors import NotModified, S3Error, busy, no_such_key, object_name
+from mkv.s3.errors import (
+    NotModified,
+    S3Error,
+    busy,
+    no_such_bucket,
+    no_such_key,
+    object_name,
+    precondition_failed,
+)
+from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
 from mkv.s3.payload import Payload
 from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
 from mkv.s3.sigv4 import Signed
@@ -31,6 +40,12 @@ _RESPONSE_OVERRIDES = {
     "Content-Disposition", "response-content-encoding": "Content-Encoding",
     "response-content-language": "Content-Language", "response-cache-control": "Cache-Control",
     "response-expires": "Expires"}
+
+
+def etag_matches(header: bytes, etag: str) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
+    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
 class ObjectInfo(NamedTuple):
@@ -74,39 +89,38 @@ class Objects:
 
     def etag(self, key: bytes, record: Record, info: ObjectInfo | None) -> str:
         if record.md5:
-            return f'"{self.spool.etag(key, record.md5) or record.md5}"'
+            multipart = self.spool.etags.load(key, record.md5)
+            return f'"{multipart["etag"] if multipart else record.md5}"'
         return info.volume_etag if info is not None else '""'
 
     async def _live(self, key: bytes) -> Record:
         record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
+            bucket = key.split(b"/")[1].decode("utf-8", "replace")
+            if not await self._bucket_exists(bucket):
+                raise no_such_bucket(bucket)
             raise no_such_key(key)
         return record
 
     @staticmethod
-    def _preconditions(req: Request, etag: str, modified: float, read: bool) -> None:
-        """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order."""
+    def _preconditions(req: Request, etag: str, modified: float, read: bool,
+                       prefix: bytes = b"") -> None:
+        """If-Match, If-None-Match, If-(Un)Modified-Since, in RFC 7232's order; with `prefix`
+        `x-amz-copy-source-`, CopyObject's conditions on its source."""
         h = req.headers
-
-        def matches(header: bytes) -> bool:
-            tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
-            return "*" in tags or etag in tags or etag.strip('"') in tags
-
-        if b"if-match" in h:
-            if not matches(h[b"if-match"]):
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-Match")
-        elif (since := parse_http_date(h.get(b"if-unmodified-since"))) is not None:
+        if (if_match := h.get(prefix + b"if-match")) is not None:
+            if not etag_matches(if_match, etag):
+                raise precondition_failed("If-Match")
+        elif (since := parse_http_date(h.get(prefix + b"if-unmodified-since"))) is not None:
             if int(modified) > since:
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-Unmodified-Since")
-        if b"if-none-match" in h:
-            if matches(h[b"if-none-match"]):
+                raise precondition_failed("If-Unmodified-Since")
+        if (if_none_match := h.get(prefix + b"if-none-match")) is not None:
+            if etag_matches(if_none_match, etag):
                 if read:
                     raise NotModified(etag, modified)
-                raise S3Error(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold", Condition="If-None-Match")
-        elif read and (since := parse_http_date(h.get(b"if-modified-since"))) is not None:
+                raise precondition_failed("If-None-Match")
+        elif read and (since := parse_http_date(h.get(prefix + b"if-modified-since"))) \
+                is not None:
             if int(modified) <= since:
                 raise NotModified(etag, modified)
 
@@ -123,8 +137,8 @@ class Objects:
     def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
                         params: dict[str, str]) -> list[tuple[str, str]]:
         headers = [("ETag", self.etag(key, record, info)),
-                   ("Last-Modified", http_date(info.modified)),
-                   ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
+                   ("Last-Modified", http_date(info.modified)), ("Accept-Ranges", "bytes"),
+                   *answer_headers(self.spool.metadata.load(key, record.md5))]
         for param, header in _RESPONSE_OVERRIDES.items():
             if param in params:
                 headers = [(n, v) for n, v in headers if n != header] + [(header, params[param])]
@@ -242,32 +256,58 @@ class Objects:
             raise S3Error(400, code, f"this key cannot be stored: {problem}",
                           Key=object_name(key))
 
-    async def _store(self, key: bytes, chunks: AsyncIterator[bytes],
-                     length: int | None) -> str | None:
+    async def _store(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
+                     req: Request | None) -> str | None:
         """Write a value under the key's lock, replacing a live one as S3 does; its md5.
+        With `req`, its If-Match / If-None-Match hold against the value there now.
 
         A body that broke or failed a check never completed on any replica (see Payload), so
         a live value it was to replace is put back as it was."""
         old = await self.index.get(key)
+        if req is not None:
+            self._write_conditions(req, key, old)
         try:
             md5 = await self.store.write(key, chunks, length, old)
         except ClientGone:
             if old is not None and old.state is State.LIVE:
                 await self.index.put(key, old)
             raise
-        self.spool.forget_etag(key)
         return md5
 
+    def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
+        """Remember a value's metadata and tags (the store forgot the old value's)."""
+        if metadata.get("headers") or metadata.get("tags"):
+            self.spool.metadata.save(key, md5, metadata)
+        else:
+            self.spool.metadata.forget(key)
+
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
-                            length: int | None) -> str | None:
-        if key in self.store.busy:
-            raise busy(key)
-        return await self.store.locked(key, self._store(key, chunks, length))
+                            length: int | None, req: Request | None = None) -> str | None:
+        return await self.store.locked_in_turn(key, self._store(key, chunks, length, req))
+
+    def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
+        """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: *."""
+        if_match, if_none_match = req.headers.get(b"if-match"), req.headers.get(b"if-none-match")
+        if if_match is None and if_none_match is None:
+            return
+        live = old is not None and old.state is State.LIVE
+        if if_none_match is not None:
+            if if_none_match.strip() != b"*":
+                raise S3Error(501, "NotImplemented", "If-None-Match takes only * on writes")
+            if live:
+                raise precondition_failed("If-None-Match")
+        if if_match is not None:
+            if not live:
+                raise no_such_key(key)
+            if not etag_matches(if_match, self.etag(key, old, None)):
+                raise precondition_failed("If-Match")
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         self._check_storable(key)
         payload = self._payload(req, signed)
-        md5 = await self._locked_store(key, payload, payload.length)
+        metadata = of_request(req)
+        md5 = await self._locked_store(key, payload, payload.length, req)
+        self._keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
@@ -284,27 +324,50 @@ class Objects:
         """A streamed GET of a copy source from a replica that has it."""
         return await self._open(key, await self._live(key), range_header)
 
+    def _copy_metadata(self, req: Request, source: bytes, record: Record) -> dict:
+        """The copy's metadata: the source's, or the request's under MetadataDirective
+        REPLACE; tags likewise under TaggingDirective."""
+        directives = []
+        for name in (b"x-amz-metadata-directive", b"x-amz-tagging-directive"):
+            directive = req.headers.get(name, b"COPY").strip().upper()
+            if directive not in (b"COPY", b"REPLACE"):
+                raise S3Error(400, "InvalidArgument", f"Unknown {name.decode()} value")
+            directives.append(directive == b"REPLACE")
+        kept = self.spool.metadata.load(source, record.md5) or {}
+        return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
+                "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
+
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
         source = self._copy_source(req)
+        record = await self._live(source)
+        metadata = self._copy_metadata(req, source, record)
         if source == key:
-            record = await self._live(key)
-            directive = req.headers.get(b"x-amz-metadata-directive", b"").upper()
-            if directive != b"REPLACE":
+            if req.headers.get(b"x-amz-metadata-directive", b"").upper() != b"REPLACE":
                 raise S3Error(400, "InvalidRequest", "This copy request is illegal because it "
                               "is trying to copy an object to itself without changing the "
                               "object's metadata.")
+            info = await self.stat(key, record)
+            self._preconditions(req, self.etag(key, record, info), info.modified if info else 0,
+                                read=False, prefix=b"x-amz-copy-source-")
             md5 = record.md5
         else:
             if key in self.store.busy:
                 raise busy(key)
-            response = await self._open_source(source)
-            length = int(response.headers.get(b"content-length", b"0"))
+            response = await self._open(source, record)
             try:
+                modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
+                try:
+                    self._preconditions(req, self.etag(source, record, None), modified,
+                                        read=True, prefix=b"x-amz-copy-source-")
+                except NotModified:  # a copy's source conditions all fail as 412
+                    raise precondition_failed("x-amz-copy-source-If-None-Match") from None
+                length = int(response.headers.get(b"content-length", b"0"))
                 md5 = await self._locked_store(key, self.volumes.chunks(response), length)
             finally:
                 if not response.body.complete:  # type: ignore[union-attr]
                     response.body.abort()  # type: ignore[union-attr]
+        self._keep_metadata(key, md5, metadata)
         etag = self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
@@ -331,7 +394,6 @@ class Objects:
         if await self.store.remove(key, record):
             raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
                           "unlinked", Key=object_name(key))
-        self.spool.forget_etag(key)
 
     async def delete_objects(self, bucket: str, req: Request,
                              signed: Signed | None) -> Response:

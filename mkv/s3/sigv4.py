@@ -76,7 +76,13 @@ def _canonical_paths(path: bytes) -> list[str]:
 
 
 def _header_value(value: bytes) -> str:
-    return _SPACES.sub(" ", value.decode("latin-1").strip())
+    # header values are signed as the bytes sent: UTF-8 (x-amz-meta-* may hold any text),
+    # other bytes carried through by surrogateescape and restored by _signed_bytes
+    return _SPACES.sub(" ", value.decode("utf-8", "surrogateescape").strip())
+
+
+def _signed_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def parse_amz_date(text: str) -> int:
@@ -159,9 +165,9 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
             raise AuthError("AuthorizationQueryParametersError",
                             "a presigned URL needs X-Amz-Credential, X-Amz-SignedHeaders, "
                             "X-Amz-Signature, X-Amz-Date and X-Amz-Expires", 400) from None
-        if not 0 <= expires <= MAX_EXPIRES:
-            raise AuthError("AuthorizationQueryParametersError",
-                            "X-Amz-Expires must be between 0 and 604800 seconds", 400)
+        if not 1 <= expires <= MAX_EXPIRES:
+            raise AuthError("AccessDenied", "X-Amz-Expires must be between 1 and 604800 "
+                            "seconds")
         signed_at = parse_amz_date(amz_date)
         if now > signed_at + expires:
             raise AuthError("AccessDenied", "Request has expired")
@@ -215,7 +221,7 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
         canonical = "\n".join((method.decode(), canonical_path, query_string, header_block,
                                signed_headers, payload_hash))
         string_to_sign = "\n".join((ALGORITHM, amz_date, scope,
-                                    hashlib.sha256(canonical.encode()).hexdigest()))
+                                    hashlib.sha256(_signed_bytes(canonical)).hexdigest()))
         expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
         if hmac.compare_digest(expected, signature):
             return Signed(access_key, key, amz_date, scope, signature)
@@ -290,7 +296,7 @@ def verify_v2(method: bytes, path: bytes, query: bytes, headers: dict[bytes, byt
     for resource in _canonical_paths(path):
         string = "\n".join((method.decode(), header("content-md5"), header("content-type"),
                              date, amz_lines + resource + (f"?{sub}" if sub else "")))
-        expected = base64.b64encode(hmac.new(secret.encode(), string.encode(),
+        expected = base64.b64encode(hmac.new(secret.encode(), _signed_bytes(string),
                                              hashlib.sha1).digest()).decode()
         if hmac.compare_digest(expected, signature):
             return access_key

@@ -1,13 +1,21 @@
 """The S3 spool: what the S3 face keeps on the master's disk, as plain files that outlive a
-restart. Multipart uploads in progress with their parts, buckets made by CreateBucket, and the
+restart. Multipart uploads in progress with their parts, buckets made by CreateBucket, the
 `md5-of-md5s-N` ETags of objects that a multipart upload completed (the index record keeps the
-md5 of the whole value, as for any other key).
+md5 of the whole value, as for any other key), and objects' metadata and tags.
 
-    ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ...}
+Nothing here is in the index or on the volumes, so Go mkv's rebuild and rebalance (which walk
+every LevelDB key and every volume file) never meet it. A key's ETag and metadata hold while
+its value has the md5 they were saved with: a value written since by anything else (Go mkv,
+or mkv's native face, which also drops them through the store) does not inherit them.
+
+    ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ..., "metadata": ...}
     ROOT/uploads/<upload id>/<n>.<md5>     part n, named by its md5 so data and ETag land as one
     ROOT/uploads/<upload id>/.tmp-*        a part being received
     ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date
-    ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N"}
+    ROOT/completed/<upload id>             {"key": ..., "etag": ...}: a repeated Complete
+    ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N",
+                                            "parts": [size of each part]}
+    ROOT/metadata/<sha1 of key>            {"md5": ..., "headers": [[name, value]], "tags": [...]}
 """
 
 import asyncio
@@ -32,6 +40,51 @@ class Upload(NamedTuple):
     id: str
     key: bytes
     initiated: float
+    metadata: dict  # what CreateMultipartUpload asked for: applied at Complete
+
+
+class PerKey:
+    """Small JSON documents, one per key, each valid while the key's value has the md5 it was
+    saved with. Which keys have one is read once, so a key without costs a set lookup."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._names: set[str] | None = None
+
+    @staticmethod
+    def _name(key: bytes) -> str:
+        return hashlib.sha1(key).hexdigest()
+
+    def _known(self) -> set[str]:
+        if self._names is None:
+            try:
+                self._names = set(os.listdir(self.root))
+            except FileNotFoundError:
+                self._names = set()
+        return self._names
+
+    def save(self, key: bytes, md5: str | None, document: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = self._name(key)
+        _write_atomic(self.root / name, json.dumps({**document, "md5": md5}).encode())
+        self._known().add(name)
+
+    def load(self, key: bytes, md5: str | None) -> dict | None:
+        """The key's document, if its value is still the one it was saved with."""
+        name = self._name(key)
+        if name not in self._known():
+            return None
+        try:
+            saved = json.loads((self.root / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return saved if saved.get("md5") == md5 else None
+
+    def forget(self, key: bytes) -> None:
+        name = self._name(key)
+        if name in self._known():
+            (self.root / name).unlink(missing_ok=True)
+            self._known().discard(name)
 
 
 class Part(NamedTuple):
@@ -51,18 +104,20 @@ class Spool:
         self.root = root
         self.uploads_dir = root / "uploads"
         self.buckets_dir = root / "buckets"
-        self.etags_dir = root / "etags"
-        self._etag_names: set[str] | None = None  # which keys have an etag file, loaded once
+        self.completed_dir = root / "completed"
+        self.etags = PerKey(root / "etags")
+        self.metadata = PerKey(root / "metadata")
 
     # --- multipart uploads ---
     def _upload_dir(self, upload_id: str) -> Path | None:
         return self.uploads_dir / upload_id if _UPLOAD_ID.match(upload_id) else None
 
-    def create(self, key: bytes) -> Upload:
-        upload = Upload(secrets.token_hex(16), key, time.time())
+    def create(self, key: bytes, metadata: dict) -> Upload:
+        upload = Upload(secrets.token_hex(16), key, time.time(), metadata)
         path = self.uploads_dir / upload.id
         path.mkdir(parents=True)
-        meta = {"key": key.decode("utf-8", "surrogateescape"), "initiated": upload.initiated}
+        meta = {"key": key.decode("utf-8", "surrogateescape"), "initiated": upload.initiated,
+                "metadata": metadata}
         _write_atomic(path / "upload.json", json.dumps(meta).encode())
         return upload
 
@@ -75,7 +130,7 @@ class Spool:
         except (OSError, ValueError):
             return None
         return Upload(upload_id, meta["key"].encode("utf-8", "surrogateescape"),
-                      meta["initiated"])
+                      meta["initiated"], meta.get("metadata", {}))
 
     def uploads(self) -> list[Upload]:
         try:
@@ -134,13 +189,35 @@ class Spool:
         shutil.rmtree(path, ignore_errors=True)
         return True
 
+    def finish(self, upload_id: str, key: bytes, etag: str) -> None:
+        """A completed upload: its parts go, its answer stays for a repeated Complete."""
+        self.completed_dir.mkdir(parents=True, exist_ok=True)
+        done = {"key": key.decode("utf-8", "surrogateescape"), "etag": etag}
+        _write_atomic(self.completed_dir / upload_id, json.dumps(done).encode())
+        self.remove(upload_id)
+
+    def completed(self, upload_id: str) -> dict | None:
+        if not _UPLOAD_ID.match(upload_id):
+            return None
+        try:
+            return json.loads((self.completed_dir / upload_id).read_bytes())
+        except (OSError, ValueError):
+            return None
+
     def sweep(self, ttl: float, now: float) -> list[str]:
-        """Remove uploads with no activity for `ttl` seconds; the ids removed."""
+        """Remove uploads with no activity for `ttl` seconds, and the answers of completed
+        ones as old; the ids of the uploads removed."""
         removed = []
         try:
             names = os.listdir(self.uploads_dir)
         except FileNotFoundError:
-            return removed
+            names = []
+        for done in self.completed_dir.glob("*"):
+            try:
+                if now - done.stat().st_mtime > ttl:
+                    done.unlink()
+            except OSError:
+                continue
         for name in names:
             path = self.uploads_dir / name
             try:
@@ -189,40 +266,10 @@ class Spool:
         except FileNotFoundError:
             return {}
 
-    # --- ETags of completed multipart uploads ---
-    def _etag_name(self, key: bytes) -> str:
-        return hashlib.sha1(key).hexdigest()
-
-    def _known_etags(self) -> set[str]:
-        if self._etag_names is None:
-            try:
-                self._etag_names = set(os.listdir(self.etags_dir))
-            except FileNotFoundError:
-                self._etag_names = set()
-        return self._etag_names
-
-    def save_etag(self, key: bytes, md5: str, etag: str) -> None:
-        self.etags_dir.mkdir(parents=True, exist_ok=True)
-        name = self._etag_name(key)
-        _write_atomic(self.etags_dir / name, json.dumps({"md5": md5, "etag": etag}).encode())
-        self._known_etags().add(name)
-
-    def etag(self, key: bytes, md5: str) -> str | None:
-        """The multipart ETag of `key`, if its value is still the one that upload made."""
-        name = self._etag_name(key)
-        if name not in self._known_etags():
-            return None
-        try:
-            saved = json.loads((self.etags_dir / name).read_bytes())
-        except (OSError, ValueError):
-            return None
-        return saved["etag"] if saved.get("md5") == md5 else None
-
-    def forget_etag(self, key: bytes) -> None:
-        name = self._etag_name(key)
-        if name in self._known_etags():
-            (self.etags_dir / name).unlink(missing_ok=True)
-            self._known_etags().discard(name)
+    def forget(self, key: bytes) -> None:
+        """The key's value was replaced or removed: its ETag and metadata go with it."""
+        self.etags.forget(key)
+        self.metadata.forget(key)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -122,5 +122,18 @@ def parse_delete(body: bytes, limit: int = 1000) -> tuple[bool, list[str]]:
     return quiet, keys
 
 
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """PutObjectTagging: the (key, value) pairs of its TagSet, in the order given."""
+    root = parse(body, "Tagging")
+    tags = []
+    for tag_set in children(root, "TagSet"):
+        for tag in children(tag_set, "Tag"):
+            key, value = text_of(tag, "Key"), text_of(tag, "Value")
+            if key is None:
+                raise MalformedXML("each Tag needs a Key")
+            tags.append((key, value or ""))
+    return tags
+
+
 def now_timestamp() -> str:
     return timestamp(datetime.now(UTC).timestamp())

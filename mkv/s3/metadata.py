@@ -1,0 +1,106 @@
+"""S3 object metadata and tags: what a write asks to keep (checked as S3 checks it), the
+headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the spool (spool.py)."""
+
+from urllib.parse import parse_qsl
+
+from mkv.http.server import Request, Response
+from mkv.s3 import xml as s3xml
+from mkv.s3.errors import S3Error
+from mkv.s3.sigv4 import Signed
+from mkv.s3.xml import XML
+
+# the headers S3 stores with an object and answers with, as S3 spells them
+STORED = {name.lower().encode(): name for name in (
+    "Content-Type", "Content-Encoding", "Content-Disposition", "Content-Language",
+    "Cache-Control", "Expires")}
+USER_PREFIX = b"x-amz-meta-"
+MAX_USER_METADATA = 2048  # bytes of x-amz-meta-* names (without the prefix) and values
+MAX_TAGS = 10
+DEFAULT_TYPE = "application/octet-stream"
+
+Tags = list[tuple[str, str]]
+
+
+def _text(value: bytes) -> str:
+    # UTF-8 as clients send it; any other byte kept as it came, to be answered unchanged
+    return value.decode("utf-8", "surrogateescape").strip()
+
+
+def headers_of(req: Request) -> list[tuple[str, str]]:
+    """The metadata headers of a write (PutObject, CopyObject REPLACE, CreateMultipartUpload)."""
+    kept, user_size = [], 0
+    for name, value in req.headers.items():
+        if name in STORED:
+            text = _text(value)
+            if name == b"content-encoding":  # the transfer's own coding is not the object's
+                text = ", ".join(t.strip() for t in text.split(",")
+                                 if t.strip() and t.strip().lower() != "aws-chunked")
+            if text:
+                kept.append((STORED[name], text))
+        elif name.startswith(USER_PREFIX):
+            kept.append((_text(name), _text(value)))
+            user_size += len(name) - len(USER_PREFIX) + len(value)
+    if user_size > MAX_USER_METADATA:
+        raise S3Error(400, "MetadataTooLarge", "Your metadata headers exceed the maximum "
+                      f"allowed metadata size ({MAX_USER_METADATA} bytes)",
+                      Size=str(user_size), MaxSizeAllowed=str(MAX_USER_METADATA))
+    return kept
+
+
+def check_tags(tags: Tags) -> Tags:
+    if len(tags) > MAX_TAGS:
+        raise S3Error(400, "BadRequest", f"Object tags cannot be greater than {MAX_TAGS}")
+    if len({key for key, _ in tags}) != len(tags):
+        raise S3Error(400, "InvalidTag", "Cannot provide multiple Tags with the same key")
+    for key, value in tags:
+        if not 1 <= len(key) <= 128:
+            raise S3Error(400, "InvalidTag", "The TagKey you have provided is invalid")
+        if len(value) > 256:
+            raise S3Error(400, "InvalidTag", "The TagValue you have provided is invalid")
+    return tags
+
+
+def tags_of(req: Request) -> Tags:
+    """The `x-amz-tagging` header: URL-encoded `k=v&k2=v2`."""
+    header = req.headers.get(b"x-amz-tagging")
+    if header is None:
+        return []
+    return check_tags(parse_qsl(header.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def of_request(req: Request) -> dict:
+    """What a write asks to keep: {"headers": [...], "tags": [...]} (checked, nothing written)."""
+    return {"headers": headers_of(req), "tags": tags_of(req)}
+
+
+def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:
+    """The headers GetObject and HeadObject add for an object's metadata."""
+    if not metadata:
+        return [("Content-Type", DEFAULT_TYPE)]
+    headers = [(name, value) for name, value in metadata.get("headers", [])]
+    if not any(name == "Content-Type" for name, _ in headers):
+        headers.append(("Content-Type", DEFAULT_TYPE))
+    if metadata.get("tags"):
+        headers.append(("x-amz-tagging-count", str(len(metadata["tags"]))))
+    return headers
+
+
+class Tagging:
+    """Mixed into S3: object tags over `self.spool.metadata`, for the live value's md5."""
+
+    async def object_tagging(self, method: bytes, key: bytes, req: Request,
+                             signed: Signed | None) -> Response:
+        record = await self._live(key)
+        saved = self.spool.metadata.load(key, record.md5) or {"headers": [], "tags": []}
+        if method == b"GET":
+            tags = [("Tag", [("Key", k), ("Value", v)]) for k, v in saved.get("tags", [])]
+            return Response(200, [XML], s3xml.document("Tagging", [("TagSet", tags)]))
+        if method == b"PUT":
+            saved["tags"] = check_tags(s3xml.parse_tagging(await self._read_xml(req, signed)))
+        elif method == b"DELETE":
+            saved["tags"] = []
+        else:
+            raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
+                          "against this resource.")
+        self.spool.metadata.save(key, record.md5, saved)
+        return Response(200 if method == b"PUT" else 204)

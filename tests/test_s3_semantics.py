@@ -1,0 +1,124 @@
+"""S3 semantics that real clients and conformance suites check (boto3): bucket names and
+NoSuchBucket (S3's rules on -s3_port, Go mkv's implicit buckets on the main port), conditional
+writes and copies, concurrent writes, UploadPartCopy ranges, presigned expiry bounds."""
+
+import os
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from cluster import free_port
+from conftest import MasterFactory, client, error_of, md5hex
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def s3master(tmp_path_factory, volumes):
+    """conftest's `s3` and `bucket` on a master with -s3_port too."""
+    factory = MasterFactory(tmp_path_factory.mktemp("s3sem"), volumes)
+    try:
+        yield factory("-s3_port", str(free_port()))
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def strict(s3master):
+    """boto3 on -s3_port."""
+    return client(int(s3master.flags[1]), retries=1)
+
+
+@pytest.mark.parametrize("name", ["ab", "a" * 64, "Upper", "under_score", "-dash", "dot.",
+                                  "two..dots", "192.168.1.1"])
+def test_invalid_bucket_names(s3, name):
+    assert error_of(s3.create_bucket, Bucket=name) == ("InvalidBucketName", 400)
+
+
+def test_valid_bucket_names(s3):
+    for name in ("abc", "a" * 63, f"my.bucket-{uuid.uuid4().hex[:6]}", "1.2.3.4a"):
+        s3.create_bucket(Bucket=name)
+        s3.head_bucket(Bucket=name)
+
+
+def test_no_such_bucket(s3master, s3, strict):
+    missing = f"none-{uuid.uuid4().hex[:12]}"
+    assert error_of(strict.put_object, Bucket=missing, Key="k", Body=b"v") == \
+        ("NoSuchBucket", 404)
+    assert s3master.call("GET", f"/{missing}/k".encode()).status == 404  # nothing written
+    assert error_of(strict.create_multipart_upload, Bucket=missing, Key="k") == \
+        ("NoSuchBucket", 404)
+    for s3_client in (s3, strict):
+        assert error_of(s3_client.get_object, Bucket=missing, Key="k") == ("NoSuchBucket", 404)
+    assert error_of(strict.delete_bucket, Bucket=missing) == ("NoSuchBucket", 404)
+    # the main port keeps Go mkv's buckets: a write makes one
+    s3.put_object(Bucket=missing, Key="k", Body=b"v")
+    assert strict.get_object(Bucket=missing, Key="k")["Body"].read() == b"v"
+    assert error_of(strict.get_object, Bucket=missing, Key="other") == ("NoSuchKey", 404)
+
+
+def test_conditional_writes(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="c", Body=b"one", IfNoneMatch="*")
+    assert error_of(s3.put_object, Bucket=bucket, Key="c", Body=b"two", IfNoneMatch="*") == \
+        ("PreconditionFailed", 412)
+    assert error_of(s3.put_object, Bucket=bucket, Key="c", Body=b"two",
+                    IfMatch=f'"{md5hex(b"other")}"') == ("PreconditionFailed", 412)
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"one"  # kept
+    s3.put_object(Bucket=bucket, Key="c", Body=b"two", IfMatch=f'"{md5hex(b"one")}"')
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"two"
+    assert error_of(s3.put_object, Bucket=bucket, Key="absent", Body=b"x",
+                    IfMatch='"abc"') == ("NoSuchKey", 404)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="c")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="c", UploadId=upload, PartNumber=1,
+                          Body=b"three")["ETag"]
+    assert error_of(s3.complete_multipart_upload, Bucket=bucket, Key="c", UploadId=upload,
+                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+                    IfNoneMatch="*") == ("PreconditionFailed", 412)
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"two"
+
+
+def test_copy_source_conditions(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"v")
+    source = {"Bucket": bucket, "Key": "src"}
+    etag = f'"{md5hex(b"v")}"'
+    future, past = datetime(2100, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)
+    for condition in ({"CopySourceIfMatch": '"0000"'}, {"CopySourceIfNoneMatch": etag},
+                      {"CopySourceIfModifiedSince": future},
+                      {"CopySourceIfUnmodifiedSince": past}):
+        assert error_of(s3.copy_object, Bucket=bucket, Key="dst", CopySource=source,
+                        **condition) == ("PreconditionFailed", 412), condition
+    assert error_of(s3.head_object, Bucket=bucket, Key="dst")[1] == 404
+    s3.copy_object(Bucket=bucket, Key="dst", CopySource=source, CopySourceIfMatch=etag,
+                   CopySourceIfModifiedSince=past)
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == b"v"
+
+
+def test_concurrent_put_objects_both_succeed_the_last_wins(s3master, bucket):
+    values = [os.urandom(20 * MiB), b"small"]
+    done: list[str] = []
+
+    def put(value: bytes) -> None:
+        client(s3master.port, retries=1).put_object(Bucket=bucket, Key="race", Body=value)
+        done.append(md5hex(value))
+
+    writers = [threading.Thread(target=put, args=(v,)) for v in values]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert sorted(done) == sorted(md5hex(v) for v in values)  # both succeeded
+    got = client(s3master.port).head_object(Bucket=bucket, Key="race")["ETag"]
+    assert got == f'"{done[-1]}"'  # the last one to complete
+
+
+def test_upload_part_copy_past_the_end_is_invalid_range(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"0123456789")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
+    assert error_of(s3.upload_part_copy, Bucket=bucket, Key="dst", UploadId=upload,
+                    PartNumber=1, CopySource={"Bucket": bucket, "Key": "src"},
+                    CopySourceRange="bytes=0-10") == ("InvalidRange", 416)
+    part = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=upload, PartNumber=1,
+                               CopySource={"Bucket": bucket, "Key": "src"},
+                               CopySourceRange="bytes=2-9")
+    assert part["CopyPartResult"]["ETag"] == f'"{md5hex(b"23456789")}"'
