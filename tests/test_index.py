@@ -3,6 +3,8 @@ networked engine needs — the lookups of one event-loop turn answered by one ba
 real master's faces over real nginx volumes."""
 
 import asyncio
+import io
+import random
 from pathlib import Path
 
 import uvloop
@@ -14,6 +16,8 @@ from mkv.index import LevelDBIndex
 from mkv.index.base import Answer
 from mkv.master import faces
 from mkv.native import NativeAPI
+from mkv.ops import rebuild
+from mkv.ops.progress import Progress
 from mkv.record import Record, State
 from mkv.s3.face import S3
 from mkv.store import Store
@@ -38,6 +42,10 @@ def test_leveldb_engine(tmp_path: Path) -> None:
         assert [k async for k, _ in index.items(b"/a")] == [b"/a/1", b"/a/2", b"/a/3", b"/ab"]
         assert await index.page(b"/a/", State.LIVE, b"", 1) == ([b"/a/1"], b"/a/3")
         assert await index.page(b"/a/", State.LIVE, b"/a/2", 5) == ([b"/a/3"], None)
+        await index.put_many([(b"/m/1", LIVE), (b"/m/2", LIVE.with_state(State.WRITING))])
+        assert [r.state async for _, r in index.items(b"/m/")] == [State.LIVE, State.WRITING]
+        await index.delete(b"/m/1")
+        await index.delete(b"/m/2")
         await index.delete(b"/b/1")
         await index.delete(b"/never")
         assert await index.count() == 4
@@ -75,6 +83,31 @@ class BatchingIndex(LevelDBIndex):
         answered = asyncio.get_running_loop().create_future()
         self.lookup(key, answered.set_result)
         return await answered
+
+
+def test_rebuild_merges_the_replicas_of_a_key_while_the_engine_keeps_it_waiting(
+        tmp_path: Path, monkeypatch) -> None:
+    """Three walkers find each key's files in any order; every get suspends (a networked
+    engine), batches are written while others are found: no replica is lost or counted twice."""
+    monkeypatch.setattr(rebuild, "WRITE_BATCH", 7)
+    volumes = ("10.0.0.1:3001", "10.0.0.2:3001", "10.0.0.3:3001")
+    config = Config(volumes=volumes, replicas=3, subvolumes=1)
+    keys = [f"/merge/{i}".encode() for i in range(60)]
+    finds = [(key, volume) for key in keys for volume in volumes]
+    random.Random(7).shuffle(finds)
+
+    async def check() -> None:
+        index = BatchingIndex(str(tmp_path / "db"))
+        progress = Progress("rebuild", out=io.StringIO(), err=io.StringIO())
+        found = rebuild.FoundReplicas(config, index, progress)
+        await asyncio.gather(*(found.add(key, volume) for key, volume in finds))
+        await found.flush()
+        records = {key: record async for key, record in index.items(b"/merge/")}
+        assert records == {key: Record(tuple(config.placement(key))) for key in keys}
+        assert progress.counts["keys"] == len(keys)
+        await index.close()
+
+    uvloop.run(check())
 
 
 async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:

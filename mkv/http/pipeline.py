@@ -17,7 +17,7 @@ import httptools
 
 from mkv.http.client import Resolver, VolumeError, VolumeTimeout
 
-PIPE_DEPTH = 16  # GETs waiting on one connection before the next one opens
+PIPE_DEPTH = 64  # GETs waiting on one connection before the next one opens
 MAX_CONNECTIONS = 4  # per volume
 SWEEP_SECONDS = 0.5  # how late past its deadline a stuck GET may be noticed
 

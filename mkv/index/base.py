@@ -28,6 +28,9 @@ class Index(Protocol):
     async def put(self, key: bytes, record: Record) -> None:
         """Write the record, durable against a process crash once this returns."""
 
+    async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
+        """Write the records together (one batch, one round trip), as `put` would each."""
+
     async def delete(self, key: bytes) -> None:
         """Remove the key's record (absent keys are fine)."""
 

@@ -26,7 +26,7 @@ class LevelDBIndex:
 
     def __init__(self, path: str) -> None:
         try:
-            self.db = plyvel.DB(path, create_if_missing=True)
+            self.db = plyvel.DB(path, create_if_missing=True, bloom_filter_bits=10)
         except plyvel.IOError as e:
             if b"lock" in str(e).encode().lower():
                 raise IndexLocked(f"the index {path} is in use by another process") from e
@@ -42,6 +42,11 @@ class LevelDBIndex:
 
     async def put(self, key: bytes, record: Record) -> None:
         self.db.put(key, record.encode())
+
+    async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
+        with self.db.write_batch() as batch:  # one journal write, not one per record
+            for key, record in records:
+                batch.put(key, record.encode())
 
     async def delete(self, key: bytes) -> None:
         self.db.delete(key)

@@ -7,6 +7,8 @@ Records carry no md5, as Go mkv's rebuild writes them; with -checksum each value
 more, from its first replica, to restore it.
 """
 
+import asyncio
+
 from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
@@ -26,38 +28,72 @@ def ordered(replicas: list[str], placement: list[str], volumes: tuple[str, ...])
     return known + others
 
 
+WRITE_BATCH = 10_000  # keys whose records go to the index together: one journal write, not 10,000
+
+
+class FoundReplicas:
+    """The replicas found of each key, written to the index in batches.
+
+    Walkers of different volumes find one key's files at different times, so each record
+    written is what the index had plus what was found since. With a networked engine, reads
+    and writes wait: one read per key at a time, and a key of the batch being written is taken
+    from that batch, as the index may not have it yet.
+    """
+
+    def __init__(self, config: Config, index: Index, progress: Progress) -> None:
+        self.config = config
+        self.index = index
+        self.progress = progress
+        self.pending: dict[bytes, list[str]] = {}
+        self.writing: dict[bytes, list[str]] = {}
+        self.reading: dict[bytes, asyncio.Future] = {}
+
+    async def add(self, key: bytes, replica: str) -> None:
+        while key not in self.pending:
+            if key in self.writing:
+                self.pending[key] = list(self.writing[key])
+            elif key in self.reading:
+                await self.reading[key]  # another walker's read: then look again
+            else:
+                self.reading[key] = read = asyncio.get_running_loop().create_future()
+                try:
+                    record = await self.index.get(key)
+                finally:
+                    del self.reading[key]
+                    read.set_result(None)
+                if record is None:
+                    self.progress.count("keys")
+                self.pending[key] = list(record.replicas) if record else []
+        self.pending[key].append(replica)
+        if len(self.pending) >= WRITE_BATCH and not self.writing:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.writing, self.pending = self.pending, {}
+        config = self.config
+        await self.index.put_many([
+            (key, Record(tuple(replicas if len(replicas) == 1 else
+                               ordered(replicas, config.placement(key), config.volumes))))
+            for key, replicas in self.writing.items()])
+        self.writing = {}
+
+
 async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
     await index.clear()
     walk = Walk(volumes, config.volumes, config.concurrency, progress)
     progress.phase("rebuild: walking volumes", "files", fraction=walk.fraction)
-    # replicas found of keys whose record is being written: walkers of other volumes find
-    # the same key, and each must add to the record the other wrote, not overwrite it
-    arriving: dict[bytes, list[str]] = {}
+    replicas = FoundReplicas(config, index, progress)
 
     async def found(file: VolumeFile) -> None:
         progress.advance()
-        key = file.key
-        if key is None:
+        if file.key is None:
             progress.count("skipped")
             progress.note(f"skipped: {file.url}: {file.problem}")
             return
-        if key in arriving:
-            arriving[key].append(file.replica)
-            return
-        arriving[key] = waiting = [file.replica]
-        try:
-            while waiting:
-                record = await index.get(key)
-                if record is None:
-                    progress.count("keys")
-                replicas = (list(record.replicas) if record else []) + waiting
-                waiting.clear()
-                replicas = ordered(replicas, config.placement(key), config.volumes)
-                await index.put(key, Record(tuple(replicas)))
-        finally:
-            del arriving[key]
+        await replicas.add(file.key, file.replica)
 
     await walk.run(found)
+    await replicas.flush()
     if config.checksum:
         await restore_md5(config, index, volumes, progress)
 
