@@ -13,6 +13,7 @@ USAGE = """\
 Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
        mkv volume DIR [-port N]     (nginx volume server; port also from $PORT, default 3001)
        mkv -db PATH checkpoint      (recover the index after a crash and leave it for Go mkv)
+       mkv put|get|ls|rm ...        (the client: `mkv put --help`; masters from --master)
 """
 
 
@@ -237,6 +238,10 @@ CLUSTER_COMMANDS: dict[str, Callable[[Config], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("put", "get", "ls", "rm"):  # the client's verbs: flags of their own
+        from mkv.client.shell import main as client_main
+
+        return client_main(argv)
     try:
         config, positional, given = parse_args(argv)
     except UsageError as e:
