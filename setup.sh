@@ -19,6 +19,9 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/d
 fi
 if [ "$mode" = test ]; then
     command -v wrk >/dev/null || apt_install wrk
+    # PostgreSQL's server programs for the PostgreSQL index's tests (each runs its own server)
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+        || apt_install postgresql
     # Go mkv and goleveldb for the compatibility tests, from Debian's packages (no module download)
     command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/syndtr/goleveldb ] \
         && [ -d /usr/share/gocode/src/github.com/google/uuid ] \

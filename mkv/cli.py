@@ -75,7 +75,8 @@ def _orphans(text: str) -> str:
 
 
 FLAGS: dict[str, Flag] = {
-    "db": Flag("db", str, "Path to leveldb"),
+    "db": Flag("db", str, "Path to leveldb, or a postgresql:// URL (an index several "
+               "masters share)"),
     "volumes": Flag("volumes", _volumes, "Volumes to use for storage, comma separated"),
     "port": Flag("port", int, "Port for the server to listen on (default 3000)"),
     "replicas": Flag("replicas", int, "Amount of replicas to make of the data (default 3)"),
@@ -169,7 +170,7 @@ def parse_args(argv: list[str]) -> tuple[Config, list[str], set[str]]:
 
 def _check_cluster(config: Config) -> str | None:
     if not config.db:
-        return "-db is required: the path of the LevelDB index"
+        return "-db is required: the path of the LevelDB index, or a postgresql:// URL"
     if not config.volumes:
         return "-volumes is required: volume servers, comma separated (e.g. localhost:3001)"
     if config.replicas < 1 or config.replicas > len(config.volumes):
@@ -220,8 +221,13 @@ def _checkpoint(config: Config) -> int:
 
 
 def _server(config: Config) -> int:
+    from mkv.index import is_postgres_url
     from mkv.master import serve
 
+    if is_postgres_url(config.db) and not config.s3_spool:
+        print("mkv: -s3_spool is required with a PostgreSQL index: the directory for S3's "
+              "multipart parts and buckets (one every master shares)", file=sys.stderr)
+        return 2
     return serve(config)
 
 
@@ -261,12 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     command = positional[0]
     if command == "volume":
         return _volume(config, positional, given)
-    from mkv.index import IndexLocked
+    from mkv.index import IndexLocked, IndexUnavailable
 
     try:
         return _run_on_index(command, positional, config)
     except IndexLocked as e:
         print(f"mkv: {e}; stop the master (or other mkv command) first", file=sys.stderr)
+        return 1
+    except IndexUnavailable as e:
+        print(f"mkv: {e}", file=sys.stderr)
         return 1
 
 

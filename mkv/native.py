@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
-from mkv.http.server import Pending, Request, Response
+from mkv.http.server import Pending, Refusal, Request, Response
 from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
@@ -78,6 +78,10 @@ class _Read:
         self.order = list(replicas[first + 1:] + replicas[:first + 1])
         self.ask()
 
+    def failed(self, error: Exception) -> None:
+        self.answer.resolve(error.response() if isinstance(error, Refusal) else
+                            Response(500, body=b"internal error\n"))
+
     def ask(self) -> None:
         self.replica = self.order.pop()
         self.api.volumes.ask_exists(self.replica, self.path, self.api.config.voltimeout,
@@ -127,7 +131,7 @@ class NativeAPI:
     # --- reads ---
     def get(self, key: bytes, req: Request) -> Pending:
         read = _Read(self, key, req)
-        self.index.lookup(key, read.found)
+        self.index.lookup(key, read.found, read.failed)
         return read.answer
 
     def redirect(self, replica: str, path: str, headers: list[tuple[str, str]]) -> Response:

@@ -1,5 +1,6 @@
 """Real processes for tests: nginx volumes and the master, on free loopback ports in temp dirs."""
 
+import asyncio
 import os
 import signal
 import socket
@@ -77,10 +78,23 @@ def start_volume(data_dir: Path, port: int | None = None, *flags: str) -> Volume
     return Volume(port, proc, data_dir)
 
 
-def start_master(db: Path, volumes: list[str], *flags: str, port: int | None = None) -> Process:
+def start_master(db: Path | str, volumes: list[str], *flags: str,
+                 port: int | None = None) -> Process:
     port = port or free_port()
     cmd = mkv_command("-db", str(db), "-volumes", ",".join(volumes), "-port", str(port),
                       *flags, "server")
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wait_listening(port, proc)
     return Process(port, proc)
+
+
+async def exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Each request on a connection of its own, all written at once (no await between the
+    writes, so the master reads them in one turn); the status of each answer."""
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in requests]
+    for (_, writer), request in zip(connections, requests, strict=True):
+        writer.write(request)
+    statuses = [(await reader.readline()).split()[1] for reader, _ in connections]
+    for _, writer in connections:
+        writer.close()
+    return statuses

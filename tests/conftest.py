@@ -26,6 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
+from pgserver import PostgresServer, find_bindir
 
 from bench.gomkv import go_build
 from mkv.nginx import find_nginx
@@ -101,7 +102,7 @@ class Master:
 
     process: Process
     volumes: list[Volume]
-    db: Path
+    db: Path | str  # a LevelDB directory or a PostgreSQL URL
     flags: tuple[str, ...] = ()
     addrs: list[str] = field(default_factory=list)
 
@@ -258,11 +259,14 @@ class MasterFactory:
         self.count += 1
         return self.tmp / f"db{self.count}"
 
-    def __call__(self, *flags: str, db: Path | None = None, volumes: list[Volume] | None = None,
-                 addrs: list[str] | None = None, port: int | None = None) -> Master:
+    def __call__(self, *flags: str, db: Path | str | None = None,
+                 volumes: list[Volume] | None = None, addrs: list[str] | None = None,
+                 port: int | None = None) -> Master:
         vols = volumes if volumes is not None else self.volumes
         db = db or self.new_db()
         addrs = addrs or [v.addr for v in vols]
+        if isinstance(db, str) and "-s3_spool" not in flags:  # a URL: no directory to be beside
+            flags = (*flags, "-s3_spool", str(self.new_db()) + ".s3")
         proc = start_master(db, addrs, *flags, port=port)
         master = Master(proc, vols, db, flags, addrs)
         self.started.append(master)
@@ -397,6 +401,30 @@ def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's own PostgreSQL server; tests that need one skip when it is not installed."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (bash setup.sh test installs it)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        except RuntimeError:
+            pass  # a test left it stopped
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres.new_database()
 
 
 # --- S3 with boto3 (its default settings): a master per test module, a bucket per test ---

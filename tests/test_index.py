@@ -8,12 +8,12 @@ import random
 from pathlib import Path
 
 import uvloop
-from cluster import free_port
+from cluster import exchange, free_port
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer
 from mkv.index import LevelDBIndex
-from mkv.index.base import Answer
+from mkv.index.base import Answer, Failure
 from mkv.master import faces
 from mkv.native import NativeAPI
 from mkv.ops import rebuild
@@ -68,7 +68,7 @@ class BatchingIndex(LevelDBIndex):
         self.waiting: list[tuple[bytes, Answer]] = []
         self.batches: list[int] = []
 
-    def lookup(self, key: bytes, answer: Answer) -> None:
+    def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
         if not self.waiting:
             asyncio.get_running_loop().call_soon(self._answer_batch)
         self.waiting.append((key, answer))
@@ -110,18 +110,6 @@ def test_rebuild_merges_the_replicas_of_a_key_while_the_engine_keeps_it_waiting(
     uvloop.run(check())
 
 
-async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:
-    """Each request on a connection of its own, all written at once (no await between the
-    writes, so the master reads them in one turn); the status of each answer."""
-    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in requests]
-    for (_, writer), request in zip(connections, requests, strict=True):
-        writer.write(request)
-    statuses = [(await reader.readline()).split()[1] for reader, _ in connections]
-    for _, writer in connections:
-        writer.close()
-    return statuses
-
-
 def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volumes) -> None:
     vols = make_volumes(2)
     config = Config(db=str(tmp_path / "db"), volumes=tuple(v.addr for v in vols), replicas=2,
@@ -136,16 +124,16 @@ def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volum
         port = free_port()
         await server.start("127.0.0.1", port)
         puts = [b"PUT %s HTTP/1.1\r\nContent-Length: 5\r\n\r\nvalue" % k for k in stored]
-        assert await _exchange(port, puts) == [b"201"] * len(stored)
+        assert await exchange(port, puts) == [b"201"] * len(stored)
 
         index.batches.clear()
         keys = [k for key in stored for k in (key, key + b"-missing")]
-        statuses = await _exchange(port, [b"GET %s HTTP/1.1\r\n\r\n" % k for k in keys])
+        statuses = await exchange(port, [b"GET %s HTTP/1.1\r\n\r\n" % k for k in keys])
         assert statuses == [b"302", b"404"] * len(stored)
         assert index.batches == [len(keys)]  # parsed in one turn: one batch of 40
 
         deletes = [b"DELETE %s HTTP/1.1\r\n\r\n" % k for k in keys]
-        assert await _exchange(port, deletes) == [b"204", b"404"] * len(stored)
+        assert await exchange(port, deletes) == [b"204", b"404"] * len(stored)
         assert [k async for k, _ in index.items(b"/batch/")] == []
         await server.shutdown(grace=1.0)
         volumes.close()

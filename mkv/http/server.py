@@ -34,6 +34,18 @@ _STATUS_LINES = {
 }
 
 
+class Refusal(Exception):
+    """Raised by a handler to answer `status` with the message as a short plain body, without a
+    traceback: e.g. 503 when a service it depends on is down."""
+
+    status = 503
+    headers: tuple[tuple[str, str], ...] = (("Retry-After", "1"),)
+
+    def response(self) -> "Response":
+        return Response(self.status, [("Content-Type", "text/plain"), *self.headers],
+                        f"{self}\n".encode())
+
+
 class Request:
     """One request: method and path as bytes, headers with lower-case names, a streamed body."""
 
@@ -265,6 +277,8 @@ class HTTPConnection(FlowControlled):
             self._started = time.perf_counter()
         try:
             result = self.handler(request)
+        except Refusal as refusal:
+            result = refusal.response()
         except Exception:
             log.exception("handler failed for %s %r", request.method, request.path)
             result = Response(500, body=b"internal error\n")
@@ -287,6 +301,8 @@ class HTTPConnection(FlowControlled):
             else:
                 self.close()
             return
+        except Refusal as refusal:
+            response = refusal.response()
         except Exception:
             log.exception("handler failed for %s %r", request.method, request.path)
             response = Response(500, body=b"internal error\n")

@@ -1,18 +1,30 @@
 """The index: every key's record (SPEC §3), in key byte order, behind one interface.
 
 `Index` is what the store and the offline commands use; an engine implements it. LevelDB
-(mkv/index/leveldb.py) is the engine today, chosen by `open_index` for a `-db` path. An engine
-must keep LevelDB's order (bytewise on the key), so listings, pages and `next` are the same
-whatever the engine, and must hand records back exactly as they were put.
+(mkv/index/leveldb.py) is the default, chosen by `open_index` for a `-db` path; PostgreSQL
+(mkv/index/postgres.py) for a `postgresql://` URL, shared by several masters. An engine must
+keep LevelDB's order (bytewise on the key), so listings, pages and `next` are the same whatever
+the engine, and must hand records back exactly as they were put.
 """
 
-from mkv.index.base import Index, IndexLocked
+from mkv.index.base import Index, IndexLocked, IndexUnavailable
 from mkv.index.leveldb import LevelDBIndex
 
-__all__ = ["Index", "IndexLocked", "LevelDBIndex", "open_index"]
+__all__ = ["Index", "IndexLocked", "IndexUnavailable", "LevelDBIndex", "is_postgres_url",
+           "open_index"]
+
+
+def is_postgres_url(location: str) -> bool:
+    """Whether `-db` names a PostgreSQL database (a libpq URL) rather than a LevelDB path."""
+    return location.startswith(("postgresql://", "postgres://"))
 
 
 async def open_index(location: str) -> Index:
-    """The index at `-db`: a LevelDB directory (created when missing). Awaited, as a
-    networked engine connects on the event loop it then serves."""
+    """The index at `-db`: a `postgresql://` URL's table (created when missing), else a
+    LevelDB directory (created when missing). Awaited, as a networked engine connects on the
+    event loop it then serves."""
+    if is_postgres_url(location):
+        from mkv.index.postgres import PostgresIndex  # asyncpg only loaded when used
+
+        return await PostgresIndex.connect(location)
     return LevelDBIndex(location)

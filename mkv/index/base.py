@@ -8,19 +8,27 @@ no task). An embedded engine such as LevelDB answers at once and never suspends.
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+from mkv.http.server import Refusal
 from mkv.record import Record, State
 
 Answer = Callable[[Record | None], object]
+Failure = Callable[[Exception], object]
 
 
 class IndexLocked(Exception):
     """Another process holds the index (LevelDB is single-process)."""
 
 
+class IndexUnavailable(Refusal):
+    """The engine cannot answer now (its database is down or restarting): the request gets
+    503 at once, and is not acknowledged; the engine reconnects by itself."""
+
+
 class Index(Protocol):
-    def lookup(self, key: bytes, answer: Answer) -> None:
+    def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
         """Call `answer` with the key's record, or None when the key is absent: at once, or
-        once this loop turn's batch of lookups comes back."""
+        once this loop turn's batch of lookups comes back; or `failed` with IndexUnavailable
+        (an embedded engine never fails)."""
 
     async def get(self, key: bytes) -> Record | None:
         """The key's record, or None when the key is absent (hard deleted)."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import plyvel
 
-from mkv.index.base import Answer, IndexLocked
+from mkv.index.base import Answer, Failure, IndexLocked
 from mkv.record import Record, State
 
 CLEAR_BATCH = 100_000
@@ -32,7 +32,7 @@ class LevelDBIndex:
                 raise IndexLocked(f"the index {path} is in use by another process") from e
             raise
 
-    def lookup(self, key: bytes, answer: Answer) -> None:
+    def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
         raw = self.db.get(key)
         answer(None if raw is None else Record.decode(raw))
 

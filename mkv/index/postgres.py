@@ -1,0 +1,180 @@
+"""The PostgreSQL engine of the index: key bytes → SPEC §3 record bytes in one table, shared by
+any number of masters (`-db postgresql://…`, a libpq URL; several hosts with
+`target_session_attrs=read-write` follow a promoted standby).
+
+`bytea` compares bytewise, as LevelDB's comparator does, so `ORDER BY k` is LevelDB's order and
+listings and pages are the same on either engine. The lookups of one event-loop turn go as one
+query (`k = ANY($1)`); while the pool's connections are all busy, the next turn's lookups join
+the waiting batch. The database down answers `IndexUnavailable` (the masters' 503) at once, and
+the pool connects again by itself on the next call.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from mkv.index.base import Answer, Failure, IndexUnavailable
+from mkv.record import Record, State
+
+log = logging.getLogger("mkv")
+
+TABLE = "mkv_index"
+POOL_SIZE = 8  # connections per process: batches in flight at once
+CONNECT_TIMEOUT = 2.0  # seconds: a database that cannot be reached is a 503, not a hang
+COMMAND_TIMEOUT = 10.0
+ITEMS_PAGE = 1000  # rows per keyset query of `items`
+
+T = TypeVar("T")
+
+# what a lost or refusing server raises; anything else is a bug and stays a 500
+_DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+         asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+         asyncpg.exceptions.ReadOnlySQLTransactionError)
+
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (k bytea PRIMARY KEY, r bytea NOT NULL)"
+_LOOKUP = f"SELECT k, r FROM {TABLE} WHERE k = ANY($1::bytea[])"
+_GET = f"SELECT r FROM {TABLE} WHERE k = $1"
+_PUT = (f"INSERT INTO {TABLE} (k, r) VALUES ($1, $2) "
+        "ON CONFLICT (k) DO UPDATE SET r = EXCLUDED.r")
+_PUT_MANY = (f"INSERT INTO {TABLE} (k, r) SELECT * FROM unnest($1::bytea[], $2::bytea[]) "
+             "ON CONFLICT (k) DO UPDATE SET r = EXCLUDED.r")
+_DELETE = f"DELETE FROM {TABLE} WHERE k = $1"
+_FROM = f"SELECT k, r FROM {TABLE} WHERE k >= $1 ORDER BY k LIMIT $2"
+_FROM_BELOW = f"SELECT k, r FROM {TABLE} WHERE k >= $1 AND k < $3 ORDER BY k LIMIT $2"
+
+# SPEC §3: a state is the record's prefix (`DELETED`, `INIT`, or neither: live)
+_UNLINKED, _WRITING = "substring(r for 7) = 'DELETED'::bytea", "substring(r for 4) = 'INIT'::bytea"
+_IN_STATE = {State.UNLINKED: _UNLINKED, State.WRITING: _WRITING,
+             State.LIVE: f"NOT ({_UNLINKED}) AND NOT ({_WRITING})"}
+
+
+def successor(prefix: bytes) -> bytes | None:
+    """The least key greater than every key starting with `prefix`; None when there is none."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class PostgresIndex:
+    """A connection pool and the batch of lookups waiting for the next query."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.waiting: dict[bytes, list[tuple[Answer, Failure | None]]] = {}
+        self.in_flight = 0
+        self.batches = 0  # lookup queries sent, and the keys they carried: the batching figure
+        self.batched_keys = 0
+
+    @classmethod
+    async def connect(cls, url: str) -> "PostgresIndex":
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE,
+                                             timeout=CONNECT_TIMEOUT,
+                                             command_timeout=COMMAND_TIMEOUT)
+            await pool.execute(_SCHEMA)
+        except _DOWN as e:
+            raise IndexUnavailable(f"the PostgreSQL index cannot be reached: {e}") from None
+        return cls(pool)
+
+    async def _call(self, query: Callable[..., Awaitable[T]], *args: object) -> T:
+        try:
+            return await query(*args)
+        except _DOWN as e:
+            raise IndexUnavailable(f"the PostgreSQL index is unavailable: {e}") from None
+
+    # --- lookups, batched per loop turn ---
+    def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
+        if not self.waiting and self.in_flight < POOL_SIZE:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self.waiting.setdefault(key, []).append((answer, failed))
+
+    def _send_batch(self) -> None:
+        if not self.waiting or self.in_flight >= POOL_SIZE:
+            return  # a returning batch sends what waits
+        batch, self.waiting = self.waiting, {}
+        self.in_flight += 1
+        self.batches += 1
+        self.batched_keys += len(batch)
+        asyncio.get_running_loop().create_task(self._answer_batch(batch))
+
+    async def _answer_batch(self, batch: dict[bytes, list[tuple[Answer, Failure | None]]]
+                            ) -> None:
+        try:
+            rows = await self._call(self.pool.fetch, _LOOKUP, list(batch))
+        except IndexUnavailable as e:
+            for waiters in batch.values():
+                for _, failed in waiters:
+                    if failed is not None:
+                        failed(e)
+            return
+        finally:
+            self.in_flight -= 1
+            self._send_batch()
+        found = {row[0]: Record.decode(row[1]) for row in rows}
+        for key, waiters in batch.items():
+            record = found.get(key)
+            for answer, _ in waiters:
+                answer(record)
+
+    async def get(self, key: bytes) -> Record | None:
+        answered = asyncio.get_running_loop().create_future()
+        self.lookup(key, answered.set_result, answered.set_exception)
+        return await answered
+
+    # --- writes: each acknowledged once PostgreSQL has committed it ---
+    async def put(self, key: bytes, record: Record) -> None:
+        await self._call(self.pool.execute, _PUT, key, record.encode())
+
+    async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
+        # one row per key: ON CONFLICT may not touch a row twice in one statement
+        last = {key: record.encode() for key, record in records}
+        await self._call(self.pool.execute, _PUT_MANY, list(last), list(last.values()))
+
+    async def delete(self, key: bytes) -> None:
+        await self._call(self.pool.execute, _DELETE, key)
+
+    # --- ordered reads, a page of rows per query (keyset: no huge result in memory) ---
+    async def _rows(self, prefix: bytes, start: bytes) -> AsyncIterator[list[asyncpg.Record]]:
+        lowest, below = max(prefix, start), successor(prefix)
+        while True:
+            if below is None:
+                rows = await self._call(self.pool.fetch, _FROM, lowest, ITEMS_PAGE)
+            else:
+                rows = await self._call(self.pool.fetch, _FROM_BELOW, lowest, ITEMS_PAGE, below)
+            if rows:
+                yield rows
+            if len(rows) < ITEMS_PAGE:
+                return
+            lowest = rows[-1][0] + b"\x00"  # the least key after the last one read
+
+    async def items(self, prefix: bytes = b"",
+                    start: bytes = b"") -> AsyncIterator[tuple[bytes, Record]]:
+        """Records whose key starts with `prefix`, from `start` on, in byte order."""
+        async for rows in self._rows(prefix, start):
+            for key, raw in rows:
+                yield key, Record.decode(raw)
+
+    async def page(self, prefix: bytes, state: State, start: bytes,
+                   limit: int) -> tuple[list[bytes], bytes | None]:
+        """Up to `limit` keys in `state`, and the first key in `state` after them, if any:
+        one query, the state told apart by the server (a record's leading bytes)."""
+        below = successor(prefix)
+        bound = "" if below is None else " AND k < $3"
+        query = (f"SELECT k FROM {TABLE} WHERE k >= $1{bound} AND {_IN_STATE[state]} "
+                 "ORDER BY k LIMIT $2")
+        args = (max(prefix, start), limit + 1) + (() if below is None else (below,))
+        keys = [row[0] for row in await self._call(self.pool.fetch, query, *args)]
+        return (keys[:limit], keys[limit]) if len(keys) > limit else (keys, None)
+
+    async def count(self) -> int:
+        return await self._call(self.pool.fetchval, f"SELECT count(*) FROM {TABLE}")
+
+    async def clear(self) -> None:
+        await self._call(self.pool.execute, f"TRUNCATE {TABLE}")
+
+    async def close(self) -> None:
+        await self.pool.close()
