@@ -13,6 +13,8 @@ USAGE = """\
 Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
        mkv volume DIR [-port N]     (nginx volume server; port also from $PORT, default 3001)
        mkv -db PATH checkpoint      (recover the index after a crash and leave it for Go mkv)
+       mkv -db SRC copy DEST        (every record into an empty index: LevelDB path or
+                                    postgresql:// URL, either way; masters stopped)
        mkv put|get|ls|rm ...        (the client: `mkv put --help`; masters from --master)
 """
 
@@ -282,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run_on_index(command: str, positional: list[str], config: Config) -> int:
     if command == "checkpoint" and len(positional) == 1:
         return _checkpoint(config)
+    if command == "copy" and len(positional) == 2:
+        if not config.db:
+            print("mkv copy: -db is required: the index to copy from", file=sys.stderr)
+            return 2
+        return importlib.import_module("mkv.ops.copy").main(config, positional[1])
     run = CLUSTER_COMMANDS.get(command)
     if run is None or len(positional) != 1:
         print(f"unknown command {' '.join(positional)!r}\n{usage()}", file=sys.stderr, end="")

@@ -7,11 +7,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import test_api
 import uvloop
 from cluster import exchange, free_port, mkv_command
-from conftest import Master, MasterFactory
+from conftest import Master, MasterFactory, read_records, write_records
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer
@@ -19,6 +20,7 @@ from mkv.index import LevelDBIndex, open_index
 from mkv.index import postgres as engine
 from mkv.master import faces
 from mkv.native import NativeAPI
+from mkv.ops import copy
 from mkv.record import Record, State
 from mkv.s3.face import S3
 from mkv.store import Store
@@ -159,3 +161,48 @@ def test_unreachable_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "PostgreSQL index cannot be reached" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _pg_rows(url: str) -> dict[bytes, bytes]:
+    async def rows() -> dict[bytes, bytes]:
+        connection = await asyncpg.connect(url)
+        try:
+            return dict(await connection.fetch(f"SELECT k, r FROM {engine.TABLE} ORDER BY k"))
+        finally:
+            await connection.close()
+    return uvloop.run(rows())
+
+
+def test_copy_leveldb_to_postgres_and_back_is_byte_exact(pg_url: str, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    md5 = "0123456789abcdef0123456789abcdef"
+    records = {key: record.encode() for key, record in _records(300, seed=5)}
+    records |= {  # records as Go mkv writes them
+        b"/go/live": f"HASH{md5}127.0.0.1:3001/sv01,127.0.0.1:3002/sv07".encode(),
+        b"/go/unlinked": f"DELETEDHASH{md5}127.0.0.1:3001".encode(),
+        b"/go/init": b"INIT127.0.0.1:3001/sv00,127.0.0.1:3003/sv09",
+        b"/go/nomd5": b"127.0.0.1:3002",
+    }
+    first, back = tmp_path / "first", tmp_path / "back"
+    write_records(first, records)
+    monkeypatch.setattr(copy, "BATCH", 64)  # several batches each way, in process below
+
+    copied = subprocess.run(mkv_command("-db", str(first), "copy", pg_url),
+                            capture_output=True, text=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    assert f"{len(records):,} records copied" in copied.stderr
+    assert _pg_rows(pg_url) == records
+
+    async def copy_back() -> int:
+        source, dest = await open_index(pg_url), LevelDBIndex(str(back))
+        count = await copy.copy_index(source, dest)
+        await source.close()
+        await dest.close()
+        return count
+    assert uvloop.run(copy_back()) == len(records)
+    assert read_records(back) == records == read_records(first)
+
+    again = subprocess.run(mkv_command("-db", str(back), "copy", pg_url),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already holds" in again.stderr
+    assert _pg_rows(pg_url) == records
