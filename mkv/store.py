@@ -1,5 +1,6 @@
 """The store: what a key's life means over the index and the volumes — write (PUT, REPLACE),
-remove, unlink, relink and move — in SPEC §4's write order, with a lock per busy key.
+remove, unlink, relink and move — in SPEC §4's write order, with a lock per busy key (in
+process; across the masters too when the index is shared: `Index.locks`).
 
 The native API and the S3 face translate their protocols into calls on it and answer `409`
 their own way while `key in store.busy`; the offline commands use it too.
@@ -7,7 +8,7 @@ their own way while `key in store.busy`; the offline commands use it too.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from functools import lru_cache
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.http.flow import ClientGone
 from mkv.index import Index
+from mkv.index.base import KeyBusy
 from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.transfer import CopyError, copy_value
@@ -23,6 +25,7 @@ from mkv.volumes import Volumes
 log = logging.getLogger("mkv")
 
 PLACEMENT_CACHE = 1 << 16  # keys whose placement and path are remembered
+SHARED_RETRY = 0.02  # seconds between tries at a key another master holds (S3's writes wait)
 
 T = TypeVar("T")
 
@@ -47,30 +50,68 @@ class Store:
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
 
-    def locked(self, key: bytes, work: Awaitable[T]) -> Awaitable[T]:
-        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`.
+    def locked(self, key: bytes, work: Coroutine[object, object, T]) -> Awaitable[T]:
+        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`,
+        and KeyBusy (a 409) is raised when another master holds it.
 
         The lock is taken now, not when the coroutine first runs: requests parsed in the
         same event-loop turn would otherwise all pass the check.
         """
         self.busy.add(key)
-        return self._release_after(key, work)
+        if self.index.locks is None:
+            return self._release_after(key, work)
+        return self._shared(key, work)
 
     async def _release_after(self, key: bytes, work: Awaitable[T]) -> T:
         try:
             return await work
         finally:
-            self.busy.discard(key)
-            freed = self._freed.pop(key, None)
-            if freed is not None:
-                freed.set()
+            self._free(key)
 
-    async def locked_in_turn(self, key: bytes, work: Awaitable[T]) -> T:
+    def _free(self, key: bytes) -> None:
+        self.busy.discard(key)
+        freed = self._freed.pop(key, None)
+        if freed is not None:
+            freed.set()
+
+    async def _shared(self, key: bytes, work: Coroutine[object, object, T]) -> T:
+        """`work` once this process holds the key across the masters too (else KeyBusy)."""
+        if not await self._try_shared(key, work):
+            work.close()  # never run: nothing of it has happened
+            raise KeyBusy("another write or delete of this key is in progress")
+        return await self._run_shared(key, work)
+
+    async def _try_shared(self, key: bytes, work: Coroutine[object, object, T]) -> bool:
+        """Take the key's lock across the masters; when not, the key is freed here."""
+        try:
+            ours = await self.index.locks.acquire(key)
+        except BaseException:  # the database is down (a 503), or the request is cancelled
+            self._free(key)
+            work.close()
+            raise
+        if not ours:
+            self._free(key)
+        return ours
+
+    async def _run_shared(self, key: bytes, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        finally:
+            self.index.locks.release(key)
+            self._free(key)
+
+    async def locked_in_turn(self, key: bytes, work: Coroutine[object, object, T]) -> T:
         """Run `work` holding the key's lock once whoever holds it lets go: S3's writes of
         one key all succeed, the last to finish winning (the native face answers 409)."""
-        while key in self.busy:
-            await self._freed.setdefault(key, asyncio.Event()).wait()
-        return await self.locked(key, work)
+        while True:
+            while key in self.busy:
+                await self._freed.setdefault(key, asyncio.Event()).wait()
+            if self.index.locks is None:
+                return await self.locked(key, work)
+            self.busy.add(key)
+            if await self._try_shared(key, work):
+                return await self._run_shared(key, work)
+            await asyncio.sleep(SHARED_RETRY)  # another master holds it
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:

@@ -26,7 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from cluster import Process, Volume, free_port, start_master, start_volume, wait_listening
-from pgserver import PostgresServer, find_bindir
+from pgserver import PostgresServer, running_postgres
 
 from bench.gomkv import go_build
 from mkv.nginx import find_nginx
@@ -406,19 +406,8 @@ def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """The session's own PostgreSQL server; tests that need one skip when it is not installed."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (bash setup.sh test installs it)")
-    server = PostgresServer(bindir)
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        try:
-            server.stop()
-        except RuntimeError:
-            pass  # a test left it stopped
-        server.remove()
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from cluster import free_port
 
 SUPERUSER = "mkv"
@@ -89,3 +92,22 @@ class PostgresServer:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A started server, stopped and removed afterwards; the test skips when PostgreSQL is not
+    installed."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (bash setup.sh test installs it)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        except RuntimeError:
+            pass  # a test left it stopped
+        server.remove()

@@ -24,7 +24,27 @@ class IndexUnavailable(Refusal):
     503 at once, and is not acknowledged; the engine reconnects by itself."""
 
 
+class KeyBusy(Refusal):
+    """Another master holds the key's lock."""
+
+    status = 409
+    headers = ()
+
+
+class KeyLocks(Protocol):
+    """The per-key lock across the processes that share an index."""
+
+    async def acquire(self, key: bytes) -> bool:
+        """Whether the key is now this process's (False: another one holds it)."""
+
+    def release(self, key: bytes) -> None:
+        """Let the key go (sent later: no need to wait)."""
+
+
 class Index(Protocol):
+    # None: this process is the only writer (LevelDB), and the store's in-process lock is enough
+    locks: KeyLocks | None
+
     def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
         """Call `answer` with the key's record, or None when the key is absent: at once, or
         once this loop turn's batch of lookups comes back; or `failed` with IndexUnavailable

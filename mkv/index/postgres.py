@@ -6,7 +6,8 @@ any number of masters (`-db postgresql://…`, a libpq URL; several hosts with
 listings and pages are the same on either engine. The lookups of one event-loop turn go as one
 query (`k = ANY($1)`); while the pool's connections are all busy, the next turn's lookups join
 the waiting batch. The database down answers `IndexUnavailable` (the masters' 503) at once, and
-the pool connects again by itself on the next call.
+the pool connects again by itself on the next call. The per-key lock across masters is
+mkv/index/pglock.py's.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from typing import TypeVar
 import asyncpg
 
 from mkv.index.base import Answer, Failure, IndexUnavailable
+from mkv.index.pglock import AdvisoryLocks
 from mkv.record import Record, State
 
 log = logging.getLogger("mkv")
@@ -30,7 +32,9 @@ ITEMS_PAGE = 1000  # rows per keyset query of `items`
 T = TypeVar("T")
 
 # what a lost or refusing server raises; anything else is a bug and stays a 500
+# (asyncpg's InternalClientError: a connection cut during a query, seen on restarts)
 _DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+         asyncpg.exceptions.InternalClientError,
          asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
          asyncpg.exceptions.ReadOnlySQLTransactionError)
 
@@ -62,8 +66,9 @@ def successor(prefix: bytes) -> bytes | None:
 class PostgresIndex:
     """A connection pool and the batch of lookups waiting for the next query."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, locks: AdvisoryLocks) -> None:
         self.pool = pool
+        self.locks = locks
         self.waiting: dict[bytes, list[tuple[Answer, Failure | None]]] = {}
         self.in_flight = 0
         self.batches = 0  # lookup queries sent, and the keys they carried: the batching figure
@@ -72,13 +77,15 @@ class PostgresIndex:
     @classmethod
     async def connect(cls, url: str) -> "PostgresIndex":
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE,
+            # no floor of idle connections: asyncpg would log a traceback for each retry to
+            # keep it while the database is down
+            pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE,
                                              timeout=CONNECT_TIMEOUT,
                                              command_timeout=COMMAND_TIMEOUT)
             await pool.execute(_SCHEMA)
         except _DOWN as e:
             raise IndexUnavailable(f"the PostgreSQL index cannot be reached: {e}") from None
-        return cls(pool)
+        return cls(pool, AdvisoryLocks(url, CONNECT_TIMEOUT, COMMAND_TIMEOUT))
 
     async def _call(self, query: Callable[..., Awaitable[T]], *args: object) -> T:
         try:
@@ -177,4 +184,5 @@ class PostgresIndex:
         await self._call(self.pool.execute, f"TRUNCATE {TABLE}")
 
     async def close(self) -> None:
+        await self.locks.close()
         await self.pool.close()

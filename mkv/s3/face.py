@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from mkv.http.client import VolumeError
-from mkv.http.server import Request, Response
+from mkv.http.server import Refusal, Request, Response
 from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
@@ -82,6 +82,9 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
             response = self._error(e.status, e.code, e.message, req, request_id, {})
         except MalformedXML as e:
             response = self._error(400, "MalformedXML", str(e), req, request_id, {})
+        except Refusal as e:  # the index is down (503) or another master holds the key (409)
+            code = "OperationAborted" if e.status == 409 else "ServiceUnavailable"
+            response = self._error(e.status, code, str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
             response = self._error(500, "InternalError", f"a volume failed: {e}", req,
