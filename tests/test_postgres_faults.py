@@ -1,13 +1,15 @@
 """Faults around the PostgreSQL index: PostgreSQL restarted under writers (503 at once,
 reconnected by itself, nothing acknowledged lost), on a server of the test's own; two masters
 over one database given PUTs of one key (one 201), one of them SIGKILLed under 16 writers
-(every acknowledged key readable through the other, its locks released).
+(every acknowledged key readable through the other, its locks released); `rebalance` online
+while a master writes.
 
 The figures each test measures are printed (`pytest -s` shows them).
 """
 
 import http.client
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
+from cluster import mkv_command
 from conftest import Master, fetch, files_of, finish_put, open_put, unique_key, url_path
 from pgserver import PostgresServer, running_postgres
 
@@ -164,3 +167,51 @@ def test_a_master_killed_under_writers_loses_nothing_and_lets_its_keys_go(
           f"lock released after {released * 1000:.0f} ms")
     assert_readable(survivor, acknowledged)
     assert survivor.read(held) == b"after"
+
+
+def test_online_rebalance_while_masters_write(pg_url: str, make_volumes, make_master) -> None:
+    """Keys written on three volumes, then a fourth added: `rebalance` runs while a master
+    (on four) takes new keys and REPLACEs old ones (409 while rebalance holds one)."""
+    vols = make_volumes(4)
+    flags = ("-replicas", "2", "-subvolumes", "3")
+    first = make_master(*flags, db=pg_url, volumes=vols[:3])
+    old = {f"/online/{i}".encode(): b"first %d" % i for i in range(120)}
+    for key, value in old.items():
+        assert first.put(key, value).status == 201
+    first.stop()
+    master = make_master(*flags, db=pg_url, volumes=vols)
+    latest = dict(old)
+    replaced: list[int] = []
+
+    def replace(part: int) -> None:
+        for key in list(old)[part::4]:
+            value = key + b" replaced"
+            status = master.put(key, value, method="REPLACE").status
+            assert status in (204, 201, 409), status
+            if status == 201:
+                latest[key] = value
+                replaced.append(1)
+
+    addrs = ",".join(v.addr for v in vols)
+    writers = Writers([master.port], count=4)
+    try:
+        rebalance = subprocess.Popen(mkv_command("-db", pg_url, "-volumes", addrs, *flags,
+                                                 "rebalance"), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(replace, range(4)))
+        out, err = rebalance.communicate(timeout=120)
+    finally:
+        outcomes = writers.finish()
+    assert rebalance.returncode == 0, out + err
+    assert "moved" in out
+    assert {o.status for o in outcomes} == {201}
+    acknowledged = [o.key for o in outcomes]
+    print(f"\nrebalance online: {len(acknowledged)} new keys and {len(replaced)} REPLACEs "
+          f"acknowledged meanwhile; {out.strip().splitlines()[-1]}")
+    assert_readable(master, acknowledged)
+    for key, value in latest.items():
+        assert master.read(key) == value, key
+    verify = subprocess.run(mkv_command("-db", pg_url, "-volumes", addrs, *flags, "verify"),
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -1,6 +1,8 @@
 """`mkv rebalance`: every key moved to today's placement (`Store.move`), with progress.
 
-A key that fails stays as it was, is reported, and the run goes on.
+A key that fails stays as it was, is reported, and the run goes on. Each key is moved holding
+its lock, its record read again under it: over a PostgreSQL index the masters may serve
+meanwhile (a key being written is moved once its write is done).
 """
 
 from mkv.config import Config
@@ -18,18 +20,28 @@ async def rebalance(config: Config, index: Index, volumes: Volumes,
     progress.phase("rebalance", "keys", total=await index.count())
     store = Store(config, index, volumes)
 
-    async def one(item: tuple[bytes, Record]) -> None:
-        key, record = item
-        progress.advance()
-        progress.count("keys")
+    async def move(key: bytes) -> list[str] | None | str:
+        """What became of the key: the replicas left as orphans, None when in place, or
+        why it was left alone."""
+        record = await index.get(key)  # as it is now that the key is ours
+        if record is None:
+            return "skipped (deleted)"
         if record.state is State.WRITING:
             # a write in progress or cut off: its files may not exist; repair settles it
-            progress.count("skipped (writing)")
-            return
+            return "skipped (writing)"
+        return await store.move(key, record)
+
+    async def one(item: tuple[bytes, Record]) -> None:
+        key, _ = item
+        progress.advance()
+        progress.count("keys")
         try:
-            left = await store.move(key, record)
+            left = await store.locked_in_turn(key, move(key))
         except MoveError as e:
             progress.problem("failed", f"{shown(key)}: {e}")
+            return
+        if isinstance(left, str):
+            progress.count(left)
             return
         if left is None:
             progress.count("in place")
