@@ -44,7 +44,7 @@ async def _serve(config: Config) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    index = await open_index(config.db)
+    index = await open_index(config.db, serving=True)
     try:
         await _serve_until_stopped(config, index, stop)
     finally:

@@ -19,12 +19,12 @@ def is_postgres_url(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
 
 
-async def open_index(location: str) -> Index:
+async def open_index(location: str, serving: bool = False) -> Index:
     """The index at `-db`: a `postgresql://` URL's table (created when missing), else a
-    LevelDB directory (created when missing). Awaited, as a networked engine connects on the
-    event loop it then serves."""
+    LevelDB directory (created when missing); `serving` when a master opens it. Awaited, as a
+    networked engine connects on the event loop it then serves."""
     if is_postgres_url(location):
         from mkv.index.postgres import PostgresIndex  # asyncpg only loaded when used
 
-        return await PostgresIndex.connect(location)
+        return await PostgresIndex.connect(location, serving)
     return LevelDBIndex(location)

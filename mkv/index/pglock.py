@@ -29,8 +29,10 @@ def lock_id(key: bytes) -> int:
 class AdvisoryLocks:
     """Try-locks of keys for this process, one connection, one query in flight at a time."""
 
-    def __init__(self, url: str, connect_timeout: float, command_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, command_timeout: float,
+                 settings: dict[str, str]) -> None:
         self.url = url
+        self.settings = KEEPALIVE | settings
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.connection: asyncpg.Connection | None = None
@@ -71,7 +73,7 @@ class AdvisoryLocks:
                 wanted, self.wanted = self.wanted, []
                 unlocks, self.unlocks = self.unlocks, []
                 try:
-                    connection = await self._connected()
+                    connection = await self.connected()
                     if unlocks:
                         await connection.fetch(_UNLOCK, unlocks)
                     got = [row[0] for row in await connection.fetch(
@@ -90,11 +92,11 @@ class AdvisoryLocks:
         finally:
             self.pumping = False
 
-    async def _connected(self) -> asyncpg.Connection:
+    async def connected(self) -> asyncpg.Connection:
         if self.connection is None or self.connection.is_closed():
             self.connection = await asyncpg.connect(
                 self.url, timeout=self.connect_timeout, command_timeout=self.command_timeout,
-                server_settings=KEEPALIVE)
+                server_settings=self.settings)
         return self.connection
 
     def _lost(self, wanted: list[tuple[int, asyncio.Future[bool]]], error: Exception) -> None:

@@ -24,6 +24,7 @@ from mkv.record import Record, State
 log = logging.getLogger("mkv")
 
 TABLE = "mkv_index"
+MASTER = "mkv master"  # application_name of a serving master's sessions
 POOL_SIZE = 8  # connections per process: batches in flight at once
 CONNECT_TIMEOUT = 2.0  # seconds: a database that cannot be reached is a 503, not a hang
 COMMAND_TIMEOUT = 10.0
@@ -75,17 +76,23 @@ class PostgresIndex:
         self.batched_keys = 0
 
     @classmethod
-    async def connect(cls, url: str) -> "PostgresIndex":
+    async def connect(cls, url: str, serving: bool = False) -> "PostgresIndex":
+        """The pool; `serving` names a master's sessions so that tools can see them."""
+        settings = {"application_name": MASTER if serving else "mkv"}
         try:
             # no floor of idle connections: asyncpg would log a traceback for each retry to
             # keep it while the database is down
             pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE,
                                              timeout=CONNECT_TIMEOUT,
-                                             command_timeout=COMMAND_TIMEOUT)
+                                             command_timeout=COMMAND_TIMEOUT,
+                                             server_settings=settings,
+                                             max_inactive_connection_lifetime=0)
             await pool.execute(_SCHEMA)
+            locks = AdvisoryLocks(url, CONNECT_TIMEOUT, COMMAND_TIMEOUT, settings)
+            await locks.connected()  # open from the start: tools see an idle master too
         except _DOWN as e:
             raise IndexUnavailable(f"the PostgreSQL index cannot be reached: {e}") from None
-        return cls(pool, AdvisoryLocks(url, CONNECT_TIMEOUT, COMMAND_TIMEOUT))
+        return cls(pool, locks)
 
     async def _call(self, query: Callable[..., Awaitable[T]], *args: object) -> T:
         try:
@@ -176,6 +183,11 @@ class PostgresIndex:
         args = (max(prefix, start), limit + 1) + (() if below is None else (below,))
         keys = [row[0] for row in await self._call(self.pool.fetch, query, *args)]
         return (keys[:limit], keys[limit]) if len(keys) > limit else (keys, None)
+
+    async def served(self) -> bool:
+        query = ("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1 "
+                 "AND datname = current_database())")
+        return await self._call(self.pool.fetchval, query, MASTER)
 
     async def count(self) -> int:
         return await self._call(self.pool.fetchval, f"SELECT count(*) FROM {TABLE}")

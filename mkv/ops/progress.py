@@ -1,8 +1,10 @@
 """Running an offline operation (rebuild, rebalance, verify, repair): bounded concurrency,
 a progress line on stderr, one stdout line per problem, a summary, and the exit status.
 
-The commands run with the master stopped, so `run_offline` opens the index itself; a held
-LevelDB lock raises IndexLocked, which the CLI turns into a clear message and exit 1.
+`run_offline` opens the index itself; a held LevelDB lock raises IndexLocked, which the CLI
+turns into a clear message and exit 1. Over a shared index (PostgreSQL) the masters may be
+serving: the commands that hold each key's lock (rebalance) or only read (verify) say
+`online=True`; the others refuse while a master is connected.
 """
 
 import asyncio
@@ -17,7 +19,7 @@ from typing import TextIO, TypeVar
 import uvloop
 
 from mkv.config import Config
-from mkv.index import Index, open_index
+from mkv.index import Index, IndexLocked, open_index
 from mkv.volumes import Volumes
 
 T = TypeVar("T")
@@ -155,7 +157,7 @@ class Progress:
 
 def run_offline(config: Config,
                 operation: Callable[[Config, Index, Volumes, Progress], Awaitable[None]],
-                command: str) -> int:
+                command: str, online: bool = False) -> int:
     """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
     progress = Progress(command)
 
@@ -163,6 +165,9 @@ def run_offline(config: Config,
         # SIGTERM stops the run as Ctrl-C does, so the index is still closed cleanly
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         index = await open_index(config.db)
+        if not online and await index.served():
+            await index.close()
+            raise IndexLocked(f"masters are serving the index (mkv {command} runs offline)")
         volumes = Volumes.for_config(config)
         progress.start()
         try:
