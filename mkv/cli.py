@@ -100,6 +100,8 @@ FLAGS: dict[str, Flag] = {
                         "signed (needs the secret)"),
     "signexpiry": Flag("signexpiry", parse_duration,
                        "How long a signed read URL works (default 1m)"),
+    "workers": Flag("workers", _positive, "Master processes on one port (SO_REUSEPORT); "
+                    "more than 1 needs a postgresql:// -db (default 1)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
     "s3_port": Flag("s3_port", int, "S3: a port of its own, where every request is S3's, "
@@ -226,6 +228,10 @@ def _server(config: Config) -> int:
     from mkv.index import is_postgres_url
     from mkv.master import serve
 
+    if config.workers > 1 and not is_postgres_url(config.db):
+        print("mkv: -workers above 1 needs a postgresql:// -db: a LevelDB index admits one "
+              "process", file=sys.stderr)
+        return 2
     if is_postgres_url(config.db) and not config.s3_spool:
         print("mkv: -s3_spool is required with a PostgreSQL index: the directory for S3's "
               "multipart parts and buckets (one every master shares)", file=sys.stderr)

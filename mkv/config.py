@@ -45,6 +45,7 @@ class Config:
     readtimeout: float = 30.0
     verbose: bool = False
     vdir_colocation: bool = False
+    workers: int = 1  # master processes on one port (SO_REUSEPORT); more than 1 needs PostgreSQL
     # the S3 face (mkv/s3/)
     s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any

@@ -1,18 +1,21 @@
 """The master process: one store, its two faces (the native API and S3) on one HTTP server
 (and S3 alone on `-s3_port` when given), and the lifecycle: serve until SIGTERM or SIGINT, let
-requests in flight finish, close the index."""
+requests in flight finish, close the index. With `-workers N` (a shared index: PostgreSQL), N
+such processes forked on one port, and this one waiting on them."""
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 
 import uvloop
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer, Request, Response
-from mkv.index import Index, open_index
+from mkv.index import Index, IndexUnavailable, open_index
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import Store
@@ -35,7 +38,51 @@ def serve(config: Config) -> int:
     """Run the master until SIGTERM or SIGINT; the index is closed on the way out."""
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if config.verbose else logging.WARNING)
+    if config.workers > 1:
+        return _serve_workers(config)
     uvloop.run(_serve(config))
+    return 0
+
+
+def _serve_workers(config: Config) -> int:
+    """Fork the workers (before any event loop or thread exists), pass SIGTERM and SIGINT on to
+    them, and when one exits stop the rest: a supervisor restarts the whole."""
+    workers = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_worker(config))
+        workers.append(pid)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    status = 0
+    while workers:
+        pid, code = os.wait()
+        workers.remove(pid)
+        if os.waitstatus_to_exitcode(code) and not stopping:
+            print(f"mkv: worker {pid} exited ({os.waitstatus_to_exitcode(code)}); stopping the "
+                  "others", file=sys.stderr, flush=True)
+            stop(signal.SIGTERM, None)
+            status = 1
+    return status
+
+
+def _worker(config: Config) -> int:
+    try:
+        uvloop.run(_serve(config))
+    except IndexUnavailable as e:
+        print(f"mkv: {e}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
     return 0
 
 
@@ -58,11 +105,12 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
     timeouts = {"access_log": config.verbose, "idle_timeout": config.idletimeout,
                 "read_timeout": config.readtimeout}
     servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS, **timeouts)]
-    await servers[0].start(None, config.port)
+    shared = config.workers > 1
+    await servers[0].start(None, config.port, reuse_port=shared)
     s3_port = ""
     if config.s3_port:
         servers.append(HTTPServer(s3.handle_own_port, **timeouts))
-        await servers[1].start(None, config.s3_port)
+        await servers[1].start(None, config.s3_port, reuse_port=shared)
         s3_port = f", S3 on :{config.s3_port}"
     print(f"mkv master listening on :{config.port}{s3_port}, volumes "
           f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "

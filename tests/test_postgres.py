@@ -12,7 +12,7 @@ import pytest
 import test_api
 import uvloop
 from cluster import exchange, free_port, mkv_command
-from conftest import Master, MasterFactory, read_records, write_records
+from conftest import Master, MasterFactory, read_records, unique_key, write_records
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer
@@ -206,3 +206,36 @@ def test_copy_leveldb_to_postgres_and_back_is_byte_exact(pg_url: str, tmp_path: 
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already holds" in again.stderr
     assert _pg_rows(pg_url) == records
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_serve_one_port_over_postgres(pg_url: str, make_master) -> None:
+    master = make_master("-workers", "2", db=pg_url)
+    workers = _children(master.process.proc.pid)
+    assert len(workers) == 2
+    keys = [unique_key("w") for _ in range(40)]
+    for key in keys:  # a connection each: the kernel spreads them over the workers
+        assert master.put(key, key * 3).status == 201
+    for key in keys:
+        assert master.read(key) == key * 3
+    assert master.listing(b"/w-", limit="100")["keys"] == sorted(k.decode() for k in keys)
+    assert master.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_workers_need_a_shared_index(tmp_path: Path) -> None:
+    result = subprocess.run(mkv_command("-db", str(tmp_path / "db"), "-volumes", "127.0.0.1:1",
+                                        "-replicas", "1", "-workers", "2", "server"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "-workers above 1 needs a postgresql://" in result.stderr

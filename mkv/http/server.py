@@ -441,9 +441,12 @@ class HTTPServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self.date = b""  # the Date header line, renewed every second by the sweeper
 
-    async def start(self, host: str | None, port: int) -> None:
+    async def start(self, host: str | None, port: int, reuse_port: bool = False) -> None:
+        """Listen; `reuse_port` lets several processes listen on the port (SO_REUSEPORT), the
+        kernel spreading the connections among them."""
         self._server = await self.loop.create_server(
-            lambda: HTTPConnection(self), host, port, backlog=4096, reuse_address=True)
+            lambda: HTTPConnection(self), host, port, backlog=4096, reuse_address=True,
+            reuse_port=reuse_port)
         self._sweep()
 
     def _sweep(self) -> None:
