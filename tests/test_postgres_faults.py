@@ -2,7 +2,7 @@
 reconnected by itself, nothing acknowledged lost), on a server of the test's own; two masters
 over one database given PUTs of one key (one 201), one of them SIGKILLed under 16 writers
 (every acknowledged key readable through the other, its locks released); `rebalance` online
-while a master writes.
+while a master writes; a synchronous standby promoted after the primary crashed.
 
 The figures each test measures are printed (`pytest -s` shows them).
 """
@@ -218,3 +218,37 @@ def test_online_rebalance_while_masters_write(pg_url: str, make_volumes, make_ma
     verify = subprocess.run(mkv_command("-db", pg_url, "-volumes", addrs, *flags, "verify"),
                             capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_masters_follow_a_promoted_standby(own_postgres: PostgresServer, make_master) -> None:
+    """A synchronous standby (a commit is acknowledged once both hold it); the primary crashes
+    (`immediate`) and the standby is promoted: a master given both hosts continues on it."""
+    primary = own_postgres
+    database = primary.new_database().rsplit("/", 1)[1]
+    with running_postgres(primary) as standby:
+        primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        primary.sql("SELECT pg_reload_conf()")
+        url = (f"postgresql://mkv@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{database}"
+               "?target_session_attrs=read-write")
+        master = make_master(db=url)
+        writers = Writers([master.port], count=4)
+        try:
+            writers.wait_for(201, after=0)
+            time.sleep(0.5)
+            crashed = time.monotonic()
+            primary.stop("immediate")
+            writers.wait_for(503, after=crashed)
+            standby.promote()
+            promoted = time.monotonic()
+            writers.wait_for(201, after=promoted)
+            time.sleep(0.5)
+        finally:
+            outcomes = writers.finish()
+        assert {o.status for o in outcomes} <= {201, 503}
+        acknowledged = [o.key for o in outcomes if o.status == 201]
+        refused = [o for o in outcomes if o.status == 503]
+        back = min(o.sent + o.seconds for o in outcomes if o.status == 201 and o.sent > promoted)
+        print(f"\nfailover: {len(acknowledged)} PUTs acknowledged, {len(refused)} refused with "
+              f"503; the first 201 {back - crashed:.2f}s after the crash "
+              f"({back - promoted:.2f}s after the promotion)")
+        assert_readable(master, acknowledged)

@@ -40,6 +40,8 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
          asyncpg.exceptions.ReadOnlySQLTransactionError)
 
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (k bytea PRIMARY KEY, r bytea NOT NULL)"
+# the two-key form: a lock space apart from the keys' (pglock.py's one-bigint form)
+_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7105398, 0)"
 _LOOKUP = f"SELECT k, r FROM {TABLE} WHERE k = ANY($1::bytea[])"
 _GET = f"SELECT r FROM {TABLE} WHERE k = $1"
 _PUT = (f"INSERT INTO {TABLE} (k, r) VALUES ($1, $2) "
@@ -87,7 +89,10 @@ class PostgresIndex:
                                              command_timeout=COMMAND_TIMEOUT,
                                              server_settings=settings,
                                              max_inactive_connection_lifetime=0)
-            await pool.execute(_SCHEMA)
+            async with pool.acquire() as connection, connection.transaction():
+                # masters starting together: concurrent CREATE TABLE IF NOT EXISTS may collide
+                await connection.execute(_SCHEMA_LOCK)
+                await connection.execute(_SCHEMA)
             locks = AdvisoryLocks(url, CONNECT_TIMEOUT, COMMAND_TIMEOUT, settings)
             await locks.connected()  # open from the start: tools see an idle master too
         except _DOWN as e:
