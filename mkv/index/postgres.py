@@ -44,8 +44,6 @@ _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (k bytea PRIMARY KEY, r bytea NOT
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7105398, 0)"
 _LOOKUP = f"SELECT k, r FROM {TABLE} WHERE k = ANY($1::bytea[])"
 _GET = f"SELECT r FROM {TABLE} WHERE k = $1"
-_PUT = (f"INSERT INTO {TABLE} (k, r) VALUES ($1, $2) "
-        "ON CONFLICT (k) DO UPDATE SET r = EXCLUDED.r")
 _PUT_MANY = (f"INSERT INTO {TABLE} (k, r) SELECT * FROM unnest($1::bytea[], $2::bytea[]) "
              "ON CONFLICT (k) DO UPDATE SET r = EXCLUDED.r")
 _DELETE = f"DELETE FROM {TABLE} WHERE k = $1"
@@ -76,6 +74,8 @@ class PostgresIndex:
         self.in_flight = 0
         self.batches = 0  # lookup queries sent, and the keys they carried: the batching figure
         self.batched_keys = 0
+        self.puts: dict[bytes, bytes] = {}  # this turn's puts, written together
+        self.put_waiters: list[asyncio.Future[None]] = []
 
     @classmethod
     async def connect(cls, url: str, serving: bool = False) -> "PostgresIndex":
@@ -124,7 +124,9 @@ class PostgresIndex:
                             ) -> None:
         try:
             rows = await self._call(self.pool.fetch, _LOOKUP, list(batch))
-        except IndexUnavailable as e:
+        except Exception as e:  # IndexUnavailable, or a bug: every waiter is told
+            if not isinstance(e, IndexUnavailable):
+                log.exception("looking up %d keys failed", len(batch))
             for waiters in batch.values():
                 for _, failed in waiters:
                     if failed is not None:
@@ -146,7 +148,31 @@ class PostgresIndex:
 
     # --- writes: each acknowledged once PostgreSQL has committed it ---
     async def put(self, key: bytes, record: Record) -> None:
-        await self._call(self.pool.execute, _PUT, key, record.encode())
+        """Written with the other puts of this loop turn: one statement, one commit."""
+        written = asyncio.get_running_loop().create_future()
+        if not self.puts:
+            asyncio.get_running_loop().call_soon(self._send_puts)
+        self.puts[key] = record.encode()  # a key once a turn: its lock holder awaits each put
+        self.put_waiters.append(written)
+        await written
+
+    def _send_puts(self) -> None:
+        batch, waiters = self.puts, self.put_waiters
+        self.puts, self.put_waiters = {}, []
+        asyncio.get_running_loop().create_task(self._write_puts(batch, waiters))
+
+    async def _write_puts(self, batch: dict[bytes, bytes],
+                          waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            await self._call(self.pool.execute, _PUT_MANY, list(batch), list(batch.values()))
+        except Exception as e:  # IndexUnavailable, or a bug: every waiter is told
+            for written in waiters:
+                if not written.done():
+                    written.set_exception(e)
+            return
+        for written in waiters:
+            if not written.done():
+                written.set_result(None)
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
         # one row per key: ON CONFLICT may not touch a row twice in one statement
