@@ -122,3 +122,45 @@ def test_upload_part_copy_past_the_end_is_invalid_range(s3, bucket):
                                CopySource={"Bucket": bucket, "Key": "src"},
                                CopySourceRange="bytes=2-9")
     assert part["CopyPartResult"]["ETag"] == f'"{md5hex(b"23456789")}"'
+
+
+def test_get_and_head_by_part_number(s3, bucket):
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB + 7), b"tail"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=n + 1,
+                            Body=part)["ETag"] for n, part in enumerate(parts)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)]})
+    whole = s3.head_object(Bucket=bucket, Key="mp")
+    assert "PartsCount" not in whole  # only a part's answer counts them, as on S3
+    total = sum(map(len, parts))
+    first = 0
+    for number, part in enumerate(parts, 1):
+        got = s3.get_object(Bucket=bucket, Key="mp", PartNumber=number)
+        span = f"bytes {first}-{first + len(part) - 1}/{total}"
+        assert got["Body"].read() == part
+        assert (got["ResponseMetadata"]["HTTPStatusCode"], got["ContentRange"],
+                got["PartsCount"], got["ETag"]) == (206, span, 3, whole["ETag"])
+        head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=number)
+        assert (head["ContentLength"], head["ContentRange"], head["PartsCount"]) == \
+            (len(part), span, 3)
+        first += len(part)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=4) == \
+        ("InvalidPartNumber", 416)
+    assert error_of(s3.head_object, Bucket=bucket, Key="mp", PartNumber=4) == ("416", 416)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=1,
+                    Range="bytes=0-1") == ("InvalidRequest", 400)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=0)[1] == 400
+
+
+def test_a_plain_object_is_one_part(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"0123456789")
+    got = s3.get_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert (got["Body"].read(), got["ContentRange"], got.get("PartsCount")) == \
+        (b"0123456789", "bytes 0-9/10", None)
+    head = s3.head_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert (head["ContentLength"], head["ContentRange"]) == (10, "bytes 0-9/10")
+    assert error_of(s3.get_object, Bucket=bucket, Key="plain", PartNumber=2) == \
+        ("InvalidPartNumber", 416)
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert s3.get_object(Bucket=bucket, Key="empty", PartNumber=1)["Body"].read() == b""

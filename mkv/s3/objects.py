@@ -29,6 +29,7 @@ from mkv.s3.errors import (
     precondition_failed,
 )
 from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
+from mkv.s3.multipart import MAX_PART_NUMBER
 from mkv.s3.payload import Payload
 from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
 from mkv.s3.sigv4 import Signed
@@ -127,12 +128,46 @@ class Objects:
     async def get_object(self, key: bytes, req: Request, params: dict[str, str],
                          head: bool) -> Response:
         record = await self._live(key)
+        wanted, part_headers = self._part_range(key, record, req, params)
         try:
             if head:
-                return await self._head_object(key, record, req, params)
-            return await self._get_object(key, record, req, params)
+                response = await self._head_object(key, record, req, params, wanted)
+            else:
+                response = await self._get_object(key, record, req, params, wanted)
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
+        response.headers += part_headers
+        return response
+
+    def _part_range(self, key: bytes, record: Record, req: Request,
+                    params: dict[str, str]) -> tuple[bytes | None, list[tuple[str, str]]]:
+        """The Range to read (the request's, or the bytes of part `partNumber`) and, for a
+        part of a multipart object, its x-amz-mp-parts-count. Any other object is one part,
+        as on S3."""
+        if "partNumber" not in params:
+            return req.headers.get(b"range"), []
+        try:
+            number = int(params["partNumber"])
+        except ValueError:
+            number = 0
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 "
+                          "and 10000, inclusive", ArgumentName="partNumber",
+                          ArgumentValue=params["partNumber"])
+        if single_range(req.headers.get(b"range")) is not None:
+            raise S3Error(400, "InvalidRequest", "Cannot specify both Range header and "
+                          "partNumber query parameter")
+        multipart = self.spool.etags.load(key, record.md5) if record.md5 else None
+        sizes: list[int] = (multipart or {}).get("parts") or []
+        if number > max(len(sizes), 1):
+            raise S3Error(416, "InvalidPartNumber", "The requested partnumber is not "
+                          "satisfiable", PartNumberRequested=str(number),
+                          ActualPartCount=str(max(len(sizes), 1)))
+        if not sizes:
+            return b"bytes=0-", []
+        first = sum(sizes[:number - 1])
+        return (b"bytes=%d-%d" % (first, first + sizes[number - 1] - 1),
+                [("x-amz-mp-parts-count", str(len(sizes)))])
 
     def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
                         params: dict[str, str]) -> list[tuple[str, str]]:
@@ -145,13 +180,13 @@ class Objects:
         return headers
 
     async def _head_object(self, key: bytes, record: Record, req: Request,
-                           params: dict[str, str]) -> Response:
+                           params: dict[str, str], range_value: bytes | None) -> Response:
         info = await self.stat(key, record)
         if info is None:
             raise S3Error(500, "InternalError", "no replica has the value of this key")
         headers = self._object_headers(key, record, info, params)
         self._preconditions(req, headers[0][1], info.modified, read=True)
-        wanted = single_range(req.headers.get(b"range"))
+        wanted = single_range(range_value)
         if wanted is None or info.size == 0:
             return Response(200, headers + [("Content-Length", str(info.size))])
         span = resolve_range(wanted, info.size)
@@ -164,9 +199,9 @@ class Objects:
         return Response(206, headers)
 
     async def _get_object(self, key: bytes, record: Record, req: Request,
-                          params: dict[str, str]) -> Response:
-        wanted = single_range(req.headers.get(b"range"))
-        ask = b"Range: %s\r\n" % req.headers[b"range"].strip() if wanted else b""
+                          params: dict[str, str], range_value: bytes | None) -> Response:
+        wanted = single_range(range_value)
+        ask = b"Range: %s\r\n" % range_value.strip() if wanted else b""
         response = await self._open(key, record, ask)
         h = response.headers
         info = ObjectInfo(0, parse_http_date(h.get(b"last-modified")) or 0.0,
