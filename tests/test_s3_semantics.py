@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cluster import free_port
-from conftest import MasterFactory, client, error_of, md5hex
+from conftest import MasterFactory, client, error_of, md5hex, request
 
 MiB = 1024 * 1024
 
@@ -164,3 +164,43 @@ def test_a_plain_object_is_one_part(s3, bucket):
         ("InvalidPartNumber", 416)
     s3.put_object(Bucket=bucket, Key="empty", Body=b"")
     assert s3.get_object(Bucket=bucket, Key="empty", PartNumber=1)["Body"].read() == b""
+
+
+def test_conditional_delete_object(s3master, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="d", Body=b"value")
+    bad = request(s3master.port, "DELETE", f"/{bucket}/d", headers={"x-amz-if-match-size": "-1"})
+    assert (bad.status, b"<Code>InvalidArgument</Code>" in bad.body) == (400, True)
+    head = s3.head_object(Bucket=bucket, Key="d")
+    modified, etag = head["LastModified"], head["ETag"]
+    for condition in ({"IfMatch": f'"{md5hex(b"other")}"'}, {"IfMatchSize": 4},
+                      {"IfMatchLastModifiedTime": datetime(2000, 1, 1, tzinfo=UTC)},
+                      {"IfMatch": etag, "IfMatchSize": 6}):
+        assert error_of(s3.delete_object, Bucket=bucket, Key="d", **condition) == \
+            ("PreconditionFailed", 412), condition
+    assert s3.get_object(Bucket=bucket, Key="d")["Body"].read() == b"value"  # kept
+    s3.delete_object(Bucket=bucket, Key="d", IfMatch=etag, IfMatchSize=5,
+                     IfMatchLastModifiedTime=modified)
+    assert error_of(s3.head_object, Bucket=bucket, Key="d")[1] == 404
+    # a key that is not there: If-Match is NoSuchKey, the other conditions hold
+    assert error_of(s3.delete_object, Bucket=bucket, Key="d", IfMatch=etag) == \
+        ("NoSuchKey", 404)
+    s3.delete_object(Bucket=bucket, Key="d", IfMatchSize=5)
+    s3.put_object(Bucket=bucket, Key="any", Body=b"v")
+    s3.delete_object(Bucket=bucket, Key="any", IfMatch="*")
+    assert error_of(s3.head_object, Bucket=bucket, Key="any")[1] == 404
+
+
+def test_conditional_delete_objects(s3, bucket):
+    for name in ("a", "b", "c", "d"):
+        s3.put_object(Bucket=bucket, Key=name, Body=name.encode() * 3)
+    heads = {name: s3.head_object(Bucket=bucket, Key=name) for name in "abcd"}
+    answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": "a", "ETag": heads["a"]["ETag"], "Size": 3},
+        {"Key": "b", "ETag": f'"{md5hex(b"x")}"'},
+        {"Key": "c", "Size": 4},
+        {"Key": "d", "LastModifiedTime": heads["d"]["LastModified"]}]})
+    assert sorted(d["Key"] for d in answer["Deleted"]) == ["a", "d"]
+    assert sorted((e["Key"], e["Code"]) for e in answer["Errors"]) == \
+        [("b", "PreconditionFailed"), ("c", "PreconditionFailed")]
+    left = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [o["Key"] for o in left] == ["b", "c"]

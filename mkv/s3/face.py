@@ -5,7 +5,8 @@ data. Objects are read through the master (boto3 does not follow redirects), str
 replica with backpressure; writes go through `Store.write` like a native REPLACE. A bucket is a
 key prefix: it exists while it holds a live key, or after CreateBucket until DeleteBucket.
 Multipart uploads, bucket markers and multipart ETags live in the spool (mkv/s3/spool.py).
-Each concern has its module (objects, buckets, listings, multipart); this one routes to them.
+Each concern has its module (objects, deletes, buckets, listings, multipart); this one routes
+to them.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
+from mkv.s3.deletes import Deletes
 from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.listings import Listings
 from mkv.s3.metadata import Tagging
@@ -44,7 +46,7 @@ _READS = (b"GET", b"HEAD")
 _WRITES = (b"PUT", b"POST")
 
 
-class S3(Objects, Buckets, Listings, Uploads, Tagging):
+class S3(Objects, Deletes, Buckets, Listings, Uploads, Tagging):
     """Answers S3 requests over one store."""
 
     def __init__(self, store: Store) -> None:
@@ -190,6 +192,6 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         if method == b"DELETE":
             if upload_id is not None:
                 return self.abort_upload(key, upload_id)
-            return await self.delete_object(key)
+            return await self.delete_object(key, req)
         raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
                       "this resource.")

@@ -1,19 +1,17 @@
-"""S3 objects: Get/Head (streamed from a replica, ranges, conditions), Put, Copy, Delete and
-DeleteObjects, through the store."""
+"""S3 objects: Get/Head (streamed from a replica, ranges, parts, conditions), Put and Copy,
+through the store."""
 
-import asyncio
 import base64
 import binascii
 import random
 import re
 from collections.abc import AsyncIterator
 from typing import NamedTuple
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
 from mkv.http.flow import Body, ClientGone
 from mkv.http.server import Request, Response
-from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
@@ -31,22 +29,21 @@ from mkv.s3.errors import (
 from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
 from mkv.s3.multipart import MAX_PART_NUMBER
 from mkv.s3.payload import Payload
-from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
+from mkv.s3.request import (
+    etag_matches,
+    http_date,
+    parse_http_date,
+    resolve_range,
+    single_range,
+)
 from mkv.s3.sigv4 import Signed
-from mkv.s3.xml import XML, MalformedXML, Node
+from mkv.s3.xml import XML, MalformedXML
 
-DELETE_CONCURRENCY = 16
 _RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type", "response-content-disposition":
     "Content-Disposition", "response-content-encoding": "Content-Encoding",
     "response-content-language": "Content-Language", "response-cache-control": "Cache-Control",
     "response-expires": "Expires"}
-
-
-def etag_matches(header: bytes, etag: str) -> bool:
-    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
-    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
-    return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
 class ObjectInfo(NamedTuple):
@@ -406,49 +403,6 @@ class Objects:
         etag = self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
-        return Response(200, [XML], body)
-
-    async def delete_object(self, key: bytes) -> Response:
-        await self._delete(key)
-        return Response(204)
-
-    async def _delete(self, key: bytes) -> None:
-        """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
-        if key in self.store.busy:
-            raise busy(key)
-        await self.store.locked(key, self._delete_locked(key))
-
-    async def _delete_locked(self, key: bytes) -> None:
-        record = await self.index.get(key)
-        if record is None:
-            return
-        if self.config.protect:
-            if record.state is State.LIVE:
-                await self.store.unlink(key, record)
-            return
-        if await self.store.remove(key, record):
-            raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
-                          "unlinked", Key=object_name(key))
-
-    async def delete_objects(self, bucket: str, req: Request,
-                             signed: Signed | None) -> Response:
-        quiet, names = s3xml.parse_delete(await self._read_xml(req, signed))
-        limit = asyncio.Semaphore(DELETE_CONCURRENCY)
-
-        async def one(name: str) -> Node | None:
-            key = f"/{bucket}/{name}".encode()
-            async with limit:
-                try:
-                    # the rules a request path meets, applied to the key it would be sent as
-                    if isinstance(parse_key(quote(key, safe="/").encode()), str):
-                        raise S3Error(400, "InvalidArgument", "this key cannot be named")
-                    await self._delete(key)
-                except S3Error as e:
-                    return ("Error", [("Key", name), ("Code", e.code), ("Message", e.message)])
-            return None if quiet else ("Deleted", [("Key", name)])
-
-        results = await asyncio.gather(*(one(name) for name in names))
-        body = s3xml.document("DeleteResult", [r for r in results if r is not None])
         return Response(200, [XML], body)
 
     async def _read_xml(self, req: Request, signed: Signed | None) -> bytes:

@@ -37,6 +37,12 @@ def is_s3(req: Request) -> bool:
     return any(name.startswith(b"x-amz-") for name in headers)
 
 
+def etag_matches(header: bytes, etag: str) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
+    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
+
+
 def http_date(seconds: float) -> str:
     return email.utils.formatdate(seconds, usegmt=True)
 
