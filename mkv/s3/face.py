@@ -128,7 +128,7 @@ class S3(Objects, Deletes, Buckets, Listings, Uploads, Tagging):
         method = req.method
         if key == b"/" or key == b"":
             if method == b"GET":
-                return await self.list_buckets()
+                return await self.list_buckets(params)
             raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
                           "against this resource.")
         slash = key.find(b"/", 1)

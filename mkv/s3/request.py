@@ -1,5 +1,7 @@
 """Reading an S3 request: whether it is S3's at all, its query parameters, dates and ranges."""
 
+import base64
+import binascii
 import email.utils
 import re
 from urllib.parse import unquote, unquote_to_bytes
@@ -10,6 +12,7 @@ from mkv.s3.errors import S3Error
 MAX_KEYS = 1000  # the most keys, parts or uploads one listing page holds
 S3_QUERY = frozenset(
     b"list-type uploads uploadId partNumber delete x-id location versioning prefix delimiter "
+    b"max-buckets bucket-region "
     b"marker max-keys encoding-type continuation-token start-after fetch-owner max-uploads "
     b"key-marker upload-id-marker max-parts part-number-marker versionId acl tagging policy "
     b"cors lifecycle website logging notification replication encryption object-lock "
@@ -79,6 +82,19 @@ def int_param(params: dict[str, str], name: str, default: int, low: int = 0,
     if value < low or (high is not None and value > high):
         raise S3Error(400, "InvalidArgument", f"{name} is out of range")
     return value
+
+
+def encode_token(position: bytes) -> str:
+    """A continuation token: where the next page of a listing starts."""
+    return base64.urlsafe_b64encode(position).decode()
+
+
+def decode_token(token: str) -> bytes:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise S3Error(400, "InvalidArgument", "The continuation token provided is "
+                      "incorrect") from None
 
 
 def successor(prefix: bytes) -> bytes | None:
