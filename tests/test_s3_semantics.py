@@ -4,12 +4,13 @@ writes and copies, concurrent writes, UploadPartCopy ranges, presigned expiry bo
 
 import os
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from cluster import free_port
-from conftest import MasterFactory, client, error_of, md5hex, request
+from conftest import MasterFactory, client, error_of, finish_put, md5hex, open_put, request
 
 MiB = 1024 * 1024
 
@@ -204,3 +205,20 @@ def test_conditional_delete_objects(s3, bucket):
         [("b", "PreconditionFailed"), ("c", "PreconditionFailed")]
     left = s3.list_objects_v2(Bucket=bucket)["Contents"]
     assert [o["Key"] for o in left] == ["b", "c"]
+
+
+def test_a_copy_onto_a_busy_key_waits_its_turn_and_wins(s3master, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="source", Body=b"copied")
+    key = f"/{bucket}/target".encode()
+    sock = open_put(s3master.port, key, 7)  # a native PUT holds the key
+    result: dict = {}
+    copier = client(s3master.port, retries=1)
+    copy = threading.Thread(target=lambda: result.update(copier.copy_object(
+        Bucket=bucket, Key="target", CopySource={"Bucket": bucket, "Key": "source"})))
+    copy.start()
+    time.sleep(0.5)
+    assert copy.is_alive()  # waiting, not refused with 409
+    assert finish_put(sock, [b"written"], 0.01) == 201
+    copy.join(30)
+    assert result["CopyObjectResult"]["ETag"] == f'"{md5hex(b"copied")}"'
+    assert s3.get_object(Bucket=bucket, Key="target")["Body"].read() == b"copied"

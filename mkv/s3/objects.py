@@ -20,7 +20,6 @@ from mkv.s3.checksums import ALGORITHMS, algorithm_of
 from mkv.s3.errors import (
     NotModified,
     S3Error,
-    busy,
     no_such_bucket,
     no_such_key,
     object_name,
@@ -369,6 +368,24 @@ class Objects:
         return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
                 "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
 
+    async def _copy(self, source: bytes, record: Record, key: bytes,
+                    req: Request) -> str | None:
+        """Stream the source's value into the key, whose lock the caller holds; its md5.
+        The source is opened only now, so it does not wait idle for the key's turn."""
+        response = await self._open(source, record)
+        try:
+            modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
+            try:
+                self._preconditions(req, self.etag(source, record, None), modified,
+                                    read=True, prefix=b"x-amz-copy-source-")
+            except NotModified:  # a copy's source conditions all fail as 412
+                raise precondition_failed("x-amz-copy-source-If-None-Match") from None
+            length = int(response.headers.get(b"content-length", b"0"))
+            return await self._store(key, self.volumes.chunks(response), length, None)
+        finally:
+            if not response.body.complete:  # type: ignore[union-attr]
+                response.body.abort()  # type: ignore[union-attr]
+
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
         source = self._copy_source(req)
@@ -384,21 +401,8 @@ class Objects:
                                 read=False, prefix=b"x-amz-copy-source-")
             md5 = record.md5
         else:
-            if key in self.store.busy:
-                raise busy(key)
-            response = await self._open(source, record)
-            try:
-                modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
-                try:
-                    self._preconditions(req, self.etag(source, record, None), modified,
-                                        read=True, prefix=b"x-amz-copy-source-")
-                except NotModified:  # a copy's source conditions all fail as 412
-                    raise precondition_failed("x-amz-copy-source-If-None-Match") from None
-                length = int(response.headers.get(b"content-length", b"0"))
-                md5 = await self._locked_store(key, self.volumes.chunks(response), length)
-            finally:
-                if not response.body.complete:  # type: ignore[union-attr]
-                    response.body.abort()  # type: ignore[union-attr]
+            # a write of the key in flight goes first, then the copy, as on S3
+            md5 = await self.store.locked_in_turn(key, self._copy(source, record, key, req))
         self._keep_metadata(key, md5, metadata)
         etag = self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
