@@ -15,7 +15,7 @@ from mkv.http.server import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
-from mkv.s3.awschunked import AwsChunked
+from mkv.s3.awschunked import AwsChunked, BadPayload
 from mkv.s3.checksums import ALGORITHMS, algorithm_of
 from mkv.s3.errors import (
     NotModified,
@@ -299,9 +299,14 @@ class Objects:
             self._write_conditions(req, key, old)
         try:
             md5 = await self.store.write(key, chunks, length, old)
-        except ClientGone:
+        except ClientGone as e:
             if old is not None and old.state is State.LIVE:
                 await self.index.put(key, old)
+            elif old is None and isinstance(e, BadPayload):
+                # refused before its last byte, so no replica kept a file: no record either
+                left = await self.index.get(key)
+                if left is not None:
+                    await self.store.remove(key, left)
             raise
         return md5
 

@@ -26,18 +26,26 @@ _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 def is_s3(req: Request) -> bool:
     """Whether a request on the main port is S3's: an AWS Authorization header, an S3 query
     parameter, an AWS SDK's own headers (`amz-sdk-invocation-id`, `amz-sdk-request`: sent
-    signed or not), or an `x-amz-*` header. Go mkv's clients send none of these. Cheap on the
+    signed or not), an `x-amz-*` header, or a POSTed form. Go mkv's clients send none of
+    these. Cheap on the
     native GET path: a few dict lookups and a look at the header names."""
     headers = req.headers
     if b"authorization" in headers:
         return headers[b"authorization"].startswith(b"AWS")
     if b"amz-sdk-invocation-id" in headers or b"amz-sdk-request" in headers:
         return True
+    if req.method == b"POST" and is_form(req):  # POST Object: the native API has no POST
+        return True
     if req.query:
         for item in req.query.split(b"&"):
             if item.partition(b"=")[0] in S3_QUERY:
                 return True
     return any(name.startswith(b"x-amz-") for name in headers)
+
+
+def is_form(req: Request) -> bool:
+    """A browser form upload (POST Object)."""
+    return req.headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
 
 
 def etag_matches(header: bytes, etag: str) -> bool:
