@@ -172,7 +172,7 @@ class NativeAPI:
         problem = storable(key)
         if problem:
             return text(400, problem)
-        if key in self.store.busy:
+        if self.store.is_busy(key):
             return BUSY
         return self.store.locked(key, self._write(key, req, replace))
 
@@ -192,7 +192,7 @@ class NativeAPI:
     # The others take the key's lock before they read its record, so that what they decide
     # on is still the record when they act, whatever the engine's latency.
     def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._delete(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._delete(key))
 
     async def _delete(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -206,7 +206,7 @@ class NativeAPI:
         return Response(204)
 
     def unlink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._unlink(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._unlink(key))
 
     async def _unlink(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -216,7 +216,7 @@ class NativeAPI:
         return Response(204)
 
     def relink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._relink(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._relink(key))
 
     async def _relink(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -227,7 +227,7 @@ class NativeAPI:
         return Response(204)
 
     def rebalance(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._rebalance(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._rebalance(key))
 
     async def _rebalance(self, key: bytes) -> Response:
         record = await self.index.get(key)

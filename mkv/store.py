@@ -2,7 +2,7 @@
 remove, unlink, relink and move — in SPEC §4's write order, with a lock per busy key.
 
 The native API and the S3 face translate their protocols into calls on it and answer `409`
-their own way while `key in store.busy`; the offline commands use it too.
+their own way while `store.is_busy(key)`; the offline commands use it too.
 """
 
 import asyncio
@@ -39,6 +39,7 @@ class Store:
         self.index = index
         self.volumes = volumes
         self.busy: set[bytes] = set()
+        self.conflicts = 0  # requests refused because their key was busy
         self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
         # told of each key whose value was just written or removed (S3 drops what it kept
         # about the old value, whichever face changed it)
@@ -46,6 +47,14 @@ class Store:
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
+
+    def is_busy(self, key: bytes) -> bool:
+        """Whether a write, delete or move of the key is in flight: the caller answers 409.
+        Counted, for the metrics."""
+        if key in self.busy:
+            self.conflicts += 1
+            return True
+        return False
 
     def locked(self, key: bytes, work: Awaitable[T]) -> Awaitable[T]:
         """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`.

@@ -166,11 +166,15 @@ class Connection(FlowControlled):
     def _fail(self, error: Exception) -> None:
         self.pool._timed.discard(self)
         future, self._future = self._future, None
-        if future is not None and not future.done():
-            future.set_exception(error)
+        failed = future is not None and not future.done()
+        if failed:
+            future.set_exception(error)  # type: ignore[union-attr]
         body = self._response.body
         if isinstance(body, Body) and not body._done:
             body.fail(error)
+            failed = True
+        if failed:
+            self.pool.errors[self.hostport] += 1
 
     def _done(self, response: ClientResponse, keep_alive: bool) -> None:
         self._parser = None
@@ -214,6 +218,7 @@ class Pool:
         self._resolver = Resolver()
         self._timed: set[Connection] = set()  # exchanges with a deadline
         self._sweeper: asyncio.TimerHandle | None = None
+        self.errors: defaultdict[str, int] = defaultdict(int)  # failed exchanges per volume
 
     def _watch(self, conn: Connection, timeout: float) -> None:
         # one coarse timer for all exchanges: cheaper than a timer each at 10,000s per second
@@ -256,6 +261,7 @@ class Pool:
                                             address[0], address[1]),
                 self.connect_timeout)
         except (TimeoutError, OSError, ValueError) as e:
+            self.errors[hostport] += 1
             raise VolumeError(f"cannot connect to {hostport}: {e}") from None
         return conn
 

@@ -79,6 +79,7 @@ class _Pipe(Pipelined[_Check]):
                 self.abandon()
                 return
             self.inflight.popleft().answer(status == 200)
+            self.checker.outcomes["found" if status == 200 else "missing"] += 1
             self.answered += 1
             if closes:
                 self.abandon()
@@ -105,6 +106,7 @@ class _Pipe(Pipelined[_Check]):
             if self.answered:
                 self.checker._send(check)
             else:
+                self.checker.outcomes["failed"] += 1
                 check.answer(False)
 
 
@@ -118,6 +120,7 @@ class HeadChecker:
         self._hostport_of: dict[_Pipe, str] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._resolver = Resolver()
+        self.outcomes = {"found": 0, "missing": 0, "failed": 0, "timeout": 0}
 
     def ask(self, hostport: str, target: bytes, timeout: float,
             callback: Callable[[bool], None]) -> None:
@@ -156,6 +159,7 @@ class HeadChecker:
         except (OSError, ValueError):
             pipe.closing = True
             self._forget(pipe)
+            self.outcomes["failed"] += len(pipe.inflight)
             for check in pipe.inflight:
                 check.answer(False)
 
@@ -176,6 +180,7 @@ class HeadChecker:
         busy = any(pipe.inflight for pipes in self._pipes.values() for pipe in pipes)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if busy else None
         # answered last: an answer may ask another volume, which changes the pipes above
+        self.outcomes["timeout"] += len(stuck)
         for check in stuck:
             check.answer(False)
 

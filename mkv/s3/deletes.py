@@ -85,7 +85,7 @@ class Deletes:
 
     async def _delete(self, key: bytes, conditions: Conditions) -> None:
         """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
-        if key in self.store.busy:
+        if self.store.is_busy(key):
             raise busy(key)
         await self.store.locked(key, self._delete_locked(key, conditions))
 

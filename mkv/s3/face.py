@@ -12,6 +12,7 @@ routes to them.
 import asyncio
 import logging
 import secrets
+from collections import defaultdict
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from mkv.s3.listings import Listings
 from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
+from mkv.s3.operations import operation
 from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
@@ -60,6 +62,8 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         self.spool = Spool(Path(spool))
         store.on_change.append(self.spool.forget)
         self.completing: set[str] = set()  # upload ids whose Complete is running
+        # requests answered, by operation and error code ("" for success): for the metrics
+        self.answered: defaultdict[tuple[str, str], int] = defaultdict(int)
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
         self._schedule_sweep(first=True)
@@ -77,18 +81,25 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
 
     async def _answer(self, req: Request, strict_buckets: bool) -> Response:
         request_id = secrets.token_hex(8).upper()
+        code = ""
         try:
             response = await self._dispatch(req, strict_buckets)
         except S3Error as e:
-            response = self._error(e.status, e.code, e.message, req, request_id, e.extra)
+            code, response = e.code, self._error(e.status, e.code, e.message, req, request_id,
+                                                 e.extra)
         except BadPayload as e:
-            response = self._error(e.status, e.code, e.message, req, request_id, {})
+            code, response = e.code, self._error(e.status, e.code, e.message, req, request_id,
+                                                 {})
         except MalformedXML as e:
-            response = self._error(400, "MalformedXML", str(e), req, request_id, {})
+            code = "MalformedXML"
+            response = self._error(400, code, str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
-            response = self._error(500, "InternalError", f"a volume failed: {e}", req,
-                                   request_id, {})
+            code = "InternalError"
+            response = self._error(500, code, f"a volume failed: {e}", req, request_id, {})
+        key = parse_key(req.path)
+        self.answered[operation(req.method, key if isinstance(key, bytes) else b"/",
+                                params_of(req.query), req.headers), code] += 1
         response.headers.append(("x-amz-request-id", request_id))
         return response
 
