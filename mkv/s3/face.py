@@ -29,7 +29,7 @@ from mkv.s3.request import is_s3, params_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.xml import XML, MalformedXML, Node
-from mkv.store import Store
+from mkv.store import Store, TooFewVolumesUp
 
 log = logging.getLogger("mkv")
 
@@ -82,6 +82,8 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
             response = self._error(e.status, e.code, e.message, req, request_id, {})
         except MalformedXML as e:
             response = self._error(400, "MalformedXML", str(e), req, request_id, {})
+        except TooFewVolumesUp as e:
+            response = self._error(503, "ServiceUnavailable", str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
             response = self._error(500, "InternalError", f"a volume failed: {e}", req,
