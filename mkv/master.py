@@ -53,6 +53,7 @@ async def _serve(config: Config) -> None:
 
 async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event) -> None:
     volumes = Volumes.for_config(config)
+    volumes.health.watch(config.volumes)
     store = Store(config, index, volumes)
     s3 = S3(store)
     timeouts = {"access_log": config.verbose, "idle_timeout": config.idletimeout,

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import parse_qs
 
+from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.server import Pending, Request, Response
@@ -13,7 +14,7 @@ from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.security import signed_location
-from mkv.store import MoveError, Store
+from mkv.store import MoveError, Store, TooFewVolumesUp
 
 LIST_MAX = 1_000_000  # keys in one listing without a limit
 EXTRA_METHODS = (b"REPLACE", b"RELINK", b"REBALANCE")  # mkv's own, unknown to llhttp
@@ -70,12 +71,16 @@ class _Read:
         if record.md5:
             self.headers.append(("Content-Md5", record.md5))
         self.path = api.key2path(self.key)
-        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle)
+        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle).
+        # Asked from the end of `order`.
         first = int(random.random() * len(replicas))
+        order = list(replicas[first + 1:] + replicas[:first + 1])
+        if api.down:  # replicas on volumes down are asked last: never waited for -voltimeout
+            order = asked_last(order[::-1], api.down)[::-1]
         if api.config.voltimeout == 0:  # the operator chose to skip the check
-            self.answer.resolve(api.redirect(replicas[first], self.path, self.headers))
+            self.answer.resolve(api.redirect(order[-1], self.path, self.headers))
             return
-        self.order = list(replicas[first + 1:] + replicas[:first + 1])
+        self.order = order
         self.ask()
 
     def ask(self) -> None:
@@ -102,6 +107,7 @@ class NativeAPI:
         self.volumes = store.volumes
         self.placement = store.placement
         self.key2path = store.key2path
+        self.down = store.volumes.health.down
         self.routes = {
             b"GET": self.get, b"HEAD": self.get,
             b"PUT": self.put, b"REPLACE": self.replace,
@@ -185,6 +191,8 @@ class NativeAPI:
             return text(411, "empty body: a value needs at least one byte")
         try:
             await self.store.write(key, _chain(first, req.body), req.body.length, old)
+        except TooFewVolumesUp as e:
+            return text(503, str(e))
         except VolumeError as e:
             return text(500, f"writing a replica failed: {e}")
         return Response(201)

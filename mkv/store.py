@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from mkv.config import Config
+from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
 from mkv.http.flow import ClientGone
 from mkv.index import Index
@@ -29,6 +30,11 @@ T = TypeVar("T")
 
 class MoveError(Exception):
     """The key could not be moved; its record and files are as they were."""
+
+
+class TooFewVolumesUp(VolumeError):
+    """Fewer volumes are up than -replicas needs: the write was refused before anything was
+    written (the key's record and files are as they were)."""
 
 
 class Store:
@@ -83,12 +89,14 @@ class Store:
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:
-        """Write a value to today's replicas, in SPEC order; its md5 when -md5sum is on.
+        """Write a value where `write_placement` says, in SPEC order; its md5 when -md5sum
+        is on.
 
         The caller holds the key's lock and has read `old`, the key's record. On a failed
-        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked.
+        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked;
+        with too few volumes up (TooFewVolumesUp) nothing is written.
         """
-        replicas = self.config.placement(key)
+        replicas = await self.write_placement(key)
         stale = [r for r in old.replicas if r not in replicas] if old else []
         # crash safety: INIT first, so a cut-off write is never live. A live key being
         # replaced stays live (nginx renames each replica into place whole, so a reader gets
@@ -110,6 +118,30 @@ class Store:
         if stale:
             await self.delete_files(stale, key)
         return md5
+
+    async def write_placement(self, key: bytes) -> list[str]:
+        """Where a write of `key` goes: today's placement, or, with a volume of it down (and
+        not -strict_placement), the first -replicas of its ranking that are up (SPEC §4).
+
+        Before refusing with TooFewVolumesUp, the volumes down are probed once more: one that
+        just came back takes writes at once, not at the next probe.
+        """
+        today = self.config.placement(key)
+        down = self.volumes.health.down
+        if self.config.strict_placement or not down or not any(
+                volume_of(r) in down for r in today):
+            return today
+        ranking = self.config.ranking(key)
+        chosen = place_on_healthy(ranking, down, self.config.replicas)
+        if chosen is None:
+            await self.volumes.health.recheck(list(down))
+            chosen = place_on_healthy(ranking, down, self.config.replicas)
+        if chosen is None:
+            up = sum(1 for v in self.config.volumes if v not in down)
+            raise TooFewVolumesUp(f"{up} of {len(self.config.volumes)} volumes are up, "
+                                  f"-replicas {self.config.replicas} needs "
+                                  f"{self.config.replicas}; nothing was written")
+        return chosen
 
     async def remove(self, key: bytes, record: Record) -> list[str]:
         """Unlink, delete every replica, drop the record; the replicas that failed (the key

@@ -34,7 +34,7 @@ from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.xml import XML, MalformedXML, Node
-from mkv.store import Store
+from mkv.store import Store, TooFewVolumesUp
 
 log = logging.getLogger("mkv")
 
@@ -93,6 +93,9 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         except MalformedXML as e:
             code = "MalformedXML"
             response = self._error(400, code, str(e), req, request_id, {})
+        except TooFewVolumesUp as e:
+            code = "ServiceUnavailable"
+            response = self._error(503, code, str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
             code = "InternalError"
