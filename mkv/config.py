@@ -47,6 +47,7 @@ class Config:
     vdir_colocation: bool = False
     strict_placement: bool = False  # Go mkv's writes: today's placement even with a volume down
     # the S3 face (mkv/s3/)
+    admin_port: int = 0  # /metrics and the status page; 0: none
     s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any
     s3_spool: str = ""  # multipart parts and bucket markers; "" means `<db>.s3` beside the index

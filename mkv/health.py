@@ -5,6 +5,7 @@ asks their replicas last; a line is logged at each change.
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 
 log = logging.getLogger("mkv")
@@ -72,6 +73,7 @@ class Health:
         self._states: dict[str, VolumeState] = {}
         self._probing: dict[str, asyncio.Task] = {}  # at most one probe in flight per volume
         self._watcher: asyncio.Task | None = None
+        self.latency: dict[str, float] = {}  # the last answered probe's round trip, seconds
 
     def watch(self, volumes: Iterable[str], interval: float = PROBE_SECONDS) -> None:
         """Probe each volume every `interval` seconds until `close()`."""
@@ -92,10 +94,13 @@ class Health:
         return task
 
     async def _probe_once(self, volume: str) -> None:
+        started = time.perf_counter()
         try:
             answered = await self._probe(volume)
         finally:
             del self._probing[volume]
+        if answered:
+            self.latency[volume] = time.perf_counter() - started
         state = self._state(volume)
         if state.probed(answered):
             self._changed(volume, state, "no answer to probes")

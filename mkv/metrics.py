@@ -21,6 +21,10 @@ Family = tuple[str, str, str, list[Sample]]  # name, type, help, samples
 Collector = Callable[[], Iterable[Family]]
 
 
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -35,7 +39,7 @@ def render(families: Iterable[Family]) -> bytes:
     """The text format: `# HELP`, `# TYPE`, then a line per sample."""
     lines = []
     for name, kind, text, samples in families:
-        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# HELP {name} {_escape_help(text)}")
         lines.append(f"# TYPE {name} {kind}")
         for metric, labels, value in samples:
             shown = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
@@ -55,6 +59,10 @@ def counter(name: str, text: str, values: dict, label_names: tuple[str, ...]) ->
 
 def gauge(name: str, text: str, values: list[tuple[Labels, float]]) -> Family:
     return name, "gauge", text, [(name, labels, value) for labels, value in values]
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))  # as Prometheus writes le
 
 
 class Histogram:
@@ -78,7 +86,7 @@ class Histogram:
             for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.counts[label],
                                 strict=True):
                 running += n
-                samples.append((f"{name}_bucket", ((label_name, label), ("le", _number(bound))),
+                samples.append((f"{name}_bucket", ((label_name, label), ("le", _bound(bound))),
                                 running))
             samples.append((f"{name}_sum", ((label_name, label),), self.sums[label]))
             samples.append((f"{name}_count", ((label_name, label),), running))

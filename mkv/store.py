@@ -112,6 +112,12 @@ class Store:
             # unlinked with every replica that may hold a file, so a later DELETE cleans up
             await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
+            if old is None and isinstance(e, VolumeError):
+                # replicas that took the whole value before another failed keep a file that
+                # nobody can read: a new key had nothing there worth keeping (volumes down
+                # are left to a later DELETE rather than waited for)
+                down = self.volumes.health.down
+                await self.delete_files([r for r in replicas if volume_of(r) not in down], key)
             raise
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
         self._changed(key)
