@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up mkv on a Debian machine and either run a local cluster or run every test.
 #   bash setup.sh cluster   install what is missing, then 3 volumes (3001-3003, data in ./data)
-#                           and the master on 3000 (S3 alone also on 3010), in the foreground;
+#                           and the master on 3000 (S3 alone also on 3010, admin on 3020), in the foreground;
 #                           Ctrl-C stops everything
 #   bash setup.sh test      install the same plus test dependencies, then run every test
 set -euo pipefail
@@ -26,6 +26,8 @@ if [ "$mode" = test ]; then
     command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/syndtr/goleveldb ] \
         && [ -d /usr/share/gocode/src/github.com/google/uuid ] \
         || apt_install golang-go golang-github-syndtr-goleveldb-dev golang-github-google-uuid-dev
+    # the status page's test loads it in a real headless browser
+    command -v chromium >/dev/null || apt_install chromium
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -42,6 +44,6 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 for port in 3001 3002 3003; do
     .venv/bin/mkv volume "data/volume$port" -port "$port" & pids+=($!)
 done
-.venv/bin/mkv -volumes localhost:3001,localhost:3002,localhost:3003 -db data/indexdb -s3_port 3010 server &
+.venv/bin/mkv -volumes localhost:3001,localhost:3002,localhost:3003 -db data/indexdb -s3_port 3010 -admin_port 3020 server &
 pids+=($!)
 wait -n

@@ -104,6 +104,12 @@ FLAGS: dict[str, Flag] = {
                     "more than 1 needs a postgresql:// -db (default 1)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+    "strict_placement": Flag("strict_placement", None, "PUT only to today's placement, failing "
+                             "while one of its volumes is down, as Go mkv does (default: the "
+                             "next healthy volumes in rank take a down volume's place)"),
+    "admin_port": Flag("admin_port", int, "A port of its own for /metrics (Prometheus) and "
+                       "the status page at /; offline commands serve their progress there "
+                       "(default: none)"),
     "s3_port": Flag("s3_port", int, "S3: a port of its own, where every request is S3's, "
                     "signed or not (default: none; S3 also answers on -port)"),
     "s3_keys": Flag("s3_keys", _s3_keys, "S3: access:secret pairs, comma separated; S3 "

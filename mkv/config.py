@@ -3,7 +3,7 @@
 import re
 from dataclasses import dataclass
 
-from mkv.placement import key2volume, placement_key
+from mkv.placement import key2ranking, key2volume, placement_key
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
                    "m": 60.0, "h": 3600.0}  # micro: Go takes both the micro sign and Greek mu
@@ -46,7 +46,9 @@ class Config:
     verbose: bool = False
     vdir_colocation: bool = False
     workers: int = 1  # master processes on one port (SO_REUSEPORT); more than 1 needs PostgreSQL
+    strict_placement: bool = False  # Go mkv's writes: today's placement even with a volume down
     # the S3 face (mkv/s3/)
+    admin_port: int = 0  # /metrics and the status page; 0: none
     s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any
     s3_spool: str = ""  # multipart parts and bucket markers; "" means `<db>.s3` beside the index
@@ -63,3 +65,8 @@ class Config:
             placement_key(key, self.vdir_colocation), list(self.volumes),
             self.replicas, self.subvolumes,
         )
+
+    def ranking(self, key: bytes) -> list[str]:
+        """Every volume as a replica of `key`, today's placement first (a PUT skips those down)."""
+        return key2ranking(placement_key(key, self.vdir_colocation), list(self.volumes),
+                           self.subvolumes)

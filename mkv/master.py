@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from mkv.admin import RATE_SECONDS, MasterAdmin, admin_handler
 from mkv.config import Config
 from mkv.http.server import HTTPServer, Request, Response
 from mkv.index import Index, IndexUnavailable, open_index
+from mkv.metrics import RequestMetrics
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import Store
@@ -86,6 +88,14 @@ def _worker(config: Config) -> int:
     return 0
 
 
+def _every(seconds: float, call: Callable[[], None]) -> asyncio.Task:
+    async def repeat() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            call()
+    return asyncio.get_running_loop().create_task(repeat())
+
+
 async def _serve(config: Config) -> None:
     # before the port opens: whoever sees it open may stop us at once
     stop = asyncio.Event()
@@ -100,21 +110,34 @@ async def _serve(config: Config) -> None:
 
 async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event) -> None:
     volumes = Volumes.for_config(config)
+    volumes.health.watch(config.volumes)
     store = Store(config, index, volumes)
     s3 = S3(store)
     timeouts = {"access_log": config.verbose, "idle_timeout": config.idletimeout,
                 "read_timeout": config.readtimeout}
-    servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS, **timeouts)]
+    # counted only when someone can read them: timing each request costs the GET path
+    requests = RequestMetrics() if config.admin_port else None
+    servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS,
+                          metrics=requests, **timeouts)]
     shared = config.workers > 1
     await servers[0].start(None, config.port, reuse_port=shared)
-    s3_port = ""
+    also = ""
     if config.s3_port:
-        servers.append(HTTPServer(s3.handle_own_port, **timeouts))
-        await servers[1].start(None, config.s3_port, reuse_port=shared)
-        s3_port = f", S3 on :{config.s3_port}"
-    print(f"mkv master listening on :{config.port}{s3_port}, volumes "
+        servers.append(HTTPServer(s3.handle_own_port, metrics=requests, **timeouts))
+        await servers[-1].start(None, config.s3_port, reuse_port=shared)
+        also += f", S3 on :{config.s3_port}"
+    if config.admin_port:
+        admin = MasterAdmin(config, store, s3, requests)  # type: ignore[arg-type]
+        admin.sample()
+        sampler = _every(RATE_SECONDS, admin.sample)
+        servers.append(HTTPServer(admin_handler(admin.families, admin.status), **timeouts))
+        await servers[-1].start(None, config.admin_port)
+        also += f", admin on :{config.admin_port}"
+    print(f"mkv master listening on :{config.port}{also}, volumes "
           f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "
           f"subvolumes", file=sys.stderr, flush=True)
     await stop.wait()
+    if config.admin_port:
+        sampler.cancel()
     await asyncio.gather(*(server.shutdown(grace=10.0) for server in servers))
     volumes.close()

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import parse_qs
 
+from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.server import Pending, Refusal, Request, Response
@@ -13,7 +14,7 @@ from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.security import signed_location
-from mkv.store import MoveError, Store
+from mkv.store import MoveError, Store, TooFewVolumesUp
 
 LIST_MAX = 1_000_000  # keys in one listing without a limit
 EXTRA_METHODS = (b"REPLACE", b"RELINK", b"REBALANCE")  # mkv's own, unknown to llhttp
@@ -70,12 +71,16 @@ class _Read:
         if record.md5:
             self.headers.append(("Content-Md5", record.md5))
         self.path = api.key2path(self.key)
-        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle)
+        # a random first choice spreads reads; the rest follow in turn (cheaper than a shuffle).
+        # Asked from the end of `order`.
         first = int(random.random() * len(replicas))
+        order = list(replicas[first + 1:] + replicas[:first + 1])
+        if api.down:  # replicas on volumes down are asked last: never waited for -voltimeout
+            order = asked_last(order[::-1], api.down)[::-1]
         if api.config.voltimeout == 0:  # the operator chose to skip the check
-            self.answer.resolve(api.redirect(replicas[first], self.path, self.headers))
+            self.answer.resolve(api.redirect(order[-1], self.path, self.headers))
             return
-        self.order = list(replicas[first + 1:] + replicas[:first + 1])
+        self.order = order
         self.ask()
 
     def failed(self, error: Exception) -> None:
@@ -106,6 +111,7 @@ class NativeAPI:
         self.volumes = store.volumes
         self.placement = store.placement
         self.key2path = store.key2path
+        self.down = store.volumes.health.down
         self.routes = {
             b"GET": self.get, b"HEAD": self.get,
             b"PUT": self.put, b"REPLACE": self.replace,
@@ -176,7 +182,7 @@ class NativeAPI:
         problem = storable(key)
         if problem:
             return text(400, problem)
-        if key in self.store.busy:
+        if self.store.is_busy(key):
             return BUSY
         return self.store.locked(key, self._write(key, req, replace))
 
@@ -189,6 +195,8 @@ class NativeAPI:
             return text(411, "empty body: a value needs at least one byte")
         try:
             await self.store.write(key, _chain(first, req.body), req.body.length, old)
+        except TooFewVolumesUp as e:
+            return text(503, str(e))
         except VolumeError as e:
             return text(500, f"writing a replica failed: {e}")
         return Response(201)
@@ -196,7 +204,7 @@ class NativeAPI:
     # The others take the key's lock before they read its record, so that what they decide
     # on is still the record when they act, whatever the engine's latency.
     def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._delete(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._delete(key))
 
     async def _delete(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -210,7 +218,7 @@ class NativeAPI:
         return Response(204)
 
     def unlink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._unlink(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._unlink(key))
 
     async def _unlink(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -220,7 +228,7 @@ class NativeAPI:
         return Response(204)
 
     def relink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._relink(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._relink(key))
 
     async def _relink(self, key: bytes) -> Response:
         record = await self.index.get(key)
@@ -231,7 +239,7 @@ class NativeAPI:
         return Response(204)
 
     def rebalance(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if key in self.store.busy else self.store.locked(key, self._rebalance(key))
+        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._rebalance(key))
 
     async def _rebalance(self, key: bytes) -> Response:
         record = await self.index.get(key)

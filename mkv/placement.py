@@ -44,6 +44,18 @@ def key2volume(key: bytes, volumes: list[str], replicas: int, subvolumes: int) -
     return chosen
 
 
+def key2ranking(key: bytes, volumes: list[str], subvolumes: int) -> list[str]:
+    """Every volume as a replica of `key`, in key2volume's order: key2volume is its first
+    `replicas`. Where a write goes when a volume is down: the next in rank takes its place,
+    each with its own subvolume."""
+    scored = sorted(((hashlib.md5(key + v.encode()).digest(), v) for v in volumes),
+                    key=lambda sv: sv[0], reverse=True)
+    if subvolumes == 1:
+        return [volume for _, volume in scored]
+    return [f"{volume}/sv{int.from_bytes(score[12:16], 'big') % subvolumes:02X}"
+            for score, volume in scored]
+
+
 def storable(key: bytes) -> str | None:
     """Why `key` cannot be stored faithfully as a file, or None when it can.
 

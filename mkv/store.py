@@ -3,7 +3,7 @@ remove, unlink, relink and move — in SPEC §4's write order, with a lock per b
 process; across the masters too when the index is shared: `Index.locks`).
 
 The native API and the S3 face translate their protocols into calls on it and answer `409`
-their own way while `key in store.busy`; the offline commands use it too.
+their own way while `store.is_busy(key)`; the offline commands use it too.
 """
 
 import asyncio
@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from mkv.config import Config
+from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
 from mkv.http.flow import ClientGone
 from mkv.index import Index
@@ -34,6 +35,11 @@ class MoveError(Exception):
     """The key could not be moved; its record and files are as they were."""
 
 
+class TooFewVolumesUp(VolumeError):
+    """Fewer volumes are up than -replicas needs: the write was refused before anything was
+    written (the key's record and files are as they were)."""
+
+
 class Store:
     """One index, the volumes, and the keys with a write, delete or move in flight."""
 
@@ -42,6 +48,7 @@ class Store:
         self.index = index
         self.volumes = volumes
         self.busy: set[bytes] = set()
+        self.conflicts = 0  # requests refused because their key was busy
         self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
         # told of each key whose value was just written or removed (S3 drops what it kept
         # about the old value, whichever face changed it)
@@ -49,6 +56,14 @@ class Store:
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
+
+    def is_busy(self, key: bytes) -> bool:
+        """Whether a write, delete or move of the key is in flight: the caller answers 409.
+        Counted, for the metrics."""
+        if key in self.busy:
+            self.conflicts += 1
+            return True
+        return False
 
     def locked(self, key: bytes, work: Coroutine[object, object, T]) -> Awaitable[T]:
         """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`,
@@ -115,12 +130,14 @@ class Store:
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:
-        """Write a value to today's replicas, in SPEC order; its md5 when -md5sum is on.
+        """Write a value where `write_placement` says, in SPEC order; its md5 when -md5sum
+        is on.
 
         The caller holds the key's lock and has read `old`, the key's record. On a failed
-        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked.
+        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked;
+        with too few volumes up (TooFewVolumesUp) nothing is written.
         """
-        replicas = self.config.placement(key)
+        replicas = await self.write_placement(key)
         stale = [r for r in old.replicas if r not in replicas] if old else []
         # crash safety: INIT first, so a cut-off write is never live. A live key being
         # replaced stays live (nginx renames each replica into place whole, so a reader gets
@@ -136,12 +153,42 @@ class Store:
             # unlinked with every replica that may hold a file, so a later DELETE cleans up
             await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
+            if old is None and isinstance(e, VolumeError):
+                # replicas that took the whole value before another failed keep a file that
+                # nobody can read: a new key had nothing there worth keeping (volumes down
+                # are left to a later DELETE rather than waited for)
+                down = self.volumes.health.down
+                await self.delete_files([r for r in replicas if volume_of(r) not in down], key)
             raise
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
         self._changed(key)
         if stale:
             await self.delete_files(stale, key)
         return md5
+
+    async def write_placement(self, key: bytes) -> list[str]:
+        """Where a write of `key` goes: today's placement, or, with a volume of it down (and
+        not -strict_placement), the first -replicas of its ranking that are up (SPEC §4).
+
+        Before refusing with TooFewVolumesUp, the volumes down are probed once more: one that
+        just came back takes writes at once, not at the next probe.
+        """
+        today = self.config.placement(key)
+        down = self.volumes.health.down
+        if self.config.strict_placement or not down or not any(
+                volume_of(r) in down for r in today):
+            return today
+        ranking = self.config.ranking(key)
+        chosen = place_on_healthy(ranking, down, self.config.replicas)
+        if chosen is None:
+            await self.volumes.health.recheck(list(down))
+            chosen = place_on_healthy(ranking, down, self.config.replicas)
+        if chosen is None:
+            up = sum(1 for v in self.config.volumes if v not in down)
+            raise TooFewVolumesUp(f"{up} of {len(self.config.volumes)} volumes are up, "
+                                  f"-replicas {self.config.replicas} needs "
+                                  f"{self.config.replicas}; nothing was written")
+        return chosen
 
     async def remove(self, key: bytes, record: Record) -> list[str]:
         """Unlink, delete every replica, drop the record; the replicas that failed (the key

@@ -1,5 +1,6 @@
 """What the master asks of nginx volumes, per replica: does it have a key, write it, read it,
-delete it, list a directory. A replica is `host:port` or `host:port/svXX`.
+delete it, list a directory. A replica is `host:port` or `host:port/svXX`. A request that
+cannot reach a volume tells `health` (mkv/health.py).
 """
 
 import asyncio
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
 from mkv.config import Config
+from mkv.health import PROBE_TIMEOUT, Health
 from mkv.http.client import ClientResponse, Connection, Pool, VolumeError
 from mkv.http.headcheck import HeadChecker
 from mkv.http.pipeline import Pipeline
@@ -36,13 +38,32 @@ class Volumes:
         # every request to a volume carries the secret when there is one
         headers = f"{SECRET_HEADER}: {secret}\r\n".encode() if secret else b""
         self.pool = Pool(headers)
-        self.heads = HeadChecker(headers)
+        self.health = Health(self.probe)
+        self.heads = HeadChecker(headers, self._unreachable_by_head)
         self.listings = Pipeline(headers)
         self.write_timeout = write_timeout
 
     @classmethod
     def for_config(cls, config: Config) -> "Volumes":
         return cls(config.writetimeout, config.secret)
+
+    async def probe(self, hostport: str) -> bool:
+        """Whether the volume answers a HEAD of its root within PROBE_TIMEOUT, whatever the
+        status: a volume that answers is up."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await self.pool.request(hostport, b"HEAD", b"/", timeout=PROBE_TIMEOUT)
+        except (VolumeError, TimeoutError):
+            return False
+        return True
+
+    def _unreachable_by_head(self, hostport: str) -> None:
+        self.health.unreachable(hostport, "HEAD checks unanswered")
+
+    def _failed(self, error: BaseException) -> None:
+        """Tell health of a request that could not reach its volume."""
+        if isinstance(error, VolumeError) and error.unreachable:
+            self.health.unreachable(error.unreachable, str(error))
 
     def ask_exists(self, replica: str, path: str, timeout: float,
                    callback: Callable[[bool], None]) -> None:
@@ -60,8 +81,13 @@ class Volumes:
     async def delete(self, replica: str, key: bytes) -> None:
         """Remove the key's file; a file already gone counts as removed."""
         hostport, target = _target(replica, key2path(key))
-        _check_deleted(replica, await self.pool.request(hostport, b"DELETE", target,
-                                                        timeout=self.write_timeout))
+        try:
+            response = await self.pool.request(hostport, b"DELETE", target,
+                                               timeout=self.write_timeout)
+        except VolumeError as e:
+            self._failed(e)
+            raise
+        _check_deleted(replica, response)
 
     async def delete_all(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Remove the key's file from every replica at once; the replicas that failed.
@@ -94,8 +120,12 @@ class Volumes:
         """GET the key's file from one replica, whatever the status; the body streamed
         when `stream` (a caller that will not read it must `abort()` it)."""
         hostport, target = _target(replica, key2path(key))
-        return await self.pool.request(hostport, b"GET", target, headers, stream=stream,
-                                       timeout=self.write_timeout)
+        try:
+            return await self.pool.request(hostport, b"GET", target, headers, stream=stream,
+                                           timeout=self.write_timeout)
+        except VolumeError as e:
+            self._failed(e)
+            raise
 
     async def open(self, replica: str, key: bytes) -> ClientResponse:
         """GET the key's file, its body streamed; raises unless the status is 200."""
@@ -176,7 +206,12 @@ class Volumes:
                         _check_written(conn, answer.result())
                         raise VolumeError(f"{conn.hostport} stopped the upload")
                     if conn.write_blocked:
-                        await asyncio.wait_for(conn.drain(), self.write_timeout)
+                        try:
+                            await asyncio.wait_for(conn.drain(), self.write_timeout)
+                        except TimeoutError:
+                            raise VolumeError(f"{conn.hostport} took no part of the write "
+                                              f"for {self.write_timeout}s",
+                                              conn.hostport) from None
             for conn in conns:
                 if length is None:
                     conn.write(b"0\r\n\r\n")
@@ -184,6 +219,7 @@ class Volumes:
             for conn, answer in zip(conns, answers, strict=True):
                 _check_written(conn, await answer)
         except BaseException as e:
+            self._failed(e)
             for answer in answers:  # nobody will wait for these now
                 if not answer.done():
                     answer.cancel()
@@ -198,6 +234,7 @@ class Volumes:
         return digest.hexdigest() if digest is not None else None
 
     def close(self) -> None:
+        self.health.close()
         self.pool.close()
         self.heads.close()
         self.listings.close()

@@ -477,7 +477,10 @@ def test_failed_write_logs_no_stray_tracebacks(make_volumes, make_master, capfd)
 
 def test_volume_stopped_with_sigstop(make_volumes, make_master):
     vols = make_volumes(3)
-    master = make_master("-voltimeout", "300ms", "-writetimeout", "2s", volumes=vols)
+    # strict: the writes below go to the frozen volume and must fail in bounded time (by
+    # default they would be refused with 503 once the master knows it is down)
+    master = make_master("-voltimeout", "300ms", "-writetimeout", "2s", "-strict_placement",
+                         volumes=vols)
     values = {unique_key("slow"): os.urandom(1000) for _ in range(8)}
     for key, value in values.items():
         assert master.put(key, value).status == 201

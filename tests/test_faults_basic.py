@@ -81,7 +81,9 @@ def assert_failed_write_cleans_up(master, vols, key, make_volumes, down) -> None
 
 def test_put_with_a_volume_down_fails_and_delete_cleans_up(make_volumes, make_master):
     vols = make_volumes(3)
-    master = make_master(volumes=vols)
+    # strict: the PUT is tried on the stopped volume whether or not the master has noticed
+    # (tests/test_volume_health.py covers the default)
+    master = make_master("-strict_placement", volumes=vols)
     assert vols[1].stop() == 0
     key = unique_key()
     reply = master.put(key, b"value")

@@ -4,12 +4,13 @@ writes and copies, concurrent writes, UploadPartCopy ranges, presigned expiry bo
 
 import os
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from cluster import free_port
-from conftest import MasterFactory, client, error_of, md5hex
+from conftest import MasterFactory, client, error_of, finish_put, md5hex, open_put, request
 
 MiB = 1024 * 1024
 
@@ -122,3 +123,102 @@ def test_upload_part_copy_past_the_end_is_invalid_range(s3, bucket):
                                CopySource={"Bucket": bucket, "Key": "src"},
                                CopySourceRange="bytes=2-9")
     assert part["CopyPartResult"]["ETag"] == f'"{md5hex(b"23456789")}"'
+
+
+def test_get_and_head_by_part_number(s3, bucket):
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB + 7), b"tail"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=n + 1,
+                            Body=part)["ETag"] for n, part in enumerate(parts)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)]})
+    whole = s3.head_object(Bucket=bucket, Key="mp")
+    assert "PartsCount" not in whole  # only a part's answer counts them, as on S3
+    total = sum(map(len, parts))
+    first = 0
+    for number, part in enumerate(parts, 1):
+        got = s3.get_object(Bucket=bucket, Key="mp", PartNumber=number)
+        span = f"bytes {first}-{first + len(part) - 1}/{total}"
+        assert got["Body"].read() == part
+        assert (got["ResponseMetadata"]["HTTPStatusCode"], got["ContentRange"],
+                got["PartsCount"], got["ETag"]) == (206, span, 3, whole["ETag"])
+        head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=number)
+        assert (head["ContentLength"], head["ContentRange"], head["PartsCount"]) == \
+            (len(part), span, 3)
+        first += len(part)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=4) == \
+        ("InvalidPartNumber", 416)
+    assert error_of(s3.head_object, Bucket=bucket, Key="mp", PartNumber=4) == ("416", 416)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=1,
+                    Range="bytes=0-1") == ("InvalidRequest", 400)
+    assert error_of(s3.get_object, Bucket=bucket, Key="mp", PartNumber=0)[1] == 400
+
+
+def test_a_plain_object_is_one_part(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"0123456789")
+    got = s3.get_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert (got["Body"].read(), got["ContentRange"], got.get("PartsCount")) == \
+        (b"0123456789", "bytes 0-9/10", None)
+    head = s3.head_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert (head["ContentLength"], head["ContentRange"]) == (10, "bytes 0-9/10")
+    assert error_of(s3.get_object, Bucket=bucket, Key="plain", PartNumber=2) == \
+        ("InvalidPartNumber", 416)
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert s3.get_object(Bucket=bucket, Key="empty", PartNumber=1)["Body"].read() == b""
+
+
+def test_conditional_delete_object(s3master, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="d", Body=b"value")
+    bad = request(s3master.port, "DELETE", f"/{bucket}/d", headers={"x-amz-if-match-size": "-1"})
+    assert (bad.status, b"<Code>InvalidArgument</Code>" in bad.body) == (400, True)
+    head = s3.head_object(Bucket=bucket, Key="d")
+    modified, etag = head["LastModified"], head["ETag"]
+    for condition in ({"IfMatch": f'"{md5hex(b"other")}"'}, {"IfMatchSize": 4},
+                      {"IfMatchLastModifiedTime": datetime(2000, 1, 1, tzinfo=UTC)},
+                      {"IfMatch": etag, "IfMatchSize": 6}):
+        assert error_of(s3.delete_object, Bucket=bucket, Key="d", **condition) == \
+            ("PreconditionFailed", 412), condition
+    assert s3.get_object(Bucket=bucket, Key="d")["Body"].read() == b"value"  # kept
+    s3.delete_object(Bucket=bucket, Key="d", IfMatch=etag, IfMatchSize=5,
+                     IfMatchLastModifiedTime=modified)
+    assert error_of(s3.head_object, Bucket=bucket, Key="d")[1] == 404
+    # a key that is not there: If-Match is NoSuchKey, the other conditions hold
+    assert error_of(s3.delete_object, Bucket=bucket, Key="d", IfMatch=etag) == \
+        ("NoSuchKey", 404)
+    s3.delete_object(Bucket=bucket, Key="d", IfMatchSize=5)
+    s3.put_object(Bucket=bucket, Key="any", Body=b"v")
+    s3.delete_object(Bucket=bucket, Key="any", IfMatch="*")
+    assert error_of(s3.head_object, Bucket=bucket, Key="any")[1] == 404
+
+
+def test_conditional_delete_objects(s3, bucket):
+    for name in ("a", "b", "c", "d"):
+        s3.put_object(Bucket=bucket, Key=name, Body=name.encode() * 3)
+    heads = {name: s3.head_object(Bucket=bucket, Key=name) for name in "abcd"}
+    answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": "a", "ETag": heads["a"]["ETag"], "Size": 3},
+        {"Key": "b", "ETag": f'"{md5hex(b"x")}"'},
+        {"Key": "c", "Size": 4},
+        {"Key": "d", "LastModifiedTime": heads["d"]["LastModified"]}]})
+    assert sorted(d["Key"] for d in answer["Deleted"]) == ["a", "d"]
+    assert sorted((e["Key"], e["Code"]) for e in answer["Errors"]) == \
+        [("b", "PreconditionFailed"), ("c", "PreconditionFailed")]
+    left = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert [o["Key"] for o in left] == ["b", "c"]
+
+
+def test_a_copy_onto_a_busy_key_waits_its_turn_and_wins(s3master, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="source", Body=b"copied")
+    key = f"/{bucket}/target".encode()
+    sock = open_put(s3master.port, key, 7)  # a native PUT holds the key
+    result: dict = {}
+    copier = client(s3master.port, retries=1)
+    copy = threading.Thread(target=lambda: result.update(copier.copy_object(
+        Bucket=bucket, Key="target", CopySource={"Bucket": bucket, "Key": "source"})))
+    copy.start()
+    time.sleep(0.5)
+    assert copy.is_alive()  # waiting, not refused with 409
+    assert finish_put(sock, [b"written"], 0.01) == 201
+    copy.join(30)
+    assert result["CopyObjectResult"]["ETag"] == f'"{md5hex(b"copied")}"'
+    assert s3.get_object(Bucket=bucket, Key="target")["Body"].read() == b"copied"

@@ -207,7 +207,9 @@ def test_xml_parsing_is_safe_and_strict():
                 b"</CompleteMultipartUpload>")
     assert parse_complete(complete) == [(1, "abc"), (2, "def")]
     assert parse_delete(b"<Delete><Quiet>true</Quiet><Object><Key>a b</Key></Object>"
-                        b"<Object><Key>c</Key></Object></Delete>") == (True, ["a b", "c"])
+                        b"<Object><Key>c</Key><ETag>\"e\"</ETag><Size> 3 </Size></Object>"
+                        b"</Delete>") == (True, [("a b", {}), ("c", {"ETag": '"e"',
+                                                                      "Size": "3"})])
     laughs = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
               b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
               b"<Delete><Object><Key>&lol2;</Key></Object></Delete>")

@@ -20,7 +20,15 @@ SWEEP_SECONDS = 0.02  # how late past its deadline a timed-out exchange may be n
 
 
 class VolumeError(Exception):
-    """A volume could not be reached or broke off the exchange."""
+    """A volume could not be reached or broke off the exchange.
+
+    `unreachable` names the volume (`host:port`) when the fault was getting an answer from
+    it at all, which puts its health in doubt; a volume that answered with an error is not.
+    """
+
+    def __init__(self, message: str, unreachable: str = "") -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class VolumeTimeout(VolumeError):
@@ -66,7 +74,7 @@ class Connection(FlowControlled):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
-        error = VolumeError(f"{self.hostport} closed the connection")
+        error = VolumeError(f"{self.hostport} closed the connection", self.hostport)
         self._fail(error)
         self._wake_drain(error)
 
@@ -153,7 +161,7 @@ class Connection(FlowControlled):
             self.close()
 
     def _timed_out(self) -> None:
-        self._fail(VolumeTimeout(f"{self.hostport} did not answer in time"))
+        self._fail(VolumeTimeout(f"{self.hostport} did not answer in time", self.hostport))
         self.close()
 
     def _resolve(self, response: ClientResponse, done: bool = True) -> None:
@@ -166,11 +174,15 @@ class Connection(FlowControlled):
     def _fail(self, error: Exception) -> None:
         self.pool._timed.discard(self)
         future, self._future = self._future, None
-        if future is not None and not future.done():
-            future.set_exception(error)
+        failed = future is not None and not future.done()
+        if failed:
+            future.set_exception(error)  # type: ignore[union-attr]
         body = self._response.body
         if isinstance(body, Body) and not body._done:
             body.fail(error)
+            failed = True
+        if failed:
+            self.pool.errors[self.hostport] += 1
 
     def _done(self, response: ClientResponse, keep_alive: bool) -> None:
         self._parser = None
@@ -214,6 +226,7 @@ class Pool:
         self._resolver = Resolver()
         self._timed: set[Connection] = set()  # exchanges with a deadline
         self._sweeper: asyncio.TimerHandle | None = None
+        self.errors: defaultdict[str, int] = defaultdict(int)  # failed exchanges per volume
 
     def _watch(self, conn: Connection, timeout: float) -> None:
         # one coarse timer for all exchanges: cheaper than a timer each at 10,000s per second
@@ -256,7 +269,8 @@ class Pool:
                                             address[0], address[1]),
                 self.connect_timeout)
         except (TimeoutError, OSError, ValueError) as e:
-            raise VolumeError(f"cannot connect to {hostport}: {e}") from None
+            self.errors[hostport] += 1
+            raise VolumeError(f"cannot connect to {hostport}: {e}", hostport) from None
         return conn
 
     def _release(self, conn: Connection) -> None:

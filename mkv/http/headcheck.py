@@ -62,9 +62,10 @@ def parse_head_answers(buffer: bytearray) -> list[tuple[int, bool]]:
 class _Pipe(Pipelined[_Check]):
     """HEADs on one connection; an answer ends at its blank line."""
 
-    def __init__(self, checker: "HeadChecker") -> None:
+    def __init__(self, checker: "HeadChecker", hostport: str) -> None:
         super().__init__(checker.loop)
         self.checker = checker
+        self.hostport = hostport
         self.buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
@@ -79,6 +80,7 @@ class _Pipe(Pipelined[_Check]):
                 self.abandon()
                 return
             self.inflight.popleft().answer(status == 200)
+            self.checker.outcomes["found" if status == 200 else "missing"] += 1
             self.answered += 1
             if closes:
                 self.abandon()
@@ -105,19 +107,25 @@ class _Pipe(Pipelined[_Check]):
             if self.answered:
                 self.checker._send(check)
             else:
+                self.checker.outcomes["failed"] += 1
                 check.answer(False)
+        if unanswered and not self.answered:
+            self.checker.unreachable(self.hostport)
 
 
 class HeadChecker:
     """HEAD requests to volumes over a few pipelined connections per `host:port`."""
 
-    def __init__(self, headers: bytes = b"") -> None:
+    def __init__(self, headers: bytes = b"",
+                 unreachable: Callable[[str], None] = lambda hostport: None) -> None:
         self.loop = asyncio.get_running_loop()
         self.headers = headers  # sent with every HEAD
+        # told of a volume that took checks and answered none of them (down, or frozen)
+        self.unreachable = unreachable
         self._pipes: dict[str, list[_Pipe]] = {}
-        self._hostport_of: dict[_Pipe, str] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._resolver = Resolver()
+        self.outcomes = {"found": 0, "missing": 0, "failed": 0, "timeout": 0}
 
     def ask(self, hostport: str, target: bytes, timeout: float,
             callback: Callable[[bool], None]) -> None:
@@ -141,9 +149,8 @@ class HeadChecker:
                 break
         else:
             if len(pipes) < MAX_CONNECTIONS:
-                pipe = _Pipe(self)
+                pipe = _Pipe(self, hostport)
                 pipes.append(pipe)
-                self._hostport_of[pipe] = hostport
                 self.loop.create_task(self._connect(hostport, pipe))
             else:
                 pipe = min(pipes, key=lambda p: len(p.inflight))
@@ -156,13 +163,15 @@ class HeadChecker:
         except (OSError, ValueError):
             pipe.closing = True
             self._forget(pipe)
+            self.outcomes["failed"] += len(pipe.inflight)
             for check in pipe.inflight:
                 check.answer(False)
+            self.unreachable(hostport)
 
     def _forget(self, pipe: _Pipe) -> None:
-        hostport = self._hostport_of.pop(pipe, None)
-        if hostport is not None:
-            self._pipes[hostport].remove(pipe)
+        pipes = self._pipes.get(pipe.hostport)
+        if pipes and pipe in pipes:
+            pipes.remove(pipe)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -173,9 +182,11 @@ class HeadChecker:
                 stuck += pipe.inflight
                 pipe.inflight = deque()
                 pipe.abandon()
+                self.unreachable(pipe.hostport)
         busy = any(pipe.inflight for pipes in self._pipes.values() for pipe in pipes)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if busy else None
         # answered last: an answer may ask another volume, which changes the pipes above
+        self.outcomes["timeout"] += len(stuck)
         for check in stuck:
             check.answer(False)
 

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httptools
 
 from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
+from mkv.metrics import RequestMetrics
 
 log = logging.getLogger("mkv")
 
@@ -273,7 +274,7 @@ class HTTPConnection(FlowControlled):
 
     # --- cycles ---
     def _start(self, request: Request) -> None:
-        if self.server.access_log:
+        if self.server.timed:
             self._started = time.perf_counter()
         try:
             result = self.handler(request)
@@ -356,13 +357,16 @@ class HTTPConnection(FlowControlled):
         keep_alive = self._keep_alive(request)
         body = response.body
         head = self._head(request, response, keep_alive)
-        self.write(head + b"\r\n" if request.method == b"HEAD" or not body
-                   else head + b"\r\n" + body)  # type: ignore[operator]
-        self._finish(request, response.status, keep_alive)
+        data = (head + b"\r\n" if request.method == b"HEAD" or not body
+                else head + b"\r\n" + body)  # type: ignore[operator]
+        self.write(data)
+        self._finish(request, response.status, keep_alive, len(data))
 
     async def _stream(self, request: Request, response: Response) -> None:
         keep_alive = self._keep_alive(request)
-        self.write(self._head(request, response, keep_alive) + b"\r\n")
+        head = self._head(request, response, keep_alive) + b"\r\n"
+        self.write(head)
+        sent = len(head)
         body = response.body
         try:
             if request.method != b"HEAD":
@@ -370,17 +374,24 @@ class HTTPConnection(FlowControlled):
                     if self.closed:
                         raise ClientGone("client closed the connection")
                     self.write(chunk)
+                    sent += len(chunk)
                     await self.drain()
         finally:
             if hasattr(body, "aclose"):  # a generator left early still releases what it holds
                 await body.aclose()
-        self._finish(request, response.status, keep_alive)
+        self._finish(request, response.status, keep_alive, sent)
 
-    def _finish(self, request: Request, status: int, keep_alive: bool) -> None:
-        if self.server.access_log:
-            ms = (time.perf_counter() - self._started) * 1000
-            log.info("%s %s %d %.2fms", request.method.decode(), request.path.decode(
-                "utf-8", "replace"), status, ms)
+    def _finish(self, request: Request, status: int, keep_alive: bool, sent: int) -> None:
+        server = self.server
+        if server.timed:
+            seconds = time.perf_counter() - self._started
+            if server.metrics is not None:
+                body = request.body
+                server.metrics.observe(request.method, status, seconds,
+                                       0 if body is EMPTY else body.consumed, sent)
+            if server.access_log:
+                log.info("%s %s %d %.2fms", request.method.decode(), request.path.decode(
+                    "utf-8", "replace"), status, seconds * 1000)
         self._active = None
         self._task = None
         if not keep_alive:
@@ -428,11 +439,13 @@ class HTTPServer:
 
     def __init__(self, handler: Handler, *, extra_methods: tuple[bytes, ...] = (),
                  access_log: bool = False, idle_timeout: float = 60.0,
-                 read_timeout: float = 60.0) -> None:
+                 read_timeout: float = 60.0, metrics: RequestMetrics | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
         self.extra_methods = extra_methods  # methods beyond llhttp's list the handler takes
         self.access_log = access_log
+        self.metrics = metrics
+        self.timed = access_log or metrics is not None
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.connections: set[HTTPConnection] = set()

@@ -70,6 +70,9 @@ class Index(Protocol):
                    limit: int) -> tuple[list[bytes], bytes | None]:
         """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
 
+    def stats(self) -> dict[str, str | float]:
+        """What the engine knows without a scan, for the metrics: `engine`, and e.g. `bytes`."""
+
     async def count(self) -> int:
         """How many records the index holds (one pass over the keys)."""
 

@@ -75,6 +75,9 @@ class LevelDBIndex:
                 keys.append(key)
         return keys, None
 
+    def stats(self) -> dict[str, str | float]:
+        return {"engine": "leveldb", "bytes": self.db.approximate_size(NO_KEY, b"\xff")}
+
     async def count(self) -> int:
         return sum(1 for _ in self.db.iterator(include_value=False))
 

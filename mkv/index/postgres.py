@@ -220,6 +220,9 @@ class PostgresIndex:
                  "AND datname = current_database())")
         return await self._call(self.pool.fetchval, query, MASTER)
 
+    def stats(self) -> dict[str, str | float]:
+        return {"engine": "postgresql"}  # its size would be a query: not for every scrape
+
     async def count(self) -> int:
         return await self._call(self.pool.fetchval, f"SELECT count(*) FROM {TABLE}")
 

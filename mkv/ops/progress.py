@@ -18,8 +18,12 @@ from typing import TextIO, TypeVar
 
 import uvloop
 
+from mkv.admin import admin_handler
 from mkv.config import Config
+from mkv.http.server import HTTPServer
 from mkv.index import Index, IndexLocked, open_index
+from mkv.metrics import Family, counter, gauge
+from mkv.ops.runs import note_run
 from mkv.volumes import Volumes
 
 T = TypeVar("T")
@@ -88,6 +92,23 @@ class Progress:
         self.what, self.unit, self.total, self.fraction = what, unit, total, fraction
         self.done = 0
         self.phase_started = time.monotonic()
+
+    def families(self) -> list[Family]:
+        """The progress as metrics, for `-admin_port`."""
+        command = (("command", self.command),)
+        fraction = self.fraction() if self.fraction is not None else (
+            self.done / self.total if self.total else 0.0)
+        return [
+            gauge("mkv_offline_done", "Units of the phase done (its unit in the label).",
+                  [((*command, ("phase", self.what), ("unit", self.unit)), self.done)]),
+            gauge("mkv_offline_fraction", "The share of the phase done, as estimated.",
+                  [(command, fraction)]),
+            counter("mkv_offline_outcomes_total", "Outcomes so far, by name.",
+                    {(self.command, name): n for name, n in self.counts.items()},
+                    ("command", "outcome")),
+            counter("mkv_offline_problems_total", "Problems so far (non-zero: the exit will "
+                    "be).", {(self.command,): self.problems}, ("command",)),
+        ]
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -160,10 +181,15 @@ def run_offline(config: Config,
                 command: str, online: bool = False) -> int:
     """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
     progress = Progress(command)
+    started = time.time()
 
     async def main() -> None:
         # SIGTERM stops the run as Ctrl-C does, so the index is still closed cleanly
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        admin = None
+        if config.admin_port:
+            admin = HTTPServer(admin_handler(progress.families, None))
+            await admin.start(None, config.admin_port)
         index = await open_index(config.db)
         if not online and await index.served():
             await index.close()
@@ -176,12 +202,19 @@ def run_offline(config: Config,
             progress.stop()
             volumes.close()
             await index.close()
+            if admin is not None:
+                await admin.shutdown(grace=1.0)
 
     try:
         uvloop.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
         # a key cut off mid-copy keeps its record; at worst an orphan file is left behind
-        print(f"{progress.summary()} (interrupted)", file=progress.out, flush=True)
+        summary = f"{progress.summary()} (interrupted)"
+        print(summary, file=progress.out, flush=True)
+        note_run(config.db, command, started, 130, summary)
         return 130
-    print(progress.summary(), file=progress.out, flush=True)
-    return 1 if progress.problems else 0
+    summary = progress.summary()
+    print(summary, file=progress.out, flush=True)
+    status = 1 if progress.problems else 0
+    note_run(config.db, command, started, status, summary)
+    return status

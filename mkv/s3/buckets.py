@@ -7,13 +7,14 @@ from mkv.http.server import Response
 from mkv.record import State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
-from mkv.s3.request import successor
+from mkv.s3.request import decode_token, encode_token, int_param, successor
 from mkv.s3.xml import OWNER, XML, Node
 
 # S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or
 # digit at each end, no "..", not an IP address
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+MAX_BUCKETS = 10_000  # the most one ListBuckets page holds, as on S3
 
 
 def valid_bucket_name(name: str) -> bool:
@@ -52,12 +53,19 @@ class Buckets:
         self.spool.remove_bucket(bucket)
         return Response(204)
 
-    async def list_buckets(self) -> Response:
-        buckets = self.spool.buckets()
-        start: bytes | None = b"/"
+    async def list_buckets(self, params: dict[str, str]) -> Response:
+        """ListBuckets, by name; with `max-buckets`, pages that `continuation-token` goes on
+        from, and only the names starting with `prefix`."""
+        prefix = params.get("prefix", "")
+        limit = int_param(params, "max-buckets", MAX_BUCKETS, 1, MAX_BUCKETS)
+        token = params.get("continuation-token")
+        after = decode_token(token).decode("utf-8", "replace") if token else ""
+        buckets = {name: created for name, created in self.spool.buckets().items()
+                   if name.startswith(prefix)}
+        start: bytes | None = f"/{prefix}".encode()
         while start is not None:
             following = None
-            async for key, record in self.index.items(b"/", start):
+            async for key, record in self.index.items(f"/{prefix}".encode(), start):
                 slash = key.find(b"/", 1)
                 if slash < 0 or record.state is not State.LIVE:
                     continue
@@ -66,9 +74,14 @@ class Buckets:
                 following = successor(key[:slash + 1])
                 break
             start = following
+        names = sorted(name for name in buckets if name > after)
+        page = names[:limit]
         nodes: list[Node] = [("Bucket", [("Name", name), ("CreationDate",
-                                                          s3xml.timestamp(created))])
-                             for name, created in sorted(buckets.items())]
-        body = s3xml.document("ListAllMyBucketsResult",
-                              [("Owner", OWNER), ("Buckets", nodes)])
+                                                          s3xml.timestamp(buckets[name]))])
+                             for name in page]
+        body = s3xml.document("ListAllMyBucketsResult", [
+            ("Owner", OWNER), ("Buckets", nodes),
+            ("ContinuationToken", encode_token(page[-1].encode())
+             if len(names) > len(page) else None),
+            ("Prefix", prefix if "prefix" in params else None)])
         return Response(200, [XML], body)

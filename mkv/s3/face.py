@@ -5,12 +5,14 @@ data. Objects are read through the master (boto3 does not follow redirects), str
 replica with backpressure; writes go through `Store.write` like a native REPLACE. A bucket is a
 key prefix: it exists while it holds a live key, or after CreateBucket until DeleteBucket.
 Multipart uploads, bucket markers and multipart ETags live in the spool (mkv/s3/spool.py).
-Each concern has its module (objects, buckets, listings, multipart); this one routes to them.
+Each concern has its module (objects, deletes, forms, buckets, listings, multipart); this one
+routes to them.
 """
 
 import asyncio
 import logging
 import secrets
+from collections import defaultdict
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -20,16 +22,19 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
+from mkv.s3.deletes import Deletes
 from mkv.s3.errors import S3Error, no_such_bucket
+from mkv.s3.forms import PostObject
 from mkv.s3.listings import Listings
 from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
-from mkv.s3.request import is_s3, params_of
+from mkv.s3.operations import operation
+from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.xml import XML, MalformedXML, Node
-from mkv.store import Store
+from mkv.store import Store, TooFewVolumesUp
 
 log = logging.getLogger("mkv")
 
@@ -44,7 +49,7 @@ _READS = (b"GET", b"HEAD")
 _WRITES = (b"PUT", b"POST")
 
 
-class S3(Objects, Buckets, Listings, Uploads, Tagging):
+class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
     """Answers S3 requests over one store."""
 
     def __init__(self, store: Store) -> None:
@@ -57,6 +62,8 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         self.spool = Spool(Path(spool))
         store.on_change.append(self.spool.forget)
         self.completing: set[str] = set()  # upload ids whose Complete is running
+        # requests answered, by operation and error code ("" for success): for the metrics
+        self.answered: defaultdict[tuple[str, str], int] = defaultdict(int)
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
         self._schedule_sweep(first=True)
@@ -74,21 +81,31 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
 
     async def _answer(self, req: Request, strict_buckets: bool) -> Response:
         request_id = secrets.token_hex(8).upper()
+        code = ""
         try:
             response = await self._dispatch(req, strict_buckets)
         except S3Error as e:
-            response = self._error(e.status, e.code, e.message, req, request_id, e.extra)
+            code, response = e.code, self._error(e.status, e.code, e.message, req, request_id,
+                                                 e.extra)
         except BadPayload as e:
-            response = self._error(e.status, e.code, e.message, req, request_id, {})
+            code, response = e.code, self._error(e.status, e.code, e.message, req, request_id,
+                                                 {})
         except MalformedXML as e:
-            response = self._error(400, "MalformedXML", str(e), req, request_id, {})
+            code = "MalformedXML"
+            response = self._error(400, code, str(e), req, request_id, {})
+        except TooFewVolumesUp as e:
+            code = "ServiceUnavailable"
+            response = self._error(503, code, str(e), req, request_id, {})
         except Refusal as e:  # the index is down (503) or another master holds the key (409)
             code = "OperationAborted" if e.status == 409 else "ServiceUnavailable"
             response = self._error(e.status, code, str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
-            response = self._error(500, "InternalError", f"a volume failed: {e}", req,
-                                   request_id, {})
+            code = "InternalError"
+            response = self._error(500, code, f"a volume failed: {e}", req, request_id, {})
+        key = parse_key(req.path)
+        self.answered[operation(req.method, key if isinstance(key, bytes) else b"/",
+                                params_of(req.query), req.headers), code] += 1
         response.headers.append(("x-amz-request-id", request_id))
         return response
 
@@ -117,7 +134,9 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
             raise S3Error(e.status, e.code, e.message) from None
 
     async def _dispatch(self, req: Request, strict_buckets: bool) -> Response:
-        signed = self._authenticate(req)
+        # POST Object's form carries its signature in its fields (forms.check_signature)
+        form = req.method == b"POST" and is_form(req) and not req.query
+        signed = None if form else self._authenticate(req)
         key = parse_key(req.path)
         if isinstance(key, str):
             raise S3Error(400, "InvalidArgument", key)
@@ -129,15 +148,20 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         method = req.method
         if key == b"/" or key == b"":
             if method == b"GET":
-                return await self.list_buckets()
+                return await self.list_buckets(params)
             raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
                           "against this resource.")
         slash = key.find(b"/", 1)
         bucket = (key[1:] if slash < 0 else key[1:slash]).decode("utf-8", "replace")
         if slash < 0 or slash == len(key) - 1:
-            if strict_buckets and method == b"DELETE" and not await self._bucket_exists(bucket):
+            if strict_buckets and (method == b"DELETE" or form) \
+                    and not await self._bucket_exists(bucket):
                 raise no_such_bucket(bucket)
+            if form:
+                return await self.post_object(bucket, req)
             return await self._bucket_request(method, bucket, params, req, signed)
+        if form:
+            raise S3Error(405, "MethodNotAllowed", "POST Object goes to the bucket's URL")
         if strict_buckets and method in _WRITES and not await self._bucket_exists(bucket):
             raise no_such_bucket(bucket)
         return await self._object_request(method, key, params, req, signed)
@@ -193,6 +217,6 @@ class S3(Objects, Buckets, Listings, Uploads, Tagging):
         if method == b"DELETE":
             if upload_id is not None:
                 return self.abort_upload(key, upload_id)
-            return await self.delete_object(key)
+            return await self.delete_object(key, req)
         raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
                       "this resource.")

@@ -2,16 +2,14 @@
 the replicas."""
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import quote_plus
 
 from mkv.http.server import Response
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, no_such_bucket
-from mkv.s3.request import MAX_KEYS, int_param, successor
+from mkv.s3.request import MAX_KEYS, decode_token, encode_token, int_param, successor
 from mkv.s3.xml import OWNER, XML, Node
 
 STAT_CONCURRENCY = 32  # replicas asked at once for the sizes and dates of a listing
@@ -94,26 +92,19 @@ class Listings:
 
         def encode(value: bytes) -> str:
             text = value.decode("utf-8", "replace")
-            return quote(text, safe="/") if url else text
+            return quote_plus(text, safe="/") if url else text  # S3's form: a space is +
 
         prefix = params.get("prefix", "").encode()
         delimiter = params.get("delimiter", "").encode()
         max_keys = int_param(params, "max-keys", MAX_KEYS)
         limit = min(max_keys, MAX_KEYS)
-        start, after = b"", None
-        if v2:
-            token = params.get("continuation-token")
-            if token is not None:
-                try:
-                    start = base64.urlsafe_b64decode(token.encode())
-                except (binascii.Error, ValueError):
-                    raise S3Error(400, "InvalidArgument",
-                                  "The continuation token provided is incorrect") from None
-            elif params.get("start-after"):
-                after = params["start-after"].encode()
-        elif params.get("marker"):
-            after = params["marker"].encode()
-        entries, following = (await self._scan(bucket, prefix, delimiter, start, after, limit)
+        # V2 resumes where its token says (StartAfter is only echoed then), V1 after Marker
+        start, after = b"", params.get("start-after" if v2 else "marker", "").encode() or None
+        token = params.get("continuation-token") if v2 else None
+        if token is not None:
+            start = decode_token(token)
+        entries, following = (await self._scan(bucket, prefix, delimiter, start,
+                                               None if token is not None else after, limit)
                               if limit else ([], None))
         contents = await self._contents(bucket, entries, encode,
                                         owner=not v2 or params.get("fetch-owner") == "true")
@@ -129,8 +120,7 @@ class Listings:
                       ("ContinuationToken", params.get("continuation-token")),
                       ("StartAfter", encode(after) if after is not None else None)]
             if following is not None:
-                token = base64.urlsafe_b64encode(following).decode()
-                nodes.append(("NextContinuationToken", token))
+                nodes.append(("NextContinuationToken", encode_token(following)))
         else:
             nodes.append(("Marker", encode(after or b"")))
             if following is not None and entries:

@@ -1,6 +1,7 @@
 """S3 object metadata and tags: what a write asks to keep (checked as S3 checks it), the
 headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the spool (spool.py)."""
 
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from mkv.http.server import Request, Response
@@ -28,8 +29,14 @@ def _text(value: bytes) -> str:
 
 def headers_of(req: Request) -> list[tuple[str, str]]:
     """The metadata headers of a write (PutObject, CopyObject REPLACE, CreateMultipartUpload)."""
+    return headers_from(req.headers.items())
+
+
+def headers_from(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The metadata among (lower-case name, value) pairs: a write's headers, or a POST
+    form's fields."""
     kept, user_size = [], 0
-    for name, value in req.headers.items():
+    for name, value in items:
         if name in STORED:
             text = _text(value)
             if name == b"content-encoding":  # the transfer's own coding is not the object's

@@ -1,51 +1,48 @@
-"""S3 objects: Get/Head (streamed from a replica, ranges, conditions), Put, Copy, Delete and
-DeleteObjects, through the store."""
+"""S3 objects: Get/Head (streamed from a replica, ranges, parts, conditions), Put and Copy,
+through the store."""
 
-import asyncio
 import base64
 import binascii
 import random
 import re
 from collections.abc import AsyncIterator
 from typing import NamedTuple
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
 from mkv.http.flow import Body, ClientGone
 from mkv.http.server import Request, Response
-from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
-from mkv.s3.awschunked import AwsChunked
+from mkv.s3.awschunked import AwsChunked, BadPayload
 from mkv.s3.checksums import ALGORITHMS, algorithm_of
 from mkv.s3.errors import (
     NotModified,
     S3Error,
-    busy,
     no_such_bucket,
     no_such_key,
     object_name,
     precondition_failed,
 )
 from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
+from mkv.s3.multipart import MAX_PART_NUMBER
 from mkv.s3.payload import Payload
-from mkv.s3.request import http_date, parse_http_date, resolve_range, single_range
+from mkv.s3.request import (
+    etag_matches,
+    http_date,
+    parse_http_date,
+    resolve_range,
+    single_range,
+)
 from mkv.s3.sigv4 import Signed
-from mkv.s3.xml import XML, MalformedXML, Node
+from mkv.s3.xml import XML, MalformedXML
 
-DELETE_CONCURRENCY = 16
 _RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type", "response-content-disposition":
     "Content-Disposition", "response-content-encoding": "Content-Encoding",
     "response-content-language": "Content-Language", "response-cache-control": "Cache-Control",
     "response-expires": "Expires"}
-
-
-def etag_matches(header: bytes, etag: str) -> bool:
-    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
-    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
-    return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
 class ObjectInfo(NamedTuple):
@@ -127,12 +124,46 @@ class Objects:
     async def get_object(self, key: bytes, req: Request, params: dict[str, str],
                          head: bool) -> Response:
         record = await self._live(key)
+        wanted, part_headers = self._part_range(key, record, req, params)
         try:
             if head:
-                return await self._head_object(key, record, req, params)
-            return await self._get_object(key, record, req, params)
+                response = await self._head_object(key, record, req, params, wanted)
+            else:
+                response = await self._get_object(key, record, req, params, wanted)
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
+        response.headers += part_headers
+        return response
+
+    def _part_range(self, key: bytes, record: Record, req: Request,
+                    params: dict[str, str]) -> tuple[bytes | None, list[tuple[str, str]]]:
+        """The Range to read (the request's, or the bytes of part `partNumber`) and, for a
+        part of a multipart object, its x-amz-mp-parts-count. Any other object is one part,
+        as on S3."""
+        if "partNumber" not in params:
+            return req.headers.get(b"range"), []
+        try:
+            number = int(params["partNumber"])
+        except ValueError:
+            number = 0
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 "
+                          "and 10000, inclusive", ArgumentName="partNumber",
+                          ArgumentValue=params["partNumber"])
+        if single_range(req.headers.get(b"range")) is not None:
+            raise S3Error(400, "InvalidRequest", "Cannot specify both Range header and "
+                          "partNumber query parameter")
+        multipart = self.spool.etags.load(key, record.md5) if record.md5 else None
+        sizes: list[int] = (multipart or {}).get("parts") or []
+        if number > max(len(sizes), 1):
+            raise S3Error(416, "InvalidPartNumber", "The requested partnumber is not "
+                          "satisfiable", PartNumberRequested=str(number),
+                          ActualPartCount=str(max(len(sizes), 1)))
+        if not sizes:
+            return b"bytes=0-", []
+        first = sum(sizes[:number - 1])
+        return (b"bytes=%d-%d" % (first, first + sizes[number - 1] - 1),
+                [("x-amz-mp-parts-count", str(len(sizes)))])
 
     def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
                         params: dict[str, str]) -> list[tuple[str, str]]:
@@ -145,13 +176,13 @@ class Objects:
         return headers
 
     async def _head_object(self, key: bytes, record: Record, req: Request,
-                           params: dict[str, str]) -> Response:
+                           params: dict[str, str], range_value: bytes | None) -> Response:
         info = await self.stat(key, record)
         if info is None:
             raise S3Error(500, "InternalError", "no replica has the value of this key")
         headers = self._object_headers(key, record, info, params)
         self._preconditions(req, headers[0][1], info.modified, read=True)
-        wanted = single_range(req.headers.get(b"range"))
+        wanted = single_range(range_value)
         if wanted is None or info.size == 0:
             return Response(200, headers + [("Content-Length", str(info.size))])
         span = resolve_range(wanted, info.size)
@@ -164,9 +195,9 @@ class Objects:
         return Response(206, headers)
 
     async def _get_object(self, key: bytes, record: Record, req: Request,
-                          params: dict[str, str]) -> Response:
-        wanted = single_range(req.headers.get(b"range"))
-        ask = b"Range: %s\r\n" % req.headers[b"range"].strip() if wanted else b""
+                          params: dict[str, str], range_value: bytes | None) -> Response:
+        wanted = single_range(range_value)
+        ask = b"Range: %s\r\n" % range_value.strip() if wanted else b""
         response = await self._open(key, record, ask)
         h = response.headers
         info = ObjectInfo(0, parse_http_date(h.get(b"last-modified")) or 0.0,
@@ -268,9 +299,14 @@ class Objects:
             self._write_conditions(req, key, old)
         try:
             md5 = await self.store.write(key, chunks, length, old)
-        except ClientGone:
+        except ClientGone as e:
             if old is not None and old.state is State.LIVE:
                 await self.index.put(key, old)
+            elif old is None and isinstance(e, BadPayload):
+                # refused before its last byte, so no replica kept a file: no record either
+                left = await self.index.get(key)
+                if left is not None:
+                    await self.store.remove(key, left)
             raise
         return md5
 
@@ -337,6 +373,24 @@ class Objects:
         return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
                 "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
 
+    async def _copy(self, source: bytes, record: Record, key: bytes,
+                    req: Request) -> str | None:
+        """Stream the source's value into the key, whose lock the caller holds; its md5.
+        The source is opened only now, so it does not wait idle for the key's turn."""
+        response = await self._open(source, record)
+        try:
+            modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
+            try:
+                self._preconditions(req, self.etag(source, record, None), modified,
+                                    read=True, prefix=b"x-amz-copy-source-")
+            except NotModified:  # a copy's source conditions all fail as 412
+                raise precondition_failed("x-amz-copy-source-If-None-Match") from None
+            length = int(response.headers.get(b"content-length", b"0"))
+            return await self._store(key, self.volumes.chunks(response), length, None)
+        finally:
+            if not response.body.complete:  # type: ignore[union-attr]
+                response.body.abort()  # type: ignore[union-attr]
+
     async def copy_object(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
         source = self._copy_source(req)
@@ -352,68 +406,12 @@ class Objects:
                                 read=False, prefix=b"x-amz-copy-source-")
             md5 = record.md5
         else:
-            if key in self.store.busy:
-                raise busy(key)
-            response = await self._open(source, record)
-            try:
-                modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
-                try:
-                    self._preconditions(req, self.etag(source, record, None), modified,
-                                        read=True, prefix=b"x-amz-copy-source-")
-                except NotModified:  # a copy's source conditions all fail as 412
-                    raise precondition_failed("x-amz-copy-source-If-None-Match") from None
-                length = int(response.headers.get(b"content-length", b"0"))
-                md5 = await self._locked_store(key, self.volumes.chunks(response), length)
-            finally:
-                if not response.body.complete:  # type: ignore[union-attr]
-                    response.body.abort()  # type: ignore[union-attr]
+            # a write of the key in flight goes first, then the copy, as on S3
+            md5 = await self.store.locked_in_turn(key, self._copy(source, record, key, req))
         self._keep_metadata(key, md5, metadata)
         etag = self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
-        return Response(200, [XML], body)
-
-    async def delete_object(self, key: bytes) -> Response:
-        await self._delete(key)
-        return Response(204)
-
-    async def _delete(self, key: bytes) -> None:
-        """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
-        if key in self.store.busy:
-            raise busy(key)
-        await self.store.locked(key, self._delete_locked(key))
-
-    async def _delete_locked(self, key: bytes) -> None:
-        record = await self.index.get(key)
-        if record is None:
-            return
-        if self.config.protect:
-            if record.state is State.LIVE:
-                await self.store.unlink(key, record)
-            return
-        if await self.store.remove(key, record):
-            raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
-                          "unlinked", Key=object_name(key))
-
-    async def delete_objects(self, bucket: str, req: Request,
-                             signed: Signed | None) -> Response:
-        quiet, names = s3xml.parse_delete(await self._read_xml(req, signed))
-        limit = asyncio.Semaphore(DELETE_CONCURRENCY)
-
-        async def one(name: str) -> Node | None:
-            key = f"/{bucket}/{name}".encode()
-            async with limit:
-                try:
-                    # the rules a request path meets, applied to the key it would be sent as
-                    if isinstance(parse_key(quote(key, safe="/").encode()), str):
-                        raise S3Error(400, "InvalidArgument", "this key cannot be named")
-                    await self._delete(key)
-                except S3Error as e:
-                    return ("Error", [("Key", name), ("Code", e.code), ("Message", e.message)])
-            return None if quiet else ("Deleted", [("Key", name)])
-
-        results = await asyncio.gather(*(one(name) for name in names))
-        body = s3xml.document("DeleteResult", [r for r in results if r is not None])
         return Response(200, [XML], body)
 
     async def _read_xml(self, req: Request, signed: Signed | None) -> bytes:

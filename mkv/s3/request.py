@@ -1,5 +1,7 @@
 """Reading an S3 request: whether it is S3's at all, its query parameters, dates and ranges."""
 
+import base64
+import binascii
 import email.utils
 import re
 from urllib.parse import unquote, unquote_to_bytes
@@ -10,6 +12,7 @@ from mkv.s3.errors import S3Error
 MAX_KEYS = 1000  # the most keys, parts or uploads one listing page holds
 S3_QUERY = frozenset(
     b"list-type uploads uploadId partNumber delete x-id location versioning prefix delimiter "
+    b"max-buckets bucket-region "
     b"marker max-keys encoding-type continuation-token start-after fetch-owner max-uploads "
     b"key-marker upload-id-marker max-parts part-number-marker versionId acl tagging policy "
     b"cors lifecycle website logging notification replication encryption object-lock "
@@ -23,18 +26,32 @@ _RANGE = re.compile(rb"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 def is_s3(req: Request) -> bool:
     """Whether a request on the main port is S3's: an AWS Authorization header, an S3 query
     parameter, an AWS SDK's own headers (`amz-sdk-invocation-id`, `amz-sdk-request`: sent
-    signed or not), or an `x-amz-*` header. Go mkv's clients send none of these. Cheap on the
+    signed or not), an `x-amz-*` header, or a POSTed form. Go mkv's clients send none of
+    these. Cheap on the
     native GET path: a few dict lookups and a look at the header names."""
     headers = req.headers
     if b"authorization" in headers:
         return headers[b"authorization"].startswith(b"AWS")
     if b"amz-sdk-invocation-id" in headers or b"amz-sdk-request" in headers:
         return True
+    if req.method == b"POST" and is_form(req):  # POST Object: the native API has no POST
+        return True
     if req.query:
         for item in req.query.split(b"&"):
             if item.partition(b"=")[0] in S3_QUERY:
                 return True
     return any(name.startswith(b"x-amz-") for name in headers)
+
+
+def is_form(req: Request) -> bool:
+    """A browser form upload (POST Object)."""
+    return req.headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+
+
+def etag_matches(header: bytes, etag: str) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (or is `*`)."""
+    tags = [t.strip().removeprefix("W/") for t in header.decode("latin-1").split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
 
 
 def http_date(seconds: float) -> str:
@@ -73,6 +90,19 @@ def int_param(params: dict[str, str], name: str, default: int, low: int = 0,
     if value < low or (high is not None and value > high):
         raise S3Error(400, "InvalidArgument", f"{name} is out of range")
     return value
+
+
+def encode_token(position: bytes) -> str:
+    """A continuation token: where the next page of a listing starts."""
+    return base64.urlsafe_b64encode(position).decode()
+
+
+def decode_token(token: str) -> bytes:
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise S3Error(400, "InvalidArgument", "The continuation token provided is "
+                      "incorrect") from None
 
 
 def successor(prefix: bytes) -> bytes | None:

@@ -107,19 +107,24 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
     return parts
 
 
-def parse_delete(body: bytes, limit: int = 1000) -> tuple[bool, list[str]]:
-    """Delete (multi-object): whether Quiet, and the keys in the order given."""
+def parse_delete(body: bytes, limit: int = 1000
+                 ) -> tuple[bool, list[tuple[str, dict[str, str]]]]:
+    """Delete (multi-object): whether Quiet, and the keys in the order given, each with the
+    conditions its Object names (ETag, LastModifiedTime, Size: their text)."""
     root = parse(body, "Delete")
     quiet = (text_of(root, "Quiet") or "").strip().lower() == "true"
-    keys = []
+    objects = []
     for obj in children(root, "Object"):
         key = text_of(obj, "Key")
         if key is None:
             raise MalformedXML("each Object needs a Key")
-        keys.append(key)
-    if not keys or len(keys) > limit:
-        raise MalformedXML(f"Delete names {len(keys)} keys: between 1 and {limit} are allowed")
-    return quiet, keys
+        conditions = {name: text.strip() for name in ("ETag", "LastModifiedTime", "Size")
+                      if (text := text_of(obj, name)) is not None}
+        objects.append((key, conditions))
+    if not objects or len(objects) > limit:
+        raise MalformedXML(f"Delete names {len(objects)} keys: between 1 and {limit} are "
+                           "allowed")
+    return quiet, objects
 
 
 def parse_tagging(body: bytes) -> list[tuple[str, str]]:

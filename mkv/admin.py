@@ -1,0 +1,97 @@
+"""The admin listener (`-admin_port`): `/metrics` for Prometheus and `/` the status page. It is a
+port of its own, so neither can shadow a key (a key may well be called `/metrics`).
+
+A master serves both; an offline command given `-admin_port` serves its progress as metrics
+(`Progress.families`).
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from mkv.config import Config
+from mkv.http.server import Request, Response
+from mkv.metrics import Family, RequestMetrics, counter, gauge, render
+from mkv.ops.runs import last_runs
+from mkv.s3.face import S3
+from mkv.status_page import Snapshot, VolumeRow, page
+from mkv.store import Store
+
+METRICS_TYPE = ("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+RATE_SECONDS = 10.0  # the status page's rates: a sample this often
+RATE_SAMPLES = 31  # five minutes of them
+
+
+def admin_handler(families: Callable[[], list[Family]], status: Callable[[], bytes] | None
+          ) -> Callable[[Request], Response]:
+    """The admin handler: metrics from `families`, the page from `status` (if any)."""
+    def handle(req: Request) -> Response:
+        if req.method not in (b"GET", b"HEAD"):
+            return Response(405, [("Content-Type", "text/plain")], b"GET only\n")
+        if req.path == b"/metrics":
+            return Response(200, [METRICS_TYPE], render(families()))
+        if req.path == b"/" and status is not None:
+            return Response(200, [("Content-Type", "text/html; charset=utf-8")], status())
+        return Response(404, [("Content-Type", "text/plain")], b"/metrics, or / the status page\n")
+    return handle
+
+
+class MasterAdmin:
+    """What a master shows: its requests, its store, its volumes, its S3 face, its index."""
+
+    def __init__(self, config: Config, store: Store, s3: S3, requests: RequestMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.volumes = store.volumes
+        self.s3 = s3
+        self.requests = requests
+        self.rates: deque[tuple[float, int, int]] = deque(maxlen=RATE_SAMPLES)
+
+    def sample(self) -> None:
+        """Take the totals now: the page's rates are differences of these samples."""
+        answers = self.requests.answers
+        errors = sum(n for (_, status), n in answers.items() if status >= 500)
+        self.rates.append((time.time(), sum(answers.values()), errors))
+
+    def families(self) -> list[Family]:
+        volumes, heads = self.volumes, self.volumes.heads
+        health = volumes.health
+        stats = self.store.index.stats()
+        return [
+            *self.requests.families(),
+            counter("mkv_head_checks_total", "HEAD checks of replicas, by outcome.",
+                    heads.outcomes, ("outcome",)),
+            gauge("mkv_keys_busy", "Keys with a write, delete or move in flight.",
+                  [((), len(self.store.busy))]),
+            counter("mkv_key_busy_refusals_total", "Requests refused (409) as their key was "
+                    "busy.", {(): self.store.conflicts}, ()),
+            gauge("mkv_volume_up", "1 when the master believes the volume up.",
+                  [((("volume", v),), 0 if v in health.down else 1)
+                   for v in self.config.volumes]),
+            gauge("mkv_volume_probe_seconds", "The last health probe's round trip.",
+                  [((("volume", v),), s) for v, s in sorted(health.latency.items())]),
+            counter("mkv_volume_errors_total", "Exchanges with a volume that failed.",
+                    dict(volumes.pool.errors), ("volume",)),
+            counter("mkv_s3_requests_total", "S3 requests, by operation and error code "
+                    "(empty: success).", self.s3.answered, ("operation", "code")),
+            gauge("mkv_index_info", "The index engine.", [((("engine", stats["engine"]),), 1)]),
+            *([gauge("mkv_index_bytes", "The index's size on disk, as the engine estimates it.",
+                     [((), stats["bytes"])])] if "bytes" in stats else []),
+            gauge("mkv_start_time_seconds", "When the master started (Unix time).",
+                  [((), self.requests.started)]),
+        ]
+
+    def snapshot(self) -> Snapshot:
+        health = self.volumes.health
+        errors = self.volumes.pool.errors
+        rows = [VolumeRow(v, v not in health.down,
+                          None if v in health.down else health.latency.get(v), errors.get(v, 0))
+                for v in self.config.volumes]
+        stats = self.store.index.stats()
+        return Snapshot(volumes=rows, index=stats, rates=list(self.rates),
+                        answers=dict(self.requests.answers), started=self.requests.started,
+                        busy=len(self.store.busy), runs=last_runs(self.config.db),
+                        replicas=self.config.replicas, port=self.config.port)
+
+    def status(self) -> bytes:
+        return page(self.snapshot())
