@@ -131,7 +131,7 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
         admin.sample()
         sampler = _every(RATE_SECONDS, admin.sample)
         servers.append(HTTPServer(admin_handler(admin.families, admin.status), **timeouts))
-        await servers[-1].start(None, config.admin_port)
+        await servers[-1].start(None, config.admin_port, reuse_port=shared)  # a worker answers
         also += f", admin on :{config.admin_port}"
     print(f"mkv master listening on :{config.port}{also}, volumes "
           f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "
