@@ -198,8 +198,8 @@ def test_online_rebalance_while_masters_write(pg_url: str, make_volumes, make_ma
         rebalance = subprocess.Popen(mkv_command("-db", pg_url, "-volumes", addrs, *flags,
                                                  "rebalance"), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(replace, range(4)))
+        with ThreadPoolExecutor(2) as pool:  # half the old keys: the rest are rebalance's
+            list(pool.map(replace, range(2)))
         out, err = rebalance.communicate(timeout=120)
     finally:
         outcomes = writers.finish()
