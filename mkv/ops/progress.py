@@ -18,7 +18,6 @@ from typing import TextIO, TypeVar
 
 import uvloop
 
-from mkv.admin import admin_handler
 from mkv.config import Config
 from mkv.http.server import HTTPServer
 from mkv.index import Index, IndexLocked, open_index
@@ -188,6 +187,9 @@ def run_offline(config: Config,
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         admin = None
         if config.admin_port:
+            # imported only here: mkv.admin brings in the master's faces, not every run's due
+            from mkv.admin import admin_handler
+
             admin = HTTPServer(admin_handler(progress.families, None))
             await admin.start(None, config.admin_port)
         index = await open_index(config.db)

@@ -82,8 +82,9 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
     async def _answer(self, req: Request, strict_buckets: bool) -> Response:
         request_id = secrets.token_hex(8).upper()
         code = ""
+        key, params = parse_key(req.path), params_of(req.query)  # the metrics' label too
         try:
-            response = await self._dispatch(req, strict_buckets)
+            response = await self._dispatch(req, key, params, strict_buckets)
         except S3Error as e:
             code, response = e.code, self._error(e.status, e.code, e.message, req, request_id,
                                                  e.extra)
@@ -103,9 +104,8 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
             code = "InternalError"
             response = self._error(500, code, f"a volume failed: {e}", req, request_id, {})
-        key = parse_key(req.path)
-        self.answered[operation(req.method, key if isinstance(key, bytes) else b"/",
-                                params_of(req.query), req.headers), code] += 1
+        self.answered[operation(req.method, key if isinstance(key, bytes) else b"/", params,
+                                req.headers), code] += 1
         response.headers.append(("x-amz-request-id", request_id))
         return response
 
@@ -133,14 +133,13 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         except AuthError as e:
             raise S3Error(e.status, e.code, e.message) from None
 
-    async def _dispatch(self, req: Request, strict_buckets: bool) -> Response:
+    async def _dispatch(self, req: Request, key: bytes | str, params: dict[str, str],
+                        strict_buckets: bool) -> Response:
         # POST Object's form carries its signature in its fields (forms.check_signature)
         form = req.method == b"POST" and is_form(req) and not req.query
         signed = None if form else self._authenticate(req)
-        key = parse_key(req.path)
         if isinstance(key, str):
             raise S3Error(400, "InvalidArgument", key)
-        params = params_of(req.query)
         unsupported = _NOT_IMPLEMENTED.intersection(params)
         if unsupported:
             raise S3Error(501, "NotImplemented", f"mkv does not implement the "
