@@ -325,9 +325,11 @@ def measure_ops(bench: Bench, keys: int) -> None:
         for sub in (cluster.dir / f"volume{i}").glob("sv*"):
             shutil.rmtree(sub)
     work.mkdir()
-    seconds = ops.fill(cluster, work / "written", keys, 1024, 3, 10)
-    print(f"  ops: {keys:,} keys of 1 KiB written onto 3 volumes in {seconds:.1f} s", flush=True)
-    label = f"{keys:,} keys"
+    size = bench.args.ops_size
+    seconds = ops.fill(cluster, work / "written", keys, size, 3, 10)
+    print(f"  ops: {keys:,} keys of {size:,} bytes written onto 3 volumes in {seconds:.1f} s",
+          flush=True)
+    label = f"{keys:,} keys" + (f" of {size:,} B" if size != 1024 else "")
 
     def command(side: str, db: Path, volumes: str, step: str, measure: str) -> None:
         """`step` is the command, with what tells its runs apart after a dash."""
@@ -392,6 +394,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", help="large values (256M,1G; quick 1M,3M)")
     parser.add_argument("--ops-keys", help="keys for the offline commands, comma-separated "
                                            "(100000,1000000; quick 2000)")
+    parser.add_argument("--ops-size", type=int, default=1024,
+                        help="bytes of each value the offline commands move (%(default)s; 0 "
+                             "keeps a million keys' files to their inodes, for a tmpfs --dir)")
     parser.add_argument("--ops-rounds", type=int,
                         help="rounds of the offline commands at each size (default --rounds)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
@@ -484,7 +489,7 @@ def report(args: argparse.Namespace, rows: dict[str, Row], failures: dict[str, s
         goals = targets(rows)
         args.json.write_text(json.dumps({
             **about, "quick": args.quick, "rounds": args.rounds, "ops_rounds": args.ops_rounds,
-            "failures": failures,
+            "ops_size": args.ops_size, "failures": failures,
             "rows": {name: {**row.as_dict(), "targets": [{"target": text, "met": met}
                                                          for text, met in goals.get(name, [])]}
                      for name, row in rows.items()}}, indent=2) + "\n")
