@@ -115,6 +115,22 @@ class Volumes:
                     failed.append(replica)
         return failed
 
+    async def modified(self, replica: str, key: bytes) -> str | None:
+        """The key's file's Last-Modified (an HTTP date, "" when not told) as a HEAD finds it
+        now; None when the file is gone."""
+        hostport, target = _target(replica, key2path(key))
+        try:
+            response = await self.pool.request(hostport, b"HEAD", target,
+                                               timeout=self.write_timeout)
+        except VolumeError as e:
+            self._failed(e)
+            raise
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise VolumeError(f"HEAD {replica}: status {response.status}")
+        return response.headers.get(b"last-modified", b"").decode("latin-1")
+
     async def get(self, replica: str, key: bytes, headers: bytes = b"",
                   stream: bool = True) -> ClientResponse:
         """GET the key's file from one replica, whatever the status; the body streamed
