@@ -170,3 +170,45 @@ def test_repair_online_while_masters_write(online: Online) -> None:
     assert not any(path.exists() for path in orphans)
     assert record_of(online.url, cut_off) == Record(record.replicas, State.LIVE, record.md5)
     online.assert_healthy(outcomes)
+
+
+def test_rebuild_online_while_masters_write(online: Online) -> None:
+    """Records lost, pointing at the wrong replicas, or pointing at files that are gone; the
+    index mended while the masters write, their keys left as they wrote them."""
+    keys = list(online.old)
+    before = {key: record_of(online.url, key) for key in keys}
+    for key in keys[:10]:  # lost
+        sql(online.url, f"DELETE FROM {TABLE} WHERE k = $1", key)
+    addrs = [v.addr for v in online.vols]
+    for key in keys[10:15]:  # naming a replica that never had the file
+        wrong = next(f"{v}/sv00" for v in addrs
+                     if not any(r.startswith(v) for r in before[key].replicas))
+        sql(online.url, f"UPDATE {TABLE} SET r = $2 WHERE k = $1", key,
+            Record((wrong,), State.LIVE, before[key].md5).encode())
+    unlinked = keys[20]
+    assert online.masters[0].call("UNLINK", unlinked).status == 204
+    ghosts = [f"/ghost/{i}".encode() for i in range(5)]  # records whose files are gone
+    for ghost in ghosts:
+        assert online.masters[0].put(ghost, b"soon gone").status == 201
+        for path in files(online, ghost):
+            path.unlink()
+
+    result, outcomes, _ = online.run_while_writing("rebuild")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    restored = sorted(line.split()[1] for line in out if line.startswith("restored:"))
+    assert restored == sorted(key.decode() for key in keys[:10]), result.stdout
+    mended = sorted(line.split()[1] for line in out if line.startswith("mended:"))
+    assert mended == sorted(key.decode() for key in keys[10:15]), result.stdout
+    dropped = sorted(line.split()[1] for line in out if line.startswith("dropped:"))
+    assert dropped == sorted(ghost.decode() + ":" for ghost in ghosts), result.stdout
+    for key in keys[:10]:  # as Go mkv's rebuild writes a record: live, no md5
+        assert record_of(online.url, key) == Record(before[key].replicas), key
+    for key in keys[10:15]:  # the state kept, the md5 not: these are not the record's files
+        assert record_of(online.url, key) == Record(before[key].replicas, State.LIVE), key
+    assert record_of(online.url, unlinked) == before[unlinked].with_state(State.UNLINKED)
+    for key in keys[21:]:
+        assert record_of(online.url, key) == before[key], key
+    assert all(record_of(online.url, ghost) is None for ghost in ghosts)
+    del online.old[unlinked]
+    online.assert_healthy(outcomes)

@@ -25,7 +25,7 @@ from mkv.record import Record, State
 log = logging.getLogger("mkv")
 
 TABLE = "mkv_index"
-MASTER = "mkv master"  # application_name of a serving master's sessions
+MASTER = "mkv master"  # application_name of a serving master's sessions (tools see them)
 LOCKS = " locks"  # ... appended for its lock session (pglock.py): "mkv master locks"
 POOL_SIZE = 8  # connections per process: batches in flight at once
 CONNECT_TIMEOUT = 2.0  # seconds: a database that cannot be reached is a 503, not a hang
@@ -224,11 +224,6 @@ class PostgresIndex:
         args = (max(prefix, start), limit + 1) + (() if below is None else (below,))
         keys = [row[0] for row in await self._call(self.pool.fetch, query, *args)]
         return (keys[:limit], keys[limit]) if len(keys) > limit else (keys, None)
-
-    async def served(self) -> bool:
-        query = ("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name IN ($1, $2) "
-                 "AND datname = current_database())")
-        return await self._call(self.pool.fetchval, query, MASTER, MASTER + LOCKS)
 
     def stats(self) -> dict[str, str | float]:
         return {"engine": "postgresql"}  # its size would be a query: not for every scrape

@@ -201,4 +201,4 @@ class Orphans:
 
 
 def main(config: Config) -> int:
-    return run_offline(config, repair, "repair", online=True)
+    return run_offline(config, repair, "repair")
