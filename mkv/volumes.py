@@ -80,14 +80,7 @@ class Volumes:
 
     async def delete(self, replica: str, key: bytes) -> None:
         """Remove the key's file; a file already gone counts as removed."""
-        hostport, target = _target(replica, key2path(key))
-        try:
-            response = await self.pool.request(hostport, b"DELETE", target,
-                                               timeout=self.write_timeout)
-        except VolumeError as e:
-            self._failed(e)
-            raise
-        _check_deleted(replica, response)
+        _check_deleted(replica, await self._request(replica, b"DELETE", key))
 
     async def delete_all(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Remove the key's file from every replica at once; the replicas that failed.
@@ -115,13 +108,28 @@ class Volumes:
                     failed.append(replica)
         return failed
 
+    async def modified(self, replica: str, key: bytes) -> str | None:
+        """The key's file's Last-Modified (an HTTP date, "" when not told) as a HEAD finds it
+        now; None when the file is gone."""
+        response = await self._request(replica, b"HEAD", key)
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise VolumeError(f"HEAD {replica}: status {response.status}")
+        return response.headers.get(b"last-modified", b"").decode("latin-1")
+
     async def get(self, replica: str, key: bytes, headers: bytes = b"",
                   stream: bool = True) -> ClientResponse:
         """GET the key's file from one replica, whatever the status; the body streamed
         when `stream` (a caller that will not read it must `abort()` it)."""
+        return await self._request(replica, b"GET", key, headers, stream)
+
+    async def _request(self, replica: str, method: bytes, key: bytes, headers: bytes = b"",
+                       stream: bool = False) -> ClientResponse:
+        """One exchange about the key's file; health is told of a volume not reached."""
         hostport, target = _target(replica, key2path(key))
         try:
-            return await self.pool.request(hostport, b"GET", target, headers, stream=stream,
+            return await self.pool.request(hostport, method, target, headers, stream=stream,
                                            timeout=self.write_timeout)
         except VolumeError as e:
             self._failed(e)

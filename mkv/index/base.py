@@ -79,9 +79,5 @@ class Index(Protocol):
     async def clear(self) -> None:
         """Delete every record."""
 
-    async def served(self) -> bool:
-        """Whether masters serve this index now (never for LevelDB while we hold it: its
-        lock admits one process)."""
-
     async def close(self) -> None:
         """Leave the index so that another process, Go mkv's included, reads every record."""

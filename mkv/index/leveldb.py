@@ -94,9 +94,6 @@ class LevelDBIndex:
             if count < CLEAR_BATCH:
                 return
 
-    async def served(self) -> bool:
-        return False  # the lock file admits one process: none serves while we hold it
-
     def flush(self) -> None:
         """Write the memtable to a table and start an empty journal.
 

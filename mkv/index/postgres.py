@@ -7,7 +7,8 @@ listings and pages are the same on either engine. The lookups of one event-loop 
 query (`k = ANY($1)`); while the pool's connections are all busy, the next turn's lookups join
 the waiting batch. The database down answers `IndexUnavailable` (the masters' 503) at once, and
 the pool connects again by itself on the next call. The per-key lock across masters is
-mkv/index/pglock.py's.
+mkv/index/pglock.py's, and the record of a key whose lock this process holds is written on the
+lock's own session (so that it cannot outlive the lock); other writes go through the pool.
 """
 
 import asyncio
@@ -24,7 +25,8 @@ from mkv.record import Record, State
 log = logging.getLogger("mkv")
 
 TABLE = "mkv_index"
-MASTER = "mkv master"  # application_name of a serving master's sessions
+MASTER = "mkv master"  # application_name of a serving master's sessions (tools see them)
+LOCKS = " locks"  # ... appended for its lock session (pglock.py): "mkv master locks"
 POOL_SIZE = 8  # connections per process: batches in flight at once
 CONNECT_TIMEOUT = 2.0  # seconds: a database that cannot be reached is a 503, not a hang
 COMMAND_TIMEOUT = 10.0
@@ -93,7 +95,8 @@ class PostgresIndex:
                 # masters starting together: concurrent CREATE TABLE IF NOT EXISTS may collide
                 await connection.execute(_SCHEMA_LOCK)
                 await connection.execute(_SCHEMA)
-            locks = AdvisoryLocks(url, CONNECT_TIMEOUT, COMMAND_TIMEOUT, settings)
+            locks = AdvisoryLocks(url, TABLE, CONNECT_TIMEOUT, COMMAND_TIMEOUT,
+                                  {"application_name": settings["application_name"] + LOCKS})
             await locks.connected()  # open from the start: tools see an idle master too
         except _DOWN as e:
             raise IndexUnavailable(f"the PostgreSQL index cannot be reached: {e}") from None
@@ -148,7 +151,11 @@ class PostgresIndex:
 
     # --- writes: each acknowledged once PostgreSQL has committed it ---
     async def put(self, key: bytes, record: Record) -> None:
-        """Written with the other puts of this loop turn: one statement, one commit."""
+        """Written with the other puts of this loop turn: one statement, one commit (on the
+        lock session when this process holds the key's lock)."""
+        if self.locks.holds(key):
+            await self.locks.write(key, record.encode())
+            return
         written = asyncio.get_running_loop().create_future()
         if not self.puts:
             asyncio.get_running_loop().call_soon(self._send_puts)
@@ -180,6 +187,9 @@ class PostgresIndex:
         await self._call(self.pool.execute, _PUT_MANY, list(last), list(last.values()))
 
     async def delete(self, key: bytes) -> None:
+        if self.locks.holds(key):
+            await self.locks.write(key, None)
+            return
         await self._call(self.pool.execute, _DELETE, key)
 
     # --- ordered reads, a page of rows per query (keyset: no huge result in memory) ---
@@ -214,11 +224,6 @@ class PostgresIndex:
         args = (max(prefix, start), limit + 1) + (() if below is None else (below,))
         keys = [row[0] for row in await self._call(self.pool.fetch, query, *args)]
         return (keys[:limit], keys[limit]) if len(keys) > limit else (keys, None)
-
-    async def served(self) -> bool:
-        query = ("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1 "
-                 "AND datname = current_database())")
-        return await self._call(self.pool.fetchval, query, MASTER)
 
     def stats(self) -> dict[str, str | float]:
         return {"engine": "postgresql"}  # its size would be a query: not for every scrape

@@ -3,8 +3,7 @@ a progress line on stderr, one stdout line per problem, a summary, and the exit 
 
 `run_offline` opens the index itself; a held LevelDB lock raises IndexLocked, which the CLI
 turns into a clear message and exit 1. Over a shared index (PostgreSQL) the masters may be
-serving: the commands that hold each key's lock (rebalance) or only read (verify) say
-`online=True`; the others refuse while a master is connected.
+serving: every command then changes a key only holding its lock, its record read again.
 """
 
 import asyncio
@@ -20,7 +19,7 @@ import uvloop
 
 from mkv.config import Config
 from mkv.http.server import HTTPServer
-from mkv.index import Index, IndexLocked, open_index
+from mkv.index import Index, open_index
 from mkv.metrics import Family, counter, gauge
 from mkv.ops.runs import note_run
 from mkv.volumes import Volumes
@@ -177,7 +176,7 @@ class Progress:
 
 def run_offline(config: Config,
                 operation: Callable[[Config, Index, Volumes, Progress], Awaitable[None]],
-                command: str, online: bool = False) -> int:
+                command: str) -> int:
     """Open the index, run `operation` with a progress display; 0 when nothing went wrong."""
     progress = Progress(command)
     started = time.time()
@@ -193,9 +192,6 @@ def run_offline(config: Config,
             admin = HTTPServer(admin_handler(progress.families, None))
             await admin.start(None, config.admin_port)
         index = await open_index(config.db)
-        if not online and await index.served():
-            await index.close()
-            raise IndexLocked(f"masters are serving the index (mkv {command} runs offline)")
         volumes = Volumes.for_config(config)
         progress.start()
         try:

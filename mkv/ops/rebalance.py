@@ -54,4 +54,4 @@ async def rebalance(config: Config, index: Index, volumes: Volumes,
 
 
 def main(config: Config) -> int:
-    return run_offline(config, rebalance, "rebalance", online=True)
+    return run_offline(config, rebalance, "rebalance")

@@ -1,4 +1,8 @@
-"""`mkv repair`: put right what `verify` finds, with the master stopped.
+"""`mkv repair`: put right what `verify` finds; over a PostgreSQL index with masters serving.
+
+Each key is settled holding its lock (as rebalance moves it), its record read again under
+it: a master's write of the key is then never in flight (it holds the lock from its INIT
+record to its live one), and one that comes later waits for the lock or answers 409.
 
 - A live key's missing replica (with -checksum also a corrupt one) is copied anew from a
   good replica; a copy is checked against the record's md5 when there is one. Replicas
@@ -7,12 +11,16 @@
 - An INIT record (a write cut off) older than -grace is finished: live, with its md5, when
   every replica holds the same value, else unlinked, so a later DELETE cleans up. Such a
   record has no timestamp, so its age is that of its newest replica file (Last-Modified);
-  one with no file at all counts as old: with the master stopped no write can be in
-  flight, and nginx moves an upload into place only once it is complete.
+  one with no file at all counts as old: under the key's lock no write of it is in flight,
+  and nginx moves an upload into place only once it is complete.
 - With -orphans delete, files that no record claims and that are older than -grace are
   deleted (the listing's mtime). Never when the index is empty (a wrong -db would make
   every file an orphan), nor for a key whose record names volumes outside -volumes (the
   same volume under another name, e.g. localhost vs 127.0.0.1, would look unclaimed).
+  Before a key's file is deleted its lock is taken and, under it, the record read again
+  (a PUT writes its INIT record before its files, so a file being written is claimed) and
+  the file's mtime asked again; over a shared index a file modified since the walk began
+  is kept whatever -grace says (it is a master's, newer than anything the walk judged).
 """
 
 import asyncio
@@ -25,6 +33,7 @@ from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.verify import check_replicas, claimed, describe, problem_line
 from mkv.ops.walk import VolumeFile, Walk, http_time
 from mkv.record import Record, State
+from mkv.store import Store
 from mkv.transfer import CopyError, copy_value, md5_of
 from mkv.volumes import Volumes
 
@@ -91,17 +100,23 @@ async def finish_writing(config: Config, volumes: Volumes, index: Index, key: by
 async def repair(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
     total = await index.count()
     progress.phase("repair: keys", "keys", total=total)
+    store = Store(config, index, volumes)
 
-    async def one(item: tuple[bytes, Record]) -> None:
-        key, record = item
-        progress.advance()
-        progress.count("keys")
-        if record.state is State.LIVE:
+    async def settle(key: bytes) -> None:
+        record = await index.get(key)  # as it is now that the key is ours
+        if record is None:
+            progress.count("deleted meanwhile")
+        elif record.state is State.LIVE:
             await repair_live(config, volumes, key, record, progress)
         elif record.state is State.WRITING:
             await finish_writing(config, volumes, index, key, record, progress)
         else:
             progress.count("unlinked")
+
+    async def one(item: tuple[bytes, Record]) -> None:
+        progress.advance()
+        progress.count("keys")
+        await store.locked_in_turn(item[0], settle(item[0]))
 
     await for_each(index.items(), one, config.concurrency)
     delete = config.orphans == "delete"
@@ -109,37 +124,80 @@ async def repair(config: Config, index: Index, volumes: Volumes, progress: Progr
         progress.problem("refused", "-orphans delete with an empty index would delete every "
                          "file; rebuild the index first")
         delete = False
+    orphans = Orphans(config, index, volumes, progress)
     walk = Walk(volumes, config.volumes, config.concurrency, progress)
     progress.phase("repair: looking for orphans", "files", fraction=walk.fraction)
-    named = set(config.volumes)
-
-    async def deletable(file: VolumeFile) -> bool:
-        """Past the grace period, and no record names the key's volumes otherwise."""
-        if time.time() - file.mtime < config.grace:
-            return False
-        record = await index.get(file.key) if file.key is not None else None
-        return record is None or all(r.partition("/")[0] in named for r in record.replicas)
-
-    async def delete_orphan(file: VolumeFile) -> None:
-        try:
-            await volumes.delete_path(file.replica, file.target)
-        except VolumeError as e:
-            progress.problem("failed", f"deleting orphan {describe(file)}: {e}")
-            return
-        progress.count("orphans deleted")
-        progress.note(f"deleted orphan: {describe(file)}")
 
     async def found(file: VolumeFile) -> None:
         progress.advance()
         if await claimed(index, file):
             return
-        if delete and await deletable(file):
-            await delete_orphan(file)
-            return
-        progress.count("orphans kept")
-        progress.note(f"orphan: {describe(file)}")
+        if not delete or not orphans.old(file.mtime):
+            orphans.keep(file)
+        elif file.key is None:  # not a key's file: no master writes it
+            await orphans.delete(file)
+        else:
+            await store.locked_in_turn(file.key, orphans.delete_unclaimed(file))
 
     await walk.run(found)
+
+
+class Orphans:
+    """Files no record claims: kept, or deleted once past -grace and, for a key's file, once
+    its lock shows it unclaimed still."""
+
+    def __init__(self, config: Config, index: Index, volumes: Volumes,
+                 progress: Progress) -> None:
+        self.config = config
+        self.index = index
+        self.volumes = volumes
+        self.progress = progress
+        self.named = set(config.volumes)
+        # over a shared index masters may write during the walk: nothing newer is an orphan
+        # (mtimes are whole seconds, so one that began the same second is newer too)
+        self.walk_began = time.time() - 1 if index.locks is not None else None
+
+    def old(self, mtime: float) -> bool:
+        """Past the grace period, and (with masters serving) older than the walk."""
+        if self.walk_began is not None and mtime >= self.walk_began:
+            return False
+        return time.time() - mtime >= self.config.grace
+
+    def keep(self, file: VolumeFile) -> None:
+        self.progress.count("orphans kept")
+        self.progress.note(f"orphan: {describe(file)}")
+
+    async def delete_unclaimed(self, file: VolumeFile) -> None:
+        """Under the key's lock: delete the file if still no record claims it, no record
+        names the key's volumes otherwise, and it was not modified meanwhile."""
+        assert file.key is not None
+        record = await self.index.get(file.key)
+        if record is not None and file.replica in record.replicas:
+            return  # claimed now: a master wrote the key since the walk listed it
+        if record is not None and not all(
+                r.partition("/")[0] in self.named for r in record.replicas):
+            self.keep(file)
+            return
+        try:
+            modified = await self.volumes.modified(file.replica, file.key)
+        except VolumeError as e:
+            self.progress.problem("failed", f"deleting orphan {describe(file)}: {e}")
+            return
+        if modified is None:
+            return  # gone meanwhile (a master's DELETE)
+        if not self.old(http_time(modified)):
+            self.keep(file)
+            return
+        await self.delete(file)
+
+    async def delete(self, file: VolumeFile) -> None:
+        try:
+            await self.volumes.delete_path(file.replica, file.target)
+        except VolumeError as e:
+            self.progress.problem("failed", f"deleting orphan {describe(file)}: {e}")
+            return
+        self.progress.count("orphans deleted")
+        self.progress.note(f"deleted orphan: {describe(file)}")
 
 
 def main(config: Config) -> int:

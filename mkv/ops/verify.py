@@ -109,4 +109,4 @@ async def verify(config: Config, index: Index, volumes: Volumes, progress: Progr
 
 
 def main(config: Config) -> int:
-    return run_offline(config, verify, "verify", online=True)
+    return run_offline(config, verify, "verify")
