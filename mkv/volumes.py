@@ -119,7 +119,12 @@ class Volumes:
                   stream: bool = True) -> ClientResponse:
         """GET the key's file from one replica, whatever the status; the body streamed
         when `stream` (a caller that will not read it must `abort()` it)."""
-        hostport, target = _target(replica, key2path(key))
+        return await self.get_at(replica, key2path(key), headers, stream)
+
+    async def get_at(self, replica: str, path: str, headers: bytes = b"",
+                     stream: bool = True) -> ClientResponse:
+        """GET the file at `path` (a key2path, or S3's parts') from one replica, as `get`."""
+        hostport, target = _target(replica, path)
         try:
             return await self.pool.request(hostport, b"GET", target, headers, stream=stream,
                                            timeout=self.write_timeout)
@@ -148,7 +153,8 @@ class Volumes:
     async def delete_path(self, replica: str, path: str) -> None:
         """Remove the file at `path` (percent-encoded) under the replica; gone already is fine.
 
-        For files that are not at a key's path, such as orphans with undecodable names.
+        For files that are not at a key's path, such as orphans with undecodable names, and
+        S3's parts (a `path` ending in `/` removes a directory and all below it).
         """
         hostport, subvolume = split_replica(replica)
         response = await self.pool.request(hostport, b"DELETE", (subvolume + path).encode(),
@@ -176,9 +182,10 @@ class Volumes:
             if not body.complete:  # type: ignore[union-attr]
                 body.abort()  # type: ignore[union-attr]
 
-    async def write(self, replicas: list[str], key: bytes, body: AsyncIterator[bytes],
+    async def write(self, replicas: list[str], path: str, body: AsyncIterator[bytes],
                     length: int | None, md5: bool) -> str | None:
-        """Stream `body` to every replica at once; the md5 hex of what was written, if asked.
+        """Stream `body` to every replica at once, into the file at `path` (a key's key2path,
+        or S3's parts'); the md5 hex of what was written, if asked.
 
         The slowest replica sets the pace: each chunk waits until every connection
         has drained, so memory stays bounded. Any failure closes every upload (nginx
@@ -191,7 +198,6 @@ class Volumes:
                 conns.append(await self.pool.connection(split_replica(replica)[0]))
             framing = (b"Content-Length: %d\r\n" % length if length is not None
                        else b"Transfer-Encoding: chunked\r\n")
-            path = key2path(key)
             answers = [conn.send(b"PUT", _target(r, path)[1], framing, upload=True)
                        for conn, r in zip(conns, replicas, strict=True)]
             digest = hashlib.md5() if md5 else None
