@@ -8,6 +8,7 @@ The figures each test measures are printed (`pytest -s` shows them).
 
 import asyncio
 import hashlib
+import inspect
 import os
 import random
 import re
@@ -16,12 +17,15 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import test_s3
+import test_s3_metadata
 from boto3.s3.transfer import TransferConfig
 from cluster import Volume, mkv_command
-from conftest import client, error_of, md5hex, read_records, request
+from conftest import MasterFactory, client, error_of, md5hex, read_records, request
 
 from bench.gomkv import peer_source
 from mkv.config import Config
@@ -357,3 +361,45 @@ def test_two_sweepers_remove_each_stale_upload_once(pg_url, make_volumes):
     swept = _run(pg_url, vols, work, masters=2)
     print(f"\ntwo sweepers at once: {len(swept[0])} and {len(swept[1])} of 6 stale uploads")
     assert not set(swept[0]) & set(swept[1])
+
+
+# --- the S3 tests' core scenarios, on a master over PostgreSQL ---
+
+
+@pytest.fixture(scope="module")
+def pg_s3master(postgres, volumes, tmp_path_factory):
+    factory = MasterFactory(tmp_path_factory.mktemp("pgs3"), volumes)
+    try:
+        yield factory(db=postgres.new_database())
+    finally:
+        factory.stop_all()
+
+
+S3_CHECKS = [
+    test_s3.test_put_get_head_and_the_same_value_natively,
+    test_s3.test_range_get_and_head,
+    test_s3.test_conditional_requests,
+    test_s3.test_overwrite_is_allowed_and_empty_objects_work,
+    test_s3.test_concurrent_writes_of_a_key_all_succeed_and_the_last_wins,
+    test_s3.test_list_objects_v2_prefix_delimiter_paging,
+    test_s3.test_buckets_are_prefixes,
+    test_s3.test_delete_object_and_delete_objects,
+    test_s3.test_copy_object_same_and_other_bucket,
+    test_s3.test_managed_copy_uses_upload_part_copy,
+    test_s3.test_multipart_upload,
+    test_s3.test_multipart_errors,
+    test_s3_metadata.test_put_keeps_metadata_for_get_and_head,
+    test_s3_metadata.test_copy_object_metadata_directive,
+    test_s3_metadata.test_multipart_metadata_applies_at_complete_and_complete_repeats,
+    test_s3_metadata.test_object_tagging,
+    test_s3_metadata.test_a_native_write_or_delete_drops_the_metadata,
+]
+
+
+@pytest.mark.parametrize("check", S3_CHECKS, ids=[c.__name__[5:] for c in S3_CHECKS])
+def test_s3_over_postgres(pg_s3master, check) -> None:
+    s3 = client(pg_s3master.port, retries=1)
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    given = {"s3master": pg_s3master, "s3": s3, "bucket": bucket}
+    check(**{name: given[name] for name in inspect.signature(check).parameters})
