@@ -25,7 +25,8 @@ import test_s3
 import test_s3_metadata
 from boto3.s3.transfer import TransferConfig
 from cluster import Volume, mkv_command
-from conftest import MasterFactory, client, error_of, md5hex, read_records, request
+from conftest import client, error_of, md5hex, read_records, request
+from test_postgres import pg_master  # noqa: F401  (a fixture: a master over PostgreSQL)
 
 from bench.gomkv import peer_source
 from mkv.config import Config
@@ -366,15 +367,6 @@ def test_two_sweepers_remove_each_stale_upload_once(pg_url, make_volumes):
 # --- the S3 tests' core scenarios, on a master over PostgreSQL ---
 
 
-@pytest.fixture(scope="module")
-def pg_s3master(postgres, volumes, tmp_path_factory):
-    factory = MasterFactory(tmp_path_factory.mktemp("pgs3"), volumes)
-    try:
-        yield factory(db=postgres.new_database())
-    finally:
-        factory.stop_all()
-
-
 S3_CHECKS = [
     test_s3.test_put_get_head_and_the_same_value_natively,
     test_s3.test_range_get_and_head,
@@ -397,9 +389,9 @@ S3_CHECKS = [
 
 
 @pytest.mark.parametrize("check", S3_CHECKS, ids=[c.__name__[5:] for c in S3_CHECKS])
-def test_s3_over_postgres(pg_s3master, check) -> None:
-    s3 = client(pg_s3master.port, retries=1)
+def test_s3_over_postgres(pg_master, check) -> None:  # noqa: F811 (the fixture)
+    s3 = client(pg_master.port, retries=1)
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
-    given = {"s3master": pg_s3master, "s3": s3, "bucket": bucket}
+    given = {"s3master": pg_master, "s3": s3, "bucket": bucket}
     check(**{name: given[name] for name in inspect.signature(check).parameters})
