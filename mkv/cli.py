@@ -116,8 +116,9 @@ FLAGS: dict[str, Flag] = {
                     "requests must then carry a valid SigV4 signature (default: no auth)"),
     "s3_keyfile": Flag("s3_keys", _s3_keyfile,
                        "S3: a file of access:secret pairs, one a line (instead of -s3_keys)"),
-    "s3_spool": Flag("s3_spool", str, "S3: directory for multipart parts and buckets "
-                     "(default: <db>.s3 beside the index)"),
+    "s3_spool": Flag("s3_spool", str, "S3: with a LevelDB index, the directory for multipart "
+                     "parts, buckets and metadata (default: <db>.s3 beside the index; a "
+                     "PostgreSQL index keeps them in its database)"),
     "s3_upload_ttl": Flag("s3_upload_ttl", parse_duration, "S3: remove multipart uploads "
                           "idle this long; 0 never (default 24h)"),
     "concurrency": Flag("concurrency", _positive,
@@ -237,10 +238,6 @@ def _server(config: Config) -> int:
     if config.workers > 1 and not is_postgres_url(config.db):
         print("mkv: -workers above 1 needs a postgresql:// -db: a LevelDB index admits one "
               "process", file=sys.stderr)
-        return 2
-    if is_postgres_url(config.db) and not config.s3_spool:
-        print("mkv: -s3_spool is required with a PostgreSQL index: the directory for S3's "
-              "multipart parts and buckets (one every master shares)", file=sys.stderr)
         return 2
     return serve(config)
 

@@ -51,7 +51,7 @@ class Config:
     admin_port: int = 0  # /metrics and the status page; 0: none
     s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any
-    s3_spool: str = ""  # multipart parts and bucket markers; "" means `<db>.s3` beside the index
+    s3_spool: str = ""  # S3's state beside LevelDB; "" means `<db>.s3` (PostgreSQL: its tables)
     s3_upload_ttl: float = 86400.0  # multipart uploads idle this long are removed; 0 never
     # offline operations (rebuild, rebalance, verify, repair)
     concurrency: int = 16

@@ -140,4 +140,5 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
     if config.admin_port:
         sampler.cancel()
     await asyncio.gather(*(server.shutdown(grace=10.0) for server in servers))
+    await s3.close()
     volumes.close()

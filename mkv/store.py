@@ -50,9 +50,10 @@ class Store:
         self.busy: set[bytes] = set()
         self.conflicts = 0  # requests refused because their key was busy
         self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
-        # told of each key whose value was just written or removed (S3 drops what it kept
-        # about the old value, whichever face changed it)
-        self.on_change: list[Callable[[bytes], None]] = []
+        # told of each key whose value is being written or removed (S3 drops what it kept
+        # about the old value, whichever face changed it); what a listener gives back is
+        # awaited after the record is written, before the write or remove returns
+        self.on_change: list[Callable[[bytes], Awaitable[None] | None]] = []
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
@@ -148,7 +149,8 @@ class Store:
         elif old.md5:
             await self.index.put(key, Record(old.replicas, State.LIVE))
         try:
-            md5 = await self.volumes.write(replicas, key, chunks, length, self.config.md5sum)
+            md5 = await self.volumes.write(replicas, self.key2path(key), chunks, length,
+                                           self.config.md5sum)
         except (VolumeError, ClientGone) as e:
             # unlinked with every replica that may hold a file, so a later DELETE cleans up
             await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
@@ -160,8 +162,9 @@ class Store:
                 down = self.volumes.health.down
                 await self.delete_files([r for r in replicas if volume_of(r) not in down], key)
             raise
+        told = self._changing(key)
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
-        self._changed(key)
+        await self._told(told)
         if stale:
             await self.delete_files(stale, key)
         return md5
@@ -197,13 +200,20 @@ class Store:
             await self.index.put(key, record.with_state(State.UNLINKED))
         failed = await self.delete_files(record.replicas, key)
         if not failed:
+            told = self._changing(key)
             await self.index.delete(key)
-            self._changed(key)
+            await self._told(told)
         return failed
 
-    def _changed(self, key: bytes) -> None:
-        for listener in self.on_change:
-            listener(key)
+    def _changing(self, key: bytes) -> list[Awaitable[None]]:
+        """Tell the listeners; what they are doing meanwhile (alongside the index write)."""
+        pending = [listener(key) for listener in self.on_change]
+        return [p for p in pending if p is not None]
+
+    @staticmethod
+    async def _told(pending: list[Awaitable[None]]) -> None:
+        for listener in pending:
+            await listener
 
     async def delete_files(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Delete the key's file from each replica at once; the replicas that failed."""

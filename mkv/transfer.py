@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from mkv.http.client import ClientResponse, VolumeError
+from mkv.placement import key2path
 from mkv.volumes import Volumes
 
 
@@ -54,7 +55,7 @@ async def copy_value(volumes: Volumes, key: bytes, sources: list[str], targets: 
         length = response.headers.get(b"content-length")
         try:
             async with aclosing(volumes.chunks(response)) as chunks:
-                written = await volumes.write(targets, key, _tagged(chunks, source),
+                written = await volumes.write(targets, key2path(key), _tagged(chunks, source),
                                               int(length) if length is not None else None,
                                               md5=md5 is not None)
         except _SourceBroke as e:

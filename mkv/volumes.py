@@ -80,7 +80,7 @@ class Volumes:
 
     async def delete(self, replica: str, key: bytes) -> None:
         """Remove the key's file; a file already gone counts as removed."""
-        _check_deleted(replica, await self._request(replica, b"DELETE", key))
+        _check_deleted(replica, await self._request(replica, b"DELETE", key2path(key)))
 
     async def delete_all(self, replicas: list[str] | tuple[str, ...], key: bytes) -> list[str]:
         """Remove the key's file from every replica at once; the replicas that failed.
@@ -111,7 +111,7 @@ class Volumes:
     async def modified(self, replica: str, key: bytes) -> str | None:
         """The key's file's Last-Modified (an HTTP date, "" when not told) as a HEAD finds it
         now; None when the file is gone."""
-        response = await self._request(replica, b"HEAD", key)
+        response = await self._request(replica, b"HEAD", key2path(key))
         if response.status == 404:
             return None
         if response.status != 200:
@@ -122,12 +122,17 @@ class Volumes:
                   stream: bool = True) -> ClientResponse:
         """GET the key's file from one replica, whatever the status; the body streamed
         when `stream` (a caller that will not read it must `abort()` it)."""
-        return await self._request(replica, b"GET", key, headers, stream)
+        return await self.get_at(replica, key2path(key), headers, stream)
 
-    async def _request(self, replica: str, method: bytes, key: bytes, headers: bytes = b"",
+    async def get_at(self, replica: str, path: str, headers: bytes = b"",
+                     stream: bool = True) -> ClientResponse:
+        """GET the file at `path` (a key2path, or S3's parts') from one replica, as `get`."""
+        return await self._request(replica, b"GET", path, headers, stream)
+
+    async def _request(self, replica: str, method: bytes, path: str, headers: bytes = b"",
                        stream: bool = False) -> ClientResponse:
-        """One exchange about the key's file; health is told of a volume not reached."""
-        hostport, target = _target(replica, key2path(key))
+        """One exchange about the file at `path`; health is told of a volume not reached."""
+        hostport, target = _target(replica, path)
         try:
             return await self.pool.request(hostport, method, target, headers, stream=stream,
                                            timeout=self.write_timeout)
@@ -156,7 +161,8 @@ class Volumes:
     async def delete_path(self, replica: str, path: str) -> None:
         """Remove the file at `path` (percent-encoded) under the replica; gone already is fine.
 
-        For files that are not at a key's path, such as orphans with undecodable names.
+        For files that are not at a key's path, such as orphans with undecodable names, and
+        S3's parts (a `path` ending in `/` removes a directory and all below it).
         """
         hostport, subvolume = split_replica(replica)
         response = await self.pool.request(hostport, b"DELETE", (subvolume + path).encode(),
@@ -184,9 +190,10 @@ class Volumes:
             if not body.complete:  # type: ignore[union-attr]
                 body.abort()  # type: ignore[union-attr]
 
-    async def write(self, replicas: list[str], key: bytes, body: AsyncIterator[bytes],
+    async def write(self, replicas: list[str], path: str, body: AsyncIterator[bytes],
                     length: int | None, md5: bool) -> str | None:
-        """Stream `body` to every replica at once; the md5 hex of what was written, if asked.
+        """Stream `body` to every replica at once, into the file at `path` (a key's key2path,
+        or S3's parts'); the md5 hex of what was written, if asked.
 
         The slowest replica sets the pace: each chunk waits until every connection
         has drained, so memory stays bounded. Any failure closes every upload (nginx
@@ -199,7 +206,6 @@ class Volumes:
                 conns.append(await self.pool.connection(split_replica(replica)[0]))
             framing = (b"Content-Length: %d\r\n" % length if length is not None
                        else b"Transfer-Encoding: chunked\r\n")
-            path = key2path(key)
             answers = [conn.send(b"PUT", _target(r, path)[1], framing, upload=True)
                        for conn, r in zip(conns, replicas, strict=True)]
             digest = hashlib.md5() if md5 else None

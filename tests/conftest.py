@@ -265,8 +265,6 @@ class MasterFactory:
         vols = volumes if volumes is not None else self.volumes
         db = db or self.new_db()
         addrs = addrs or [v.addr for v in vols]
-        if isinstance(db, str) and "-s3_spool" not in flags:  # a URL: no directory to be beside
-            flags = (*flags, "-s3_spool", str(self.new_db()) + ".s3")
         proc = start_master(db, addrs, *flags, port=port)
         master = Master(proc, vols, db, flags, addrs)
         self.started.append(master)

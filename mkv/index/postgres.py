@@ -40,6 +40,7 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
          asyncpg.exceptions.InternalClientError,
          asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
          asyncpg.exceptions.ReadOnlySQLTransactionError)
+UNAVAILABLE = _DOWN  # what S3's shared state (mkv/s3/pgstate.py) answers 503 for too
 
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (k bytea PRIMARY KEY, r bytea NOT NULL)"
 # the two-key form: a lock space apart from the keys' (pglock.py's one-bigint form)

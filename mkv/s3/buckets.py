@@ -1,5 +1,5 @@
 """S3 buckets: a bucket is a key prefix, there while it holds a live key or from CreateBucket
-to DeleteBucket (a marker in the spool)."""
+to DeleteBucket (a marker in the S3 state, mkv/s3/state.py)."""
 
 import re
 
@@ -24,7 +24,7 @@ def valid_bucket_name(name: str) -> bool:
 
 
 class Buckets:
-    """Mixed into S3: buckets over `self.index` and `self.spool`."""
+    """Mixed into S3: buckets over `self.index` and `self.state`."""
 
     # --- buckets ---
     async def _bucket_has_keys(self, bucket: str) -> bool:
@@ -34,14 +34,14 @@ class Buckets:
         return False
 
     async def _bucket_exists(self, bucket: str) -> bool:
-        return (self.spool.bucket_created(bucket) is not None
+        return (await self.state.bucket_created(bucket) is not None
                 or await self._bucket_has_keys(bucket))
 
-    def create_bucket(self, bucket: str) -> Response:
+    async def create_bucket(self, bucket: str) -> Response:
         if not valid_bucket_name(bucket):
             raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
                           BucketName=bucket)
-        self.spool.make_bucket(bucket)
+        await self.state.make_bucket(bucket)
         return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
 
     async def delete_bucket(self, bucket: str) -> Response:
@@ -50,7 +50,7 @@ class Buckets:
                           BucketName=bucket)
         # a bucket that existed only through its keys is gone once they are: deleting it
         # succeeds too, so `aws s3 rb --force` works on one
-        self.spool.remove_bucket(bucket)
+        await self.state.remove_bucket(bucket)
         return Response(204)
 
     async def list_buckets(self, params: dict[str, str]) -> Response:
@@ -60,7 +60,7 @@ class Buckets:
         limit = int_param(params, "max-buckets", MAX_BUCKETS, 1, MAX_BUCKETS)
         token = params.get("continuation-token")
         after = decode_token(token).decode("utf-8", "replace") if token else ""
-        buckets = {name: created for name, created in self.spool.buckets().items()
+        buckets = {name: created for name, created in (await self.state.buckets()).items()
                    if name.startswith(prefix)}
         start: bytes | None = f"/{prefix}".encode()
         while start is not None:

@@ -112,7 +112,7 @@ class Deletes:
         if conditions.modified is not None or conditions.size is not None or not record.md5:
             info = await self.stat(key, record)
         if conditions.etag is not None and not etag_matches(
-                conditions.etag.encode("latin-1"), self.etag(key, record, info)):
+                conditions.etag.encode("latin-1"), await self.etag(key, record, info)):
             raise precondition_failed("If-Match")
         if conditions.modified is not None and (
                 info is None or int(info.modified) != int(conditions.modified)):

@@ -4,7 +4,9 @@ Bucket `b` and object `k` are mkv key `/b/k` (SPEC §5), so S3 and the native AP
 data. Objects are read through the master (boto3 does not follow redirects), streamed from one
 replica with backpressure; writes go through `Store.write` like a native REPLACE. A bucket is a
 key prefix: it exists while it holds a live key, or after CreateBucket until DeleteBucket.
-Multipart uploads, bucket markers and multipart ETags live in the spool (mkv/s3/spool.py).
+Multipart uploads, bucket markers, multipart ETags and metadata are the S3 state
+(mkv/s3/state.py): in the spool beside a LevelDB index, in the database beside a PostgreSQL
+one (shared by every master), as `open_state` picks.
 Each concern has its module (objects, deletes, forms, buckets, listings, multipart); this one
 routes to them.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from mkv.http.client import VolumeError
 from mkv.http.server import Refusal, Request, Response
 from mkv.http.target import parse_key
+from mkv.index import is_postgres_url
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
@@ -33,6 +36,7 @@ from mkv.s3.operations import operation
 from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
+from mkv.s3.state import S3State
 from mkv.s3.xml import XML, MalformedXML, Node
 from mkv.store import Store, TooFewVolumesUp
 
@@ -49,6 +53,17 @@ _READS = (b"GET", b"HEAD")
 _WRITES = (b"PUT", b"POST")
 
 
+def open_state(store: Store) -> S3State:
+    """The S3 state for the store's index: shared tables beside a PostgreSQL index (their
+    connections opened on first use), else the spool directory (`-s3_spool`, by default
+    `<db>.s3`)."""
+    if is_postgres_url(store.config.db):
+        from mkv.s3.pgstate import PostgresState  # asyncpg only loaded when used
+
+        return PostgresState(store)
+    return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"))
+
+
 class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
     """Answers S3 requests over one store."""
 
@@ -58,15 +73,23 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         self.index = store.index
         self.volumes = store.volumes
         self.secrets = dict(store.config.s3_keys)
-        spool = store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"
-        self.spool = Spool(Path(spool))
-        store.on_change.append(self.spool.forget)
-        self.completing: set[str] = set()  # upload ids whose Complete is running
+        self.state = open_state(store)
+        store.on_change.append(self.state.forget)
         # requests answered, by operation and error code ("" for success): for the metrics
         self.answered: defaultdict[tuple[str, str], int] = defaultdict(int)
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweeping: asyncio.Task | None = None
         self._schedule_sweep(first=True)
+
+    async def close(self) -> None:
+        """Stop sweeping; close the S3 state's connections."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+        await self.state.close()
 
     # --- entry ---
     def handle(self, req: Request) -> Awaitable[Response]:
@@ -169,7 +192,7 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
                               req: Request, signed: Signed | None) -> Response:
         if method == b"GET":
             if "uploads" in params:
-                return self.list_uploads(bucket, params)
+                return await self.list_uploads(bucket, params)
             if "location" in params:
                 return Response(200, [XML], s3xml.document("LocationConstraint", []))
             if "versioning" in params:
@@ -185,7 +208,7 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
             if set(params) - {"x-id"}:
                 raise S3Error(501, "NotImplemented", "mkv does not implement this bucket "
                               "configuration")
-            return self.create_bucket(bucket)
+            return await self.create_bucket(bucket)
         if method == b"DELETE":
             return await self.delete_bucket(bucket)
         if method == b"POST" and "delete" in params:
@@ -200,7 +223,7 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
             return await self.object_tagging(method, key, req, signed)
         if method in _READS:
             if upload_id is not None and method == b"GET":
-                return self.list_parts(key, upload_id, params)
+                return await self.list_parts(key, upload_id, params)
             return await self.get_object(key, req, params, head=method == b"HEAD")
         if method == b"PUT":
             if upload_id is not None or "partNumber" in params:
@@ -210,12 +233,12 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
             return await self.put_object(key, req, signed)
         if method == b"POST":
             if "uploads" in params:
-                return self.create_upload(key, req)
+                return await self.create_upload(key, req)
             if upload_id is not None:
                 return await self.complete_upload(key, upload_id, req, signed)
         if method == b"DELETE":
             if upload_id is not None:
-                return self.abort_upload(key, upload_id)
+                return await self.abort_upload(key, upload_id)
             return await self.delete_object(key, req)
         raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
                       "this resource.")

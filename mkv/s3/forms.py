@@ -306,5 +306,5 @@ class PostObject:
         metadata = {"headers": headers_from((field.encode(), value.encode())
                                             for field, value in fields.items()), "tags": []}
         md5 = await self._locked_store(key, form.file(smallest, largest), None)
-        self._keep_metadata(key, md5, metadata)
+        await self._keep_metadata(key, md5, metadata)
         return _answer(req, fields, bucket, name, f'"{md5}"' if md5 else '""')

@@ -9,6 +9,7 @@ from mkv.http.server import Response
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, no_such_bucket
+from mkv.s3.objects import etag_of
 from mkv.s3.request import MAX_KEYS, decode_token, encode_token, int_param, successor
 from mkv.s3.xml import OWNER, XML, Node
 
@@ -72,12 +73,15 @@ class Listings:
                 return None  # no replica has it: unreadable, so not listed
             nodes: list[Node] = [("Key", encode(name)),
                                  ("LastModified", s3xml.timestamp(info.modified)),
-                                 ("ETag", self.etag(key, record, info)),
+                                 ("ETag", etag_of(record, etags.get(key), info)),
                                  ("Size", str(info.size)), ("StorageClass", "STANDARD")]
             if owner:
                 nodes.append(("Owner", OWNER))
             return ("Contents", nodes)
 
+        etags = await self.state.multipart_etags({f"/{bucket}/".encode() + name: record.md5
+                                                  for name, record in entries
+                                                  if record is not None})
         found = await asyncio.gather(*(one(name, record) for name, record in entries
                                        if record is not None))
         return [node for node in found if node is not None]

@@ -1,5 +1,6 @@
 """S3 object metadata and tags: what a write asks to keep (checked as S3 checks it), the
-headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the spool (spool.py)."""
+headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the S3 state
+(mkv/s3/state.py)."""
 
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
@@ -8,6 +9,7 @@ from mkv.http.server import Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
 from mkv.s3.sigv4 import Signed
+from mkv.s3.state import METADATA
 from mkv.s3.xml import XML
 
 # the headers S3 stores with an object and answers with, as S3 spells them
@@ -93,12 +95,13 @@ def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:
 
 
 class Tagging:
-    """Mixed into S3: object tags over `self.spool.metadata`, for the live value's md5."""
+    """Mixed into S3: object tags over `self.state`'s metadata, for the live value's md5."""
 
     async def object_tagging(self, method: bytes, key: bytes, req: Request,
                              signed: Signed | None) -> Response:
         record = await self._live(key)
-        saved = self.spool.metadata.load(key, record.md5) or {"headers": [], "tags": []}
+        saved = (await self.state.kept(key, record.md5)).metadata or {"headers": [],
+                                                                         "tags": []}
         if method == b"GET":
             tags = [("Tag", [("Key", k), ("Value", v)]) for k, v in saved.get("tags", [])]
             return Response(200, [XML], s3xml.document("Tagging", [("TagSet", tags)]))
@@ -109,5 +112,5 @@ class Tagging:
         else:
             raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
                           "against this resource.")
-        self.spool.metadata.save(key, record.md5, saved)
+        await self.state.keep(METADATA, key, record.md5, saved)
         return Response(200 if method == b"PUT" else 204)

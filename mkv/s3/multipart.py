@@ -7,13 +7,14 @@ import logging
 import time
 from urllib.parse import quote
 
-from mkv.http.server import Request, Response
+from mkv.http.client import VolumeError
+from mkv.http.server import Refusal, Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
 from mkv.s3.request import MAX_KEYS, int_param, single_range
 from mkv.s3.sigv4 import Signed
-from mkv.s3.spool import Part, UploadGone
+from mkv.s3.state import ETAG, Part, UploadBusy, UploadGone
 from mkv.s3.xml import OWNER, XML, Node
 
 log = logging.getLogger("mkv")
@@ -24,19 +25,19 @@ MAX_PART_NUMBER = 10_000
 
 
 class Uploads:
-    """Mixed into S3: uploads over `self.spool`, completed through `self._locked_store`."""
+    """Mixed into S3: uploads over `self.state`, completed through `self._locked_store`."""
 
     # --- multipart uploads ---
-    def create_upload(self, key: bytes, req: Request) -> Response:
+    async def create_upload(self, key: bytes, req: Request) -> Response:
         self._check_storable(key)
-        upload = self.spool.create(key, of_request(req))
+        upload = await self.state.create(key, of_request(req))
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         body = s3xml.document("InitiateMultipartUploadResult", [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload.id)])
         return Response(200, [XML], body)
 
-    def _upload_of(self, key: bytes, upload_id: str) -> None:
-        upload = self.spool.get(upload_id)
+    async def _upload_of(self, key: bytes, upload_id: str) -> None:
+        upload = await self.state.get(upload_id)
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
 
@@ -47,9 +48,7 @@ class Uploads:
         if not number:
             raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 "
                           "and 10000, inclusive")
-        self._upload_of(key, upload_id)
-        if upload_id in self.completing:
-            raise no_such_upload(upload_id)
+        await self._upload_of(key, upload_id)
         lock, users = self._part_locks.setdefault((upload_id, number), (asyncio.Lock(), [0]))
         users[0] += 1
         try:
@@ -58,7 +57,8 @@ class Uploads:
                     return await self._upload_part_copy(upload_id, number, req)
                 payload = self._payload(req, signed)
                 try:
-                    part = await self.spool.write_part(upload_id, number, payload)
+                    part = await self.state.write_part(upload_id, number, payload,
+                                                       payload.length)
                 except UploadGone:
                     raise no_such_upload(upload_id) from None
         finally:
@@ -88,9 +88,11 @@ class Uploads:
                 response.body.abort()  # type: ignore[union-attr]
                 raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
                               ActualObjectSize=size.decode())
+        length = response.headers.get(b"content-length")
         try:
-            part = await self.spool.write_part(upload_id, number,
-                                               self.volumes.chunks(response))
+            part = await self.state.write_part(upload_id, number,
+                                               self.volumes.chunks(response),
+                                               int(length) if length is not None else None)
         except UploadGone:
             raise no_such_upload(upload_id) from None
         finally:
@@ -102,10 +104,10 @@ class Uploads:
 
     async def complete_upload(self, key: bytes, upload_id: str, req: Request,
                               signed: Signed | None) -> Response:
-        done = self.spool.completed(upload_id)
-        if done is not None and done["key"] == key.decode("utf-8", "surrogateescape"):
-            return self._completed(req, key, done["etag"])  # S3 answers a repeat the same
-        upload = self.spool.get(upload_id)
+        done = await self.state.completed(upload_id)
+        if done is not None and done[0] == key:
+            return self._completed(req, key, done[1])  # S3 answers a repeat the same
+        upload = await self.state.get(upload_id)
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
         wanted = s3xml.parse_complete(await self._read_xml(req, signed))
@@ -114,9 +116,28 @@ class Uploads:
             raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending "
                           "order. The parts list must be specified in order by part number.",
                           UploadId=upload_id)
-        if upload_id in self.completing:
-            raise busy(key)
-        have = self.spool.parts(upload_id)
+        try:
+            async with self.state.completing(upload_id) as completion:
+                parts = await self._parts_to_complete(upload_id, wanted)
+                md5 = await self._locked_store(key, self.state.read(parts),
+                                               sum(p.size for p in parts), req)
+                combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts))
+                etag = f"{combined.hexdigest()}-{len(parts)}"
+                if md5:
+                    await self.state.keep(ETAG, key, md5, {
+                        "etag": etag, "parts": [p.size for p in parts]})
+                await self._keep_metadata(key, md5, upload.metadata)
+                await completion.finish(key, etag)
+        except UploadBusy:
+            raise busy(key) from None
+        except UploadGone:
+            raise no_such_upload(upload_id) from None
+        return self._completed(req, key, etag)
+
+    async def _parts_to_complete(self, upload_id: str, wanted: list[tuple[int, str]]
+                                 ) -> list[Part]:
+        """The parts a Complete lists, each as uploaded; S3's errors otherwise."""
+        have = await self.state.parts(upload_id)
         parts: list[Part] = []
         for number, etag in wanted:
             part = have.get(number)
@@ -131,19 +152,7 @@ class Uploads:
                 raise S3Error(400, "EntityTooSmall", "Your proposed upload is smaller than "
                               "the minimum allowed object size.", UploadId=upload_id,
                               PartNumber=str(part.number))
-        self.completing.add(upload_id)
-        try:
-            md5 = await self._locked_store(key, self.spool.read(parts),
-                                           sum(p.size for p in parts), req)
-        finally:
-            self.completing.discard(upload_id)
-        combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts)).hexdigest()
-        etag = f"{combined}-{len(parts)}"
-        if md5:
-            self.spool.etags.save(key, md5, {"etag": etag, "parts": [p.size for p in parts]})
-        self._keep_metadata(key, md5, upload.metadata)
-        self.spool.finish(upload_id, key, etag)
-        return self._completed(req, key, etag)
+        return parts
 
     @staticmethod
     def _completed(req: Request, key: bytes, etag: str) -> Response:
@@ -154,19 +163,20 @@ class Uploads:
             ("Key", object_name(key)), ("ETag", f'"{etag}"')])
         return Response(200, [XML], body)
 
-    def abort_upload(self, key: bytes, upload_id: str) -> Response:
-        self._upload_of(key, upload_id)
-        if upload_id in self.completing:
-            raise busy(key)
-        self.spool.remove(upload_id)
+    async def abort_upload(self, key: bytes, upload_id: str) -> Response:
+        await self._upload_of(key, upload_id)
+        try:
+            await self.state.remove(upload_id)
+        except UploadBusy:
+            raise busy(key) from None
         return Response(204)
 
-    def list_parts(self, key: bytes, upload_id: str, params: dict[str, str]) -> Response:
-        self._upload_of(key, upload_id)
+    async def list_parts(self, key: bytes, upload_id: str, params: dict[str, str]) -> Response:
+        await self._upload_of(key, upload_id)
         max_parts = int_param(params, "max-parts", MAX_KEYS)
         marker = int_param(params, "part-number-marker", 0)
-        parts = sorted((p for p in self.spool.parts(upload_id).values() if p.number > marker),
-                       key=lambda p: p.number)
+        have = await self.state.parts(upload_id)
+        parts = sorted((p for p in have.values() if p.number > marker), key=lambda p: p.number)
         page = parts[:min(max_parts, MAX_KEYS)]
         truncated = len(parts) > len(page)
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
@@ -181,12 +191,12 @@ class Uploads:
                             ("ETag", f'"{p.md5}"'), ("Size", str(p.size))]) for p in page]
         return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
 
-    def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:
+    async def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:
         prefix = f"/{bucket}/{params.get('prefix', '')}".encode()
         key_marker = params.get("key-marker", "")
         id_marker = params.get("upload-id-marker", "")
         max_uploads = int_param(params, "max-uploads", MAX_KEYS)
-        uploads = sorted((u for u in self.spool.uploads() if u.key.startswith(prefix)),
+        uploads = sorted(await self.state.uploads(prefix),
                          key=lambda u: (u.key, u.initiated, u.id))
         if key_marker:
             mark = f"/{bucket}/{key_marker}".encode()
@@ -215,14 +225,18 @@ class Uploads:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        loop.call_later(0 if first else min(max(ttl / 4, 0.5), 3600.0), self._sweep)
+        self._sweep_timer = loop.call_later(0 if first else min(max(ttl / 4, 0.5), 3600.0),
+                                            self._start_sweep)
 
-    def _sweep(self) -> None:
+    def _start_sweep(self) -> None:
+        self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
         """Remove multipart uploads idle for longer than -s3_upload_ttl."""
         try:
-            for upload_id in self.spool.sweep(self.config.s3_upload_ttl, time.time()):
+            for upload_id in await self.state.sweep(self.config.s3_upload_ttl, time.time()):
                 log.warning("S3: removed multipart upload %s, idle past -s3_upload_ttl",
                             upload_id)
-        except OSError as e:
-            log.warning("S3: cleaning the spool %s failed: %s", self.spool.root, e)
+        except (OSError, Refusal, VolumeError) as e:  # the database or a volume is down
+            log.warning("S3: removing stale multipart uploads failed: %s", e)
         self._schedule_sweep()

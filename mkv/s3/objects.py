@@ -36,6 +36,7 @@ from mkv.s3.request import (
     single_range,
 )
 from mkv.s3.sigv4 import Signed
+from mkv.s3.state import METADATA, Kept
 from mkv.s3.xml import XML, MalformedXML
 
 _RESPONSE_OVERRIDES = {
@@ -51,10 +52,17 @@ class ObjectInfo(NamedTuple):
     volume_etag: str
 
 
+def etag_of(record: Record, multipart: str | None, info: ObjectInfo | None) -> str:
+    """An object's ETag: a multipart upload's `<md5s>-N`, else the md5 of its value, else (no
+    md5 recorded) what nginx says."""
+    if record.md5:
+        return f'"{multipart or record.md5}"'
+    return info.volume_etag if info is not None else '""'
+
 
 class Objects:
     """Mixed into S3: objects over `self.store`, `self.index`, `self.volumes` and
-    `self.spool`."""
+    `self.state`."""
 
     # --- reading values from replicas ---
     async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
@@ -84,11 +92,9 @@ class Objects:
                 return info
         return None
 
-    def etag(self, key: bytes, record: Record, info: ObjectInfo | None) -> str:
-        if record.md5:
-            multipart = self.spool.etags.load(key, record.md5)
-            return f'"{multipart["etag"] if multipart else record.md5}"'
-        return info.volume_etag if info is not None else '""'
+    async def etag(self, key: bytes, record: Record, info: ObjectInfo | None) -> str:
+        multipart = (await self.state.kept(key, record.md5)).multipart if record.md5 else None
+        return etag_of(record, multipart["etag"] if multipart else None, info)
 
     async def _live(self, key: bytes) -> Record:
         record = await self.index.get(key)
@@ -124,18 +130,20 @@ class Objects:
     async def get_object(self, key: bytes, req: Request, params: dict[str, str],
                          head: bool) -> Response:
         record = await self._live(key)
-        wanted, part_headers = self._part_range(key, record, req, params)
+        kept = await self.state.kept(key, record.md5)
+        wanted, part_headers = self._part_range(kept, req, params)
         try:
             if head:
-                response = await self._head_object(key, record, req, params, wanted)
+                response = await self._head_object(key, record, kept, req, params, wanted)
             else:
-                response = await self._get_object(key, record, req, params, wanted)
+                response = await self._get_object(key, record, kept, req, params, wanted)
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
         response.headers += part_headers
         return response
 
-    def _part_range(self, key: bytes, record: Record, req: Request,
+    @staticmethod
+    def _part_range(kept: Kept, req: Request,
                     params: dict[str, str]) -> tuple[bytes | None, list[tuple[str, str]]]:
         """The Range to read (the request's, or the bytes of part `partNumber`) and, for a
         part of a multipart object, its x-amz-mp-parts-count. Any other object is one part,
@@ -153,8 +161,7 @@ class Objects:
         if single_range(req.headers.get(b"range")) is not None:
             raise S3Error(400, "InvalidRequest", "Cannot specify both Range header and "
                           "partNumber query parameter")
-        multipart = self.spool.etags.load(key, record.md5) if record.md5 else None
-        sizes: list[int] = (multipart or {}).get("parts") or []
+        sizes: list[int] = (kept.multipart or {}).get("parts") or []
         if number > max(len(sizes), 1):
             raise S3Error(416, "InvalidPartNumber", "The requested partnumber is not "
                           "satisfiable", PartNumberRequested=str(number),
@@ -165,22 +172,24 @@ class Objects:
         return (b"bytes=%d-%d" % (first, first + sizes[number - 1] - 1),
                 [("x-amz-mp-parts-count", str(len(sizes)))])
 
-    def _object_headers(self, key: bytes, record: Record, info: ObjectInfo,
+    @staticmethod
+    def _object_headers(record: Record, kept: Kept, info: ObjectInfo,
                         params: dict[str, str]) -> list[tuple[str, str]]:
-        headers = [("ETag", self.etag(key, record, info)),
+        multipart = kept.multipart["etag"] if kept.multipart else None
+        headers = [("ETag", etag_of(record, multipart, info)),
                    ("Last-Modified", http_date(info.modified)), ("Accept-Ranges", "bytes"),
-                   *answer_headers(self.spool.metadata.load(key, record.md5))]
+                   *answer_headers(kept.metadata)]
         for param, header in _RESPONSE_OVERRIDES.items():
             if param in params:
                 headers = [(n, v) for n, v in headers if n != header] + [(header, params[param])]
         return headers
 
-    async def _head_object(self, key: bytes, record: Record, req: Request,
+    async def _head_object(self, key: bytes, record: Record, kept: Kept, req: Request,
                            params: dict[str, str], range_value: bytes | None) -> Response:
         info = await self.stat(key, record)
         if info is None:
             raise S3Error(500, "InternalError", "no replica has the value of this key")
-        headers = self._object_headers(key, record, info, params)
+        headers = self._object_headers(record, kept, info, params)
         self._preconditions(req, headers[0][1], info.modified, read=True)
         wanted = single_range(range_value)
         if wanted is None or info.size == 0:
@@ -194,7 +203,7 @@ class Objects:
                     ("Content-Length", str(last - first + 1))]
         return Response(206, headers)
 
-    async def _get_object(self, key: bytes, record: Record, req: Request,
+    async def _get_object(self, key: bytes, record: Record, kept: Kept, req: Request,
                           params: dict[str, str], range_value: bytes | None) -> Response:
         wanted = single_range(range_value)
         ask = b"Range: %s\r\n" % range_value.strip() if wanted else b""
@@ -202,7 +211,7 @@ class Objects:
         h = response.headers
         info = ObjectInfo(0, parse_http_date(h.get(b"last-modified")) or 0.0,
                           h.get(b"etag", b'""').decode("latin-1"))
-        headers = self._object_headers(key, record, info, params)
+        headers = self._object_headers(record, kept, info, params)
         try:
             self._preconditions(req, headers[0][1], info.modified, read=True)
         except (S3Error, NotModified):
@@ -296,7 +305,7 @@ class Objects:
         a live value it was to replace is put back as it was."""
         old = await self.index.get(key)
         if req is not None:
-            self._write_conditions(req, key, old)
+            await self._write_conditions(req, key, old)
         try:
             md5 = await self.store.write(key, chunks, length, old)
         except ClientGone as e:
@@ -310,18 +319,18 @@ class Objects:
             raise
         return md5
 
-    def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
+    async def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
         """Remember a value's metadata and tags (the store forgot the old value's)."""
         if metadata.get("headers") or metadata.get("tags"):
-            self.spool.metadata.save(key, md5, metadata)
+            await self.state.keep(METADATA, key, md5, metadata)
         else:
-            self.spool.metadata.forget(key)
+            await self.state.drop(METADATA, key)
 
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
                             length: int | None, req: Request | None = None) -> str | None:
         return await self.store.locked_in_turn(key, self._store(key, chunks, length, req))
 
-    def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
+    async def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
         """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: *."""
         if_match, if_none_match = req.headers.get(b"if-match"), req.headers.get(b"if-none-match")
         if if_match is None and if_none_match is None:
@@ -335,7 +344,7 @@ class Objects:
         if if_match is not None:
             if not live:
                 raise no_such_key(key)
-            if not etag_matches(if_match, self.etag(key, old, None)):
+            if not etag_matches(if_match, await self.etag(key, old, None)):
                 raise precondition_failed("If-Match")
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
@@ -343,7 +352,7 @@ class Objects:
         payload = self._payload(req, signed)
         metadata = of_request(req)
         md5 = await self._locked_store(key, payload, payload.length, req)
-        self._keep_metadata(key, md5, metadata)
+        await self._keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
@@ -360,7 +369,7 @@ class Objects:
         """A streamed GET of a copy source from a replica that has it."""
         return await self._open(key, await self._live(key), range_header)
 
-    def _copy_metadata(self, req: Request, source: bytes, record: Record) -> dict:
+    async def _copy_metadata(self, req: Request, source: bytes, record: Record) -> dict:
         """The copy's metadata: the source's, or the request's under MetadataDirective
         REPLACE; tags likewise under TaggingDirective."""
         directives = []
@@ -369,7 +378,7 @@ class Objects:
             if directive not in (b"COPY", b"REPLACE"):
                 raise S3Error(400, "InvalidArgument", f"Unknown {name.decode()} value")
             directives.append(directive == b"REPLACE")
-        kept = self.spool.metadata.load(source, record.md5) or {}
+        kept = (await self.state.kept(source, record.md5)).metadata or {}
         return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
                 "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
 
@@ -381,7 +390,7 @@ class Objects:
         try:
             modified = parse_http_date(response.headers.get(b"last-modified")) or 0.0
             try:
-                self._preconditions(req, self.etag(source, record, None), modified,
+                self._preconditions(req, await self.etag(source, record, None), modified,
                                     read=True, prefix=b"x-amz-copy-source-")
             except NotModified:  # a copy's source conditions all fail as 412
                 raise precondition_failed("x-amz-copy-source-If-None-Match") from None
@@ -395,21 +404,22 @@ class Objects:
         self._check_storable(key)
         source = self._copy_source(req)
         record = await self._live(source)
-        metadata = self._copy_metadata(req, source, record)
+        metadata = await self._copy_metadata(req, source, record)
         if source == key:
             if req.headers.get(b"x-amz-metadata-directive", b"").upper() != b"REPLACE":
                 raise S3Error(400, "InvalidRequest", "This copy request is illegal because it "
                               "is trying to copy an object to itself without changing the "
                               "object's metadata.")
             info = await self.stat(key, record)
-            self._preconditions(req, self.etag(key, record, info), info.modified if info else 0,
-                                read=False, prefix=b"x-amz-copy-source-")
+            self._preconditions(req, await self.etag(key, record, info),
+                                info.modified if info else 0, read=False,
+                                prefix=b"x-amz-copy-source-")
             md5 = record.md5
         else:
             # a write of the key in flight goes first, then the copy, as on S3
             md5 = await self.store.locked_in_turn(key, self._copy(source, record, key, req))
-        self._keep_metadata(key, md5, metadata)
-        etag = self.etag(key, await self._live(key), None) if md5 else '""'
+        await self._keep_metadata(key, md5, metadata)
+        etag = await self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
         return Response(200, [XML], body)

@@ -1,7 +1,8 @@
-"""The S3 spool: what the S3 face keeps on the master's disk, as plain files that outlive a
-restart. Multipart uploads in progress with their parts, buckets made by CreateBucket, the
-`md5-of-md5s-N` ETags of objects that a multipart upload completed (the index record keeps the
-md5 of the whole value, as for any other key), and objects' metadata and tags.
+"""The S3 spool: the S3 state (mkv/s3/state.py) on the master's disk beside a LevelDB index,
+as plain files that outlive a restart. Multipart uploads in progress with their parts, buckets
+made by CreateBucket, the `md5-of-md5s-N` ETags of objects that a multipart upload completed
+(the index record keeps the md5 of the whole value, as for any other key), and objects'
+metadata and tags.
 
 Nothing here is in the index or on the volumes, so Go mkv's rebuild and rebalance (which walk
 every LevelDB key and every volume file) never meet it. A key's ETag and metadata hold while
@@ -27,20 +28,15 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import quote, unquote
+
+from mkv.s3.state import ETAG, Kept, Part, Upload, UploadBusy, UploadGone
 
 READ_SIZE = 1 << 20  # bytes read from a part file at a time when completing an upload
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _PART_FILE = re.compile(r"^(\d+)\.([0-9a-f]{32})$")
-
-
-class Upload(NamedTuple):
-    id: str
-    key: bytes
-    initiated: float
-    metadata: dict  # what CreateMultipartUpload asked for: applied at Complete
 
 
 class PerKey:
@@ -87,19 +83,9 @@ class PerKey:
             self._known().discard(name)
 
 
-class Part(NamedTuple):
-    number: int
-    md5: str
-    size: int
-    modified: float
-    path: Path
-
-
-class UploadGone(Exception):
-    """The upload was aborted, completed or cleaned while a part was being written."""
-
-
 class Spool:
+    """The S3 state in a directory (one master's)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uploads_dir = root / "uploads"
@@ -107,12 +93,13 @@ class Spool:
         self.completed_dir = root / "completed"
         self.etags = PerKey(root / "etags")
         self.metadata = PerKey(root / "metadata")
+        self._completing: set[str] = set()  # upload ids whose Complete is running
 
     # --- multipart uploads ---
     def _upload_dir(self, upload_id: str) -> Path | None:
         return self.uploads_dir / upload_id if _UPLOAD_ID.match(upload_id) else None
 
-    def create(self, key: bytes, metadata: dict) -> Upload:
+    async def create(self, key: bytes, metadata: dict) -> Upload:
         upload = Upload(secrets.token_hex(16), key, time.time(), metadata)
         path = self.uploads_dir / upload.id
         path.mkdir(parents=True)
@@ -121,7 +108,10 @@ class Spool:
         _write_atomic(path / "upload.json", json.dumps(meta).encode())
         return upload
 
-    def get(self, upload_id: str) -> Upload | None:
+    async def get(self, upload_id: str) -> Upload | None:
+        return self._get(upload_id)
+
+    def _get(self, upload_id: str) -> Upload | None:
         path = self._upload_dir(upload_id)
         if path is None:
             return None
@@ -132,14 +122,14 @@ class Spool:
         return Upload(upload_id, meta["key"].encode("utf-8", "surrogateescape"),
                       meta["initiated"], meta.get("metadata", {}))
 
-    def uploads(self) -> list[Upload]:
+    async def uploads(self, prefix: bytes) -> list[Upload]:
         try:
             names = os.listdir(self.uploads_dir)
         except FileNotFoundError:
             return []
-        return [u for u in map(self.get, names) if u is not None]
+        return [u for u in map(self._get, names) if u is not None and u.key.startswith(prefix)]
 
-    def parts(self, upload_id: str) -> dict[int, Part]:
+    async def parts(self, upload_id: str) -> dict[int, Part]:
         path = self._upload_dir(upload_id)
         found: dict[int, Part] = {}
         if path is None:
@@ -150,16 +140,16 @@ class Spool:
                 if m:
                     st = entry.stat()
                     found[int(m.group(1))] = Part(int(m.group(1)), m.group(2), st.st_size,
-                                                  st.st_mtime, Path(entry.path))
+                                                  st.st_mtime, entry.path)
         return found
 
-    async def write_part(self, upload_id: str, number: int,
-                         chunks: AsyncIterator[bytes]) -> Part:
+    async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
+                         length: int | None) -> Part:
         """Receive a part into a temp file, then rename it into place with its md5 in the
         name; a part sent again replaces the earlier one. The caller serialises writes of
         one part number."""
         path = self._upload_dir(upload_id)
-        if path is None or not path.is_dir():
+        if path is None or not path.is_dir() or upload_id in self._completing:
             raise UploadGone(upload_id)
         tmp = path / f".tmp-{number}-{secrets.token_hex(4)}"
         digest = hashlib.md5()
@@ -179,32 +169,49 @@ class Spool:
         for other in path.glob(f"{number}.*"):
             if other != final:
                 other.unlink(missing_ok=True)
-        return Part(number, digest.hexdigest(), size, time.time(), final)
+        return Part(number, digest.hexdigest(), size, time.time(), str(final))
 
-    def remove(self, upload_id: str) -> bool:
-        """Drop an upload and its parts (abort, or after completion); False if unknown."""
+    @asynccontextmanager
+    async def completing(self, upload_id: str) -> AsyncIterator["SpoolCompletion"]:
+        if upload_id in self._completing:
+            raise UploadBusy(upload_id)
+        if self._get(upload_id) is None:
+            raise UploadGone(upload_id)
+        self._completing.add(upload_id)
+        try:
+            yield SpoolCompletion(self, upload_id)
+        finally:
+            self._completing.discard(upload_id)
+
+    async def remove(self, upload_id: str) -> bool:
+        """Drop an upload and its parts (abort); False if unknown."""
+        if upload_id in self._completing:
+            raise UploadBusy(upload_id)
+        return self._remove(upload_id)
+
+    def _remove(self, upload_id: str) -> bool:
         path = self._upload_dir(upload_id)
         if path is None or not path.is_dir():
             return False
         shutil.rmtree(path, ignore_errors=True)
         return True
 
-    def finish(self, upload_id: str, key: bytes, etag: str) -> None:
-        """A completed upload: its parts go, its answer stays for a repeated Complete."""
+    def _finish(self, upload_id: str, key: bytes, etag: str) -> None:
         self.completed_dir.mkdir(parents=True, exist_ok=True)
         done = {"key": key.decode("utf-8", "surrogateescape"), "etag": etag}
         _write_atomic(self.completed_dir / upload_id, json.dumps(done).encode())
-        self.remove(upload_id)
+        self._remove(upload_id)
 
-    def completed(self, upload_id: str) -> dict | None:
+    async def completed(self, upload_id: str) -> tuple[bytes, str] | None:
         if not _UPLOAD_ID.match(upload_id):
             return None
         try:
-            return json.loads((self.completed_dir / upload_id).read_bytes())
+            done = json.loads((self.completed_dir / upload_id).read_bytes())
         except (OSError, ValueError):
             return None
+        return done["key"].encode("utf-8", "surrogateescape"), done["etag"]
 
-    def sweep(self, ttl: float, now: float) -> list[str]:
+    async def sweep(self, ttl: float, now: float) -> list[str]:
         """Remove uploads with no activity for `ttl` seconds, and the answers of completed
         ones as old; the ids of the uploads removed."""
         removed = []
@@ -234,7 +241,7 @@ class Spool:
     async def read(parts: list[Part]) -> AsyncIterator[bytes]:
         """The parts' bytes in order, read off the event loop a block at a time."""
         for part in parts:
-            with open(part.path, "rb") as f:
+            with open(part.location, "rb") as f:
                 while block := await asyncio.to_thread(f.read, READ_SIZE):
                     yield block
 
@@ -242,34 +249,62 @@ class Spool:
     def _bucket_file(self, name: str) -> Path:
         return self.buckets_dir / quote(name, safe="")
 
-    def make_bucket(self, name: str) -> None:
+    async def make_bucket(self, name: str) -> None:
         self.buckets_dir.mkdir(parents=True, exist_ok=True)
         self._bucket_file(name).touch(exist_ok=True)
 
-    def bucket_created(self, name: str) -> float | None:
+    async def bucket_created(self, name: str) -> float | None:
         try:
             return self._bucket_file(name).stat().st_mtime
         except OSError:
             return None
 
-    def remove_bucket(self, name: str) -> bool:
+    async def remove_bucket(self, name: str) -> bool:
         try:
             self._bucket_file(name).unlink()
         except FileNotFoundError:
             return False
         return True
 
-    def buckets(self) -> dict[str, float]:
+    async def buckets(self) -> dict[str, float]:
         try:
             with os.scandir(self.buckets_dir) as entries:
                 return {unquote(e.name): e.stat().st_mtime for e in entries}
         except FileNotFoundError:
             return {}
 
+    # --- per-key documents ---
+    def _documents(self, kind: str) -> PerKey:
+        return self.etags if kind == ETAG else self.metadata
+
+    async def kept(self, key: bytes, md5: str | None) -> Kept:
+        return Kept(self.etags.load(key, md5) if md5 else None, self.metadata.load(key, md5))
+
+    async def multipart_etags(self, records: dict[bytes, str | None]) -> dict[bytes, str]:
+        found = {key: self.etags.load(key, md5) for key, md5 in records.items() if md5}
+        return {key: document["etag"] for key, document in found.items() if document}
+
+    async def keep(self, kind: str, key: bytes, md5: str | None, document: dict) -> None:
+        self._documents(kind).save(key, md5, document)
+
+    async def drop(self, kind: str, key: bytes) -> None:
+        self._documents(kind).forget(key)
+
     def forget(self, key: bytes) -> None:
-        """The key's value was replaced or removed: its ETag and metadata go with it."""
+        """The key's value is being replaced or removed: its ETag and metadata go with it."""
         self.etags.forget(key)
         self.metadata.forget(key)
+
+    async def close(self) -> None:
+        pass
+
+
+class SpoolCompletion:
+    def __init__(self, spool: Spool, upload_id: str) -> None:
+        self.spool, self.upload_id = spool, upload_id
+
+    async def finish(self, key: bytes, etag: str) -> None:
+        self.spool._finish(self.upload_id, key, etag)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
