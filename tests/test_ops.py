@@ -24,7 +24,9 @@ from conftest import (
 )
 
 from mkv.ops.progress import Progress
+from mkv.ops.walk import GROUPS_AHEAD, VolumeFile, Walk
 from mkv.record import Record
+from mkv.volumes import Volumes
 
 NESTED = [b"/???", b"/??????", b"/a?b?c?d??"]  # base64 with `/`: the files nest in directories
 
@@ -128,6 +130,49 @@ def test_rebuild_reads_subvolume_directories(make_volumes, make_master, tmp_path
                  "rebuild")
     assert result.returncode == 0
     assert read_records(tmp_path / "db") == read_records(master.db)
+
+
+def test_walk_goes_in_step_over_first_level_directories(make_volumes, make_master):
+    """Rebuild writes a key's record once, when the walk says its first-level directory is
+    done on every volume: no file of it may come later, and a volume runs at most
+    GROUPS_AHEAD directories ahead of the slowest."""
+    vols = make_volumes(3)
+    master = make_master("-replicas", "2", "-subvolumes", "4", volumes=vols)
+    values = values_of(600) | {key: b"nested" for key in NESTED}
+    write_values(master, values)
+    master.stop()
+    events: list[tuple[str, str]] = []
+
+    async def walk() -> None:
+        volumes = Volumes()
+        found = Walk(volumes, [v.addr for v in vols], 8, Progress("test", io.StringIO(),
+                                                                   io.StringIO()))
+
+        async def on_file(file: VolumeFile) -> None:
+            events.append(("file", file.path[:4]))
+            await asyncio.sleep(0)  # let the other volumes' walkers run between files
+
+        async def on_group(path: str) -> None:
+            events.append(("done", path))
+
+        await found.run(on_file, on_group)
+        volumes.close()
+
+    asyncio.run(walk())
+    files = [path for kind, path in events if kind == "file"]
+    assert len(files) == 2 * len(values)
+    done = [path for kind, path in events if kind == "done"]
+    assert set(done) == set(files) and len(done) == len(set(done))
+    finished: set[str] = set()
+    most_open = 0
+    for kind, path in events:
+        if kind == "done":
+            finished.add(path)
+        else:
+            assert path not in finished, f"a file of {path} came after it was done"
+            most_open = max(most_open, len({p for p in files[:files.index(path) + 1]}
+                                           - finished))
+    assert most_open <= GROUPS_AHEAD
 
 
 # --- verify and repair ---

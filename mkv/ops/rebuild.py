@@ -23,7 +23,7 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.ops.progress import Progress, for_each, run_offline, shown
-from mkv.ops.walk import VolumeFile, Walk
+from mkv.ops.walk import OnGroup, VolumeFile, Walk
 from mkv.record import Record, State
 from mkv.store import Store
 from mkv.transfer import read_md5
@@ -39,54 +39,37 @@ def ordered(replicas: list[str], placement: list[str], volumes: tuple[str, ...])
     return known + others
 
 
-WRITE_BATCH = 10_000  # keys whose records go to the index together: one journal write, not 10,000
+WRITE_BATCH = 10_000  # records written together: one journal write, not 10,000
 
 
 class FoundReplicas:
-    """The replicas found of each key, written to the index in batches.
-
-    Walkers of different volumes find one key's files at different times, so each record
-    written is what the index had plus what was found since. With a networked engine, reads
-    and writes wait: one read per key at a time, and a key of the batch being written is taken
-    from that batch, as the index may not have it yet.
-    """
+    """The replicas found of each key, kept by the key's first-level directory (`/ab/`) until
+    the walk is done with it on every volume (mkv/ops/walk.py goes in step), then written in
+    one batch: each key's record is written once, and the index, emptied first, never read."""
 
     def __init__(self, config: Config, index: Index, progress: Progress) -> None:
         self.config = config
         self.index = index
         self.progress = progress
-        self.pending: dict[bytes, list[str]] = {}
-        self.writing: dict[bytes, list[str]] = {}
-        self.reading: dict[bytes, asyncio.Future] = {}
+        self.groups: dict[str, dict[bytes, list[str]]] = {}
 
-    async def add(self, key: bytes, replica: str) -> None:
-        while key not in self.pending:
-            if key in self.writing:
-                self.pending[key] = list(self.writing[key])
-            elif key in self.reading:
-                await self.reading[key]  # another walker's read: then look again
-            else:
-                self.reading[key] = read = asyncio.get_running_loop().create_future()
-                try:
-                    record = await self.index.get(key)
-                finally:
-                    del self.reading[key]
-                    read.set_result(None)
-                if record is None:
-                    self.progress.count("keys")
-                self.pending[key] = list(record.replicas) if record else []
-        self.pending[key].append(replica)
-        if len(self.pending) >= WRITE_BATCH and not self.writing:
-            await self.flush()
+    async def add(self, key: bytes, file: VolumeFile) -> None:
+        found = self.groups.setdefault(file.path[:4], {})
+        replicas = found.get(key)
+        if replicas is None:
+            found[key] = replicas = []
+            self.progress.count("keys")
+        replicas.append(file.replica)
 
-    async def flush(self) -> None:
-        self.writing, self.pending = self.pending, {}
+    async def write(self, group: str) -> None:
+        """The records of the keys in `group`, whose files have all been found."""
+        found = list(self.groups.pop(group, {}).items())
         config = self.config
-        await self.index.put_many([
-            (key, Record(tuple(replicas if len(replicas) == 1 else
-                               ordered(replicas, config.placement(key), config.volumes))))
-            for key, replicas in self.writing.items()])
-        self.writing = {}
+        for start in range(0, len(found), WRITE_BATCH):
+            await self.index.put_many([
+                (key, Record(tuple(replicas if len(replicas) == 1 else
+                                   ordered(replicas, config.placement(key), config.volumes))))
+                for key, replicas in found[start:start + WRITE_BATCH]])
 
 
 async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
@@ -95,15 +78,16 @@ async def rebuild(config: Config, index: Index, volumes: Volumes, progress: Prog
     else:
         await index.clear()
         replicas = FoundReplicas(config, index, progress)
-        await walk_volumes(config, volumes, progress, replicas.add)
-        await replicas.flush()
+        await walk_volumes(config, volumes, progress, replicas.add, replicas.write)
     if config.checksum:
         await restore_md5(config, index, volumes, progress)
 
 
 async def walk_volumes(config: Config, volumes: Volumes, progress: Progress,
-                       add: Callable[[bytes, str], Awaitable[None]]) -> None:
-    """`await add(key, replica)` for every key's file on the volumes; other files reported."""
+                       add: Callable[[bytes, VolumeFile], Awaitable[None]],
+                       on_group: OnGroup | None = None) -> None:
+    """`await add(key, file)` for every key's file on the volumes (other files reported), and
+    `on_group` as walk.Walk.run's."""
     walk = Walk(volumes, config.volumes, config.concurrency, progress)
     progress.phase("rebuild: walking volumes", "files", fraction=walk.fraction)
 
@@ -113,9 +97,9 @@ async def walk_volumes(config: Config, volumes: Volumes, progress: Progress,
             progress.count("skipped")
             progress.note(f"skipped: {file.url}: {file.problem}")
             return
-        await add(file.key, file.replica)
+        await add(file.key, file)
 
-    await walk.run(found)
+    await walk.run(found, on_group)
 
 
 async def restore_md5(config: Config, index: Index, volumes: Volumes,
@@ -172,8 +156,8 @@ async def mend(config: Config, index: Index, volumes: Volumes, progress: Progres
     store = Store(config, index, volumes)
     found: dict[bytes, list[str]] = {}
 
-    async def add(key: bytes, replica: str) -> None:
-        found.setdefault(key, []).append(replica)
+    async def add(key: bytes, file: VolumeFile) -> None:
+        found.setdefault(key, []).append(file.replica)
 
     await walk_volumes(config, volumes, progress, add)
     unlisted = progress.counts["unlisted"]

@@ -75,6 +75,22 @@ def key_at(path: str) -> tuple[bytes | None, str]:
 
 
 OnFile = Callable[[VolumeFile], Awaitable[None]]
+OnGroup = Callable[[str], Awaitable[None]]
+
+# first-level directories a volume may begin past the oldest one not yet walked everywhere:
+# what waits for its directory to be done stays a few 256ths of the keys
+GROUPS_AHEAD = 4
+
+
+class _Group:
+    """A first-level directory (`/ab/`) across every volume and subvolume: the directories of
+    it still to be listed, and whether that is done."""
+
+    def __init__(self, number: int, path: str) -> None:
+        self.number = number
+        self.path = path
+        self.left = 0
+        self.done = asyncio.Event()
 
 
 class Walk:
@@ -84,6 +100,11 @@ class Walk:
     The top of each volume is listed first, so the first-level directories are all known
     before the rest: md5 spreads keys evenly over them, so the share of them begun is a
     fair estimate of the share of the walk done.
+
+    The volumes go in step, first-level directory by first-level directory. A key's files
+    are in the same one (`/ab/`, its md5's first byte) on every volume and subvolume, so once
+    a directory is walked everywhere no file of its keys is still to come: `on_group` is told,
+    and rebuild writes each key's record once instead of reading and rewriting it per file.
     """
 
     def __init__(self, volumes: Volumes, names: Sequence[str], concurrency: int,
@@ -94,6 +115,7 @@ class Walk:
         self.progress = progress
         self.first_level_total = 0
         self.first_level_begun = 0
+        self.groups: list[_Group] = []
 
     def fraction(self) -> float:
         return self.first_level_begun / self.first_level_total if self.first_level_total else 0.0
@@ -123,25 +145,41 @@ class Walk:
                 roots.append((name, f"/{entry['name']}/"))
         return roots
 
-    async def run(self, on_file: OnFile) -> None:
-        """Await `on_file` for every file in the layout."""
+    async def run(self, on_file: OnFile, on_group: OnGroup | None = None) -> None:
+        """Await `on_file` for every file in the layout, and `on_group` with each first-level
+        directory's path once it is walked on every volume."""
         first_levels = await asyncio.gather(*(self._roots(name) for name in self.names))
         self.first_level_total = sum(map(len, first_levels))
+        paths = sorted({path for roots in first_levels for _, path in roots})
+        self.groups = [_Group(i, path) for i, path in enumerate(paths)]
+        group_of = {group.path: group for group in self.groups}
+        for roots in first_levels:
+            for _, path in roots:
+                group_of[path].left += 1
         async with asyncio.TaskGroup() as group:  # volumes are separate machines: all at once
             for roots in first_levels:
-                group.create_task(self._walk_volume(roots, on_file))
+                in_step = sorted(roots, key=lambda root: (root[1], root[0]))
+                group.create_task(self._walk_volume(in_step, group_of, on_file, on_group))
 
-    async def _walk_volume(self, roots: list[tuple[str, str]], on_file: OnFile) -> None:
+    async def _walk_volume(self, roots: list[tuple[str, str]], group_of: dict[str, _Group],
+                           on_file: OnFile, on_group: OnGroup | None) -> None:
         # depth first (LIFO), so the directories waiting stay few however big the volume
-        queue: asyncio.LifoQueue[tuple[str, str, int]] = asyncio.LifoQueue()
+        queue: asyncio.LifoQueue[tuple[str, str, int, _Group]] = asyncio.LifoQueue()
         for replica, path in reversed(roots):
-            queue.put_nowait((replica, path, 1))
+            queue.put_nowait((replica, path, 1, group_of[path]))
 
         async def worker() -> None:
             while True:
-                replica, path, depth = await queue.get()
+                replica, path, depth, group = await queue.get()
                 try:
-                    await self._visit(replica, path, depth, queue, on_file)
+                    if depth == 1 and group.number >= GROUPS_AHEAD:
+                        await self.groups[group.number - GROUPS_AHEAD].done.wait()
+                    await self._visit(replica, path, depth, group, queue, on_file)
+                    group.left -= 1
+                    if not group.left:
+                        group.done.set()
+                        if on_group is not None:
+                            await on_group(group.path)
                 finally:
                     queue.task_done()
 
@@ -151,7 +189,7 @@ class Walk:
             for task in workers:
                 task.cancel()
 
-    async def _visit(self, replica: str, path: str, depth: int,
+    async def _visit(self, replica: str, path: str, depth: int, group: _Group,
                      queue: asyncio.LifoQueue, on_file: OnFile) -> None:
         if depth == 1:
             self.first_level_begun += 1
@@ -160,9 +198,11 @@ class Walk:
             name, is_dir = entry["name"], entry.get("type") == "directory"
             if depth == 1:  # the second hex level: anything else is not mkv's
                 if is_dir and _HEX.fullmatch(name):
-                    queue.put_nowait((replica, f"{path}{name}/", 2))
+                    group.left += 1
+                    queue.put_nowait((replica, f"{path}{name}/", 2, group))
             elif is_dir:  # a base64 name with `/` in it, or a directory that is not mkv's
-                queue.put_nowait((replica, f"{path}{name}/", depth + 1))
+                group.left += 1
+                queue.put_nowait((replica, f"{path}{name}/", depth + 1, group))
             else:
                 file_path = f"{path}{name}"
                 key, problem = key_at(file_path)
