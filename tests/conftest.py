@@ -347,8 +347,8 @@ def make_volumes(tmp_path) -> Iterator[VolumeFactory]:
         factory.stop_all()
 
 
-def nginx_config(prefix: Path, data: Path, port: int, extra: str) -> Path:
-    """A config of our own, so a test can set what `mkv volume` would not."""
+def nginx_conf(prefix: Path, http: str) -> Path:
+    """An nginx.conf of our own in prefix (its temp dirs made), `http` inside its http block."""
     temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     for name in temps:
         (prefix / "tmp" / name).mkdir(parents=True, exist_ok=True)
@@ -359,18 +359,40 @@ daemon off; {user}
 worker_processes 1;
 pid nginx.pid;
 error_log stderr;
-events {{ worker_connections 64; }}
+events {{ worker_connections 256; }}
 http {{
     access_log off;
     {" ".join(f"{name}_temp_path tmp/{name};" for name in temps)}
-    {extra}
-    server {{
-        listen 127.0.0.1:{port};
-        root {data};
-    }}
+    {http}
 }}
 """)
     return conf
+
+
+def nginx_config(prefix: Path, data: Path, port: int, extra: str) -> Path:
+    """A config of our own, so a test can set what `mkv volume` would not."""
+    return nginx_conf(prefix, f"""{extra}
+    server {{
+        listen 127.0.0.1:{port};
+        root {data};
+    }}""")
+
+
+def start_nginx(prefix: Path, conf: Path, port: int, **popen) -> subprocess.Popen:
+    """nginx with prefix and conf, once it listens on port."""
+    proc = subprocess.Popen([find_nginx(), "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
+                            stdin=subprocess.DEVNULL, **popen)
+    wait_listening(port, proc)
+    return proc
+
+
+def stop_nginx(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -384,21 +406,12 @@ def own_nginx(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         prefix.mkdir()
         data.mkdir(exist_ok=True)
         (data / "small").write_bytes(b"hello")
-        conf = nginx_config(prefix, data, port, extra)
-        proc = subprocess.Popen([find_nginx(), "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
-                                stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_listening(port, proc)
+        procs.append(start_nginx(prefix, nginx_config(prefix, data, port, extra), port))
         return f"127.0.0.1:{port}"
 
     yield start
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nginx(proc)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,13 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
          asyncpg.exceptions.ReadOnlySQLTransactionError)
 UNAVAILABLE = _DOWN  # what S3's shared state (mkv/s3/pgstate.py) answers 503 for too
 
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """A pool connection's release: nothing to undo (it takes no session lock, LISTEN or SET;
+    the key locks are the lock session's), so asyncpg's reset query would be a wasted round
+    trip after every statement. asyncpg still rolls back a transaction left open."""
+
+
 _SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (k bytea PRIMARY KEY, r bytea NOT NULL)"
 # the two-key form: a lock space apart from the keys' (pglock.py's one-bigint form)
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7105398, 0)"
@@ -91,7 +98,8 @@ class PostgresIndex:
                                              timeout=CONNECT_TIMEOUT,
                                              command_timeout=COMMAND_TIMEOUT,
                                              server_settings=settings,
-                                             max_inactive_connection_lifetime=0)
+                                             max_inactive_connection_lifetime=0,
+                                             reset=_keep_session)
             async with pool.acquire() as connection, connection.transaction():
                 # masters starting together: concurrent CREATE TABLE IF NOT EXISTS may collide
                 await connection.execute(_SCHEMA_LOCK)
