@@ -256,6 +256,16 @@ def offline(command: str, vols: list[Volume], db: Path, *flags: str) -> subproce
         capture_output=True, text=True, timeout=120)
 
 
+def wait_for_uploads_to_settle(vols: list[Volume], timeout: float = 15.0) -> None:
+    """Wait until no volume holds a PUT body in nginx's temp dir: bytes a killed master had
+    already sent are still being received, and land (or not) only then."""
+    deadline = time.monotonic() + timeout
+    temps = [v.dir / ".mkv" / "tmp" / "client_body" for v in vols]
+    while any(any(d.rglob("*")) for d in temps if d.is_dir()):
+        assert time.monotonic() < deadline, "uploads still in flight on the volumes"
+        time.sleep(0.05)
+
+
 def test_master_sigkilled_while_16_clients_write(make_volumes, make_master, tmp_path):
     vols = make_volumes(3)
     db = tmp_path / "killed-db"
@@ -393,6 +403,7 @@ def test_master_sigkilled_while_16_clients_replace(make_volumes, make_master, tm
                 t.join(30)
         # a REPLACE cut off may leave whole values that differ, under a record without md5:
         # that is what repair settles (README, "How a write stays safe")
+        wait_for_uploads_to_settle(vols)
         repaired = offline("repair", vols, db, *flags, "-checksum", "-grace", "0s")
         assert repaired.returncode == 0, repaired.stdout + repaired.stderr
         problems = check_replaced(vols, db, sent, acked)

@@ -18,6 +18,8 @@ from mkv.master import faces
 from mkv.native import NativeAPI
 from mkv.ops import rebuild
 from mkv.ops.progress import Progress
+from mkv.ops.walk import VolumeFile
+from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.s3.face import S3
 from mkv.store import Store
@@ -85,26 +87,30 @@ class BatchingIndex(LevelDBIndex):
         return await answered
 
 
-def test_rebuild_merges_the_replicas_of_a_key_while_the_engine_keeps_it_waiting(
-        tmp_path: Path, monkeypatch) -> None:
-    """Three walkers find each key's files in any order; every get suspends (a networked
-    engine), batches are written while others are found: no replica is lost or counted twice."""
+def test_rebuild_writes_each_key_once_its_directory_is_walked(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Three walkers find each key's files in any order; a first-level directory's records are
+    written when the walk says it is done, in batches, and the index is never read."""
     monkeypatch.setattr(rebuild, "WRITE_BATCH", 7)
     volumes = ("10.0.0.1:3001", "10.0.0.2:3001", "10.0.0.3:3001")
     config = Config(volumes=volumes, replicas=3, subvolumes=1)
-    keys = [f"/merge/{i}".encode() for i in range(60)]
-    finds = [(key, volume) for key in keys for volume in volumes]
+    keys = [f"/merge/{i}".encode() for i in range(300)]
+    finds = [VolumeFile(volume, key2path(key), key, "", "") for key in keys for volume in volumes]
     random.Random(7).shuffle(finds)
+    groups = sorted({file.path[:4] for file in finds})
 
     async def check() -> None:
         index = BatchingIndex(str(tmp_path / "db"))
         progress = Progress("rebuild", out=io.StringIO(), err=io.StringIO())
         found = rebuild.FoundReplicas(config, index, progress)
-        await asyncio.gather(*(found.add(key, volume) for key, volume in finds))
-        await found.flush()
+        await asyncio.gather(*(found.add(file.key, file) for file in finds))
+        assert [key async for key, _ in index.items(b"/merge/")] == []
+        for group in groups:
+            await found.write(group)
         records = {key: record async for key, record in index.items(b"/merge/")}
         assert records == {key: Record(tuple(config.placement(key))) for key in keys}
         assert progress.counts["keys"] == len(keys)
+        assert index.batches == []  # no lookup: the index was emptied before the walk
         await index.close()
 
     uvloop.run(check())
