@@ -355,12 +355,14 @@ def measure_ops(bench: Bench, keys: int) -> None:
             raise BenchFailure(f"rebuilt indexes differ: ours {len(ours):,} keys, Go's "
                                f"{len(go):,}, {sum(ours.get(k) != v for k, v in go.items()):,} "
                                f"records unlike")
-        for side, db in rebuilt.items():
-            command(side, db, four, "rebalance-3-4", "rebalance 3 → 4 volumes")
-            command(side, db, three, "rebalance-4-3", "rebalance 4 → 3 volumes")
+        if "rebalance" in bench.args.ops_commands:
+            for side, db in rebuilt.items():
+                command(side, db, four, "rebalance-3-4", "rebalance 3 → 4 volumes")
+                command(side, db, three, "rebalance-4-3", "rebalance 4 → 3 volumes")
         # ours only: Go mkv has neither; verify also checks Go's rebalance put every file back
-        command("ours", rebuilt["ours"], three, "verify", "verify (mkv only)")
-        command("ours", rebuilt["ours"], three, "repair", "repair (mkv only)")
+        for step in ("verify", "repair"):
+            if step in bench.args.ops_commands:
+                command("ours", rebuilt["ours"], three, step, f"{step} (mkv only)")
         for db in rebuilt.values():
             shutil.rmtree(db)
 
@@ -397,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops-size", type=int, default=1024,
                         help="bytes of each value the offline commands move (%(default)s; 0 "
                              "keeps a million keys' files to their inodes, for a tmpfs --dir)")
+    parser.add_argument("--ops-commands", default="rebuild,rebalance,verify,repair",
+                        help="which offline commands to time after rebuild (%(default)s)")
     parser.add_argument("--ops-rounds", type=int,
                         help="rounds of the offline commands at each size (default --rounds)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
