@@ -50,6 +50,7 @@ from bench.launcher import LocalCluster, Proc, mkv_command, processes, stat_fiel
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ("get", "thrasher", "large", "ops")
+OPS_COMMANDS = ("rebuild", "rebalance", "verify", "repair")  # rebuild always runs: the rest need it
 FULL = {"rounds": 3, "duration": 10.0, "count": 10_000, "sizes": "256M,1G",
         "ops_keys": "100000,1000000"}
 QUICK = {"rounds": 1, "duration": 1.0, "count": 200, "sizes": "1M,3M", "ops_keys": "2000"}
@@ -399,7 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ops-size", type=int, default=1024,
                         help="bytes of each value the offline commands move (%(default)s; 0 "
                              "keeps a million keys' files to their inodes, for a tmpfs --dir)")
-    parser.add_argument("--ops-commands", default="rebuild,rebalance,verify,repair",
+    parser.add_argument("--ops-commands", default=",".join(OPS_COMMANDS),
                         help="which offline commands to time after rebuild (%(default)s)")
     parser.add_argument("--ops-rounds", type=int,
                         help="rounds of the offline commands at each size (default --rounds)")
@@ -412,15 +413,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.only = [m for m in args.only.split(",") if m]
-    unknown = set(args.only) - set(MEASUREMENTS)
-    if unknown:
-        parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    args.only = _subset(parser, args.only, MEASUREMENTS, "measurement(s)")
+    args.ops_commands = _subset(parser, args.ops_commands, OPS_COMMANDS, "offline command(s)")
     if args.ops_rounds is None:
         args.ops_rounds = args.rounds
     if min(args.rounds, args.ops_rounds) < 1:
         parser.error("--rounds and --ops-rounds must be at least 1")
     return args
+
+
+def _subset(parser: argparse.ArgumentParser, text: str, allowed: tuple[str, ...],
+            what: str) -> list[str]:
+    """The names of a comma-separated option, each one of `allowed`."""
+    chosen = [name for name in text.split(",") if name]
+    unknown = set(chosen) - set(allowed)
+    if unknown:
+        parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
