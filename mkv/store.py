@@ -15,7 +15,6 @@ from typing import TypeVar
 from mkv.config import Config
 from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
-from mkv.http.flow import ClientGone
 from mkv.index import Index
 from mkv.index.base import KeyBusy
 from mkv.placement import key2path
@@ -38,6 +37,35 @@ class MoveError(Exception):
 class TooFewVolumesUp(VolumeError):
     """Fewer volumes are up than -replicas needs: the write was refused before anything was
     written (the key's record and files are as they were)."""
+
+
+class WatchedBody:
+    """A value's chunks as they pass to the replicas, watched for whether all were sent."""
+
+    __slots__ = ("_chunks", "_length", "_sent", "_ended")
+
+    def __init__(self, chunks: AsyncIterator[bytes], length: int | None) -> None:
+        self._chunks = chunks.__aiter__()
+        self._length = length
+        self._sent = 0
+        self._ended = False
+
+    def __aiter__(self) -> "WatchedBody":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            raise
+        self._sent += len(chunk)
+        return chunk
+
+    @property
+    def may_be_whole(self) -> bool:
+        """Whether a replica may hold the whole value: the body ended, or gave its length."""
+        return self._ended or (self._length is not None and self._sent >= self._length)
 
 
 class Store:
@@ -134,12 +162,18 @@ class Store:
         """Write a value where `write_placement` says, in SPEC order; its md5 when -md5sum
         is on.
 
-        The caller holds the key's lock and has read `old`, the key's record. On a failed
-        replica (VolumeError) or a vanished client (ClientGone) the key is left unlinked;
-        with too few volumes up (TooFewVolumesUp) nothing is written.
+        The caller holds the key's lock and has read `old`, the key's record. A write that
+        does not finish, whatever stopped it, is undone by `_undo_write`: a live value it was
+        to replace stays live; otherwise the key is left unlinked (a failed replica, as SPEC
+        §4 says) or as it was (a client gone or a body refused: no record at all for a new
+        key). With too few volumes up (TooFewVolumesUp) nothing is written.
         """
         replicas = await self.write_placement(key)
-        stale = [r for r in old.replicas if r not in replicas] if old else []
+        if old is not None and old.state is not State.LIVE:
+            await self._clear_dead_value(key, old)
+            stale: list[str] = []
+        else:
+            stale = [r for r in old.replicas if r not in replicas] if old else []
         # crash safety: INIT first, so a cut-off write is never live. A live key being
         # replaced stays live (nginx renames each replica into place whole, so a reader gets
         # the old or the new value) but loses its md5 meanwhile: cut off, its replicas may
@@ -148,19 +182,14 @@ class Store:
             await self.index.put(key, Record(tuple(replicas), State.WRITING))
         elif old.md5:
             await self.index.put(key, Record(old.replicas, State.LIVE))
+        source = WatchedBody(chunks, length)
         try:
-            md5 = await self.volumes.write(replicas, self.key2path(key), chunks, length,
+            md5 = await self.volumes.write(replicas, self.key2path(key), source, length,
                                            self.config.md5sum)
-        except (VolumeError, ClientGone) as e:
-            # unlinked with every replica that may hold a file, so a later DELETE cleans up
-            await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+        except BaseException as e:  # a replica, the client, the body's checks, a cancel
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
-            if old is None and isinstance(e, VolumeError):
-                # replicas that took the whole value before another failed keep a file that
-                # nobody can read: a new key had nothing there worth keeping (volumes down
-                # are left to a later DELETE rather than waited for)
-                down = self.volumes.health.down
-                await self.delete_files([r for r in replicas if volume_of(r) not in down], key)
+            await self._undo_write(key, replicas, stale, old, source.may_be_whole,
+                                   isinstance(e, VolumeError))
             raise
         told = self._changing(key)
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
@@ -168,6 +197,44 @@ class Store:
         if stale:
             await self.delete_files(stale, key)
         return md5
+
+    async def _clear_dead_value(self, key: bytes, old: Record) -> None:
+        """Delete the files of an unlinked value (or of a write cut off) before a new value
+        is written over it: its INIT record would otherwise name complete old files, which
+        `repair` makes live if a crash leaves it so. Raises VolumeError, nothing written,
+        when a file cannot be deleted."""
+        failed = await self.delete_files(old.replicas, key)
+        if failed:
+            raise VolumeError(f"the earlier value's file on {', '.join(failed)} could not be "
+                              "deleted; nothing was written")
+
+    async def _undo_write(self, key: bytes, replicas: list[str], stale: list[str],
+                          old: Record | None, may_be_whole: bool, replica_failed: bool) -> None:
+        """Put the key right after a write that did not finish.
+
+        `may_be_whole`: every byte of the value was sent, so a replica may have taken the new
+        value whole (else nginx dropped each upload, and the replicas are as they were).
+        """
+        down = self.volumes.health.down
+        if old is not None and old.state is State.LIVE:
+            # the old value stays live; its md5 only while no replica can hold the new one
+            await self.index.put(key, Record(old.replicas, State.LIVE,
+                                             None if may_be_whole else old.md5))
+            fresh = [r for r in replicas if r not in old.replicas]  # unclaimed by the record
+            if fresh:
+                await self.delete_files([r for r in fresh if volume_of(r) not in down], key)
+            return
+        # nothing live was here: unlinked with every replica that may hold a file, so a
+        # later DELETE cleans up
+        await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+        # files nobody can read (volumes down are left to a later DELETE, not waited for)
+        reachable = [r for r in replicas if volume_of(r) not in down]
+        failed = await self.delete_files(reachable, key)
+        if old is None and not replica_failed and not failed and len(reachable) == len(replicas):
+            # a client gone or a body refused leaves no trace of a key that was not there
+            told = self._changing(key)
+            await self.index.delete(key)
+            await self._told(told)
 
     async def write_placement(self, key: bytes) -> list[str]:
         """Where a write of `key` goes: today's placement, or, with a volume of it down (and

@@ -142,25 +142,6 @@ def test_delete_with_a_volume_down_fails_and_keeps_the_key_unlinked(make_volumes
     assert master.listing(key, "unlinked")["keys"] == []
 
 
-def test_client_gone_mid_put_leaves_the_key_unlinked(make_master):
-    master = make_master()
-    key = unique_key()
-    sock = open_put(master.port, key, 1 << 20)
-    sock.sendall(b"x" * (100 << 10))
-    deadline = time.monotonic() + 5
-    while master.listing(key, "writing")["keys"] != [key.decode()]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    sock.close()
-    while master.listing(key, "unlinked")["keys"] != [key.decode()]:
-        assert time.monotonic() < deadline, "the cut-off PUT never became unlinked"
-        time.sleep(0.02)
-    assert master.listing(key)["keys"] == []
-    assert master.call("GET", key).status == 404
-    assert master.call("DELETE", key).status == 204
-    assert files_of(master.volumes, key) == []
-
-
 # --- a value bigger than the master's memory budget ---
 
 BIG = 256 << 20

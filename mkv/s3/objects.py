@@ -10,12 +10,12 @@ from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
-from mkv.http.flow import Body, ClientGone
+from mkv.http.flow import Body
 from mkv.http.server import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
-from mkv.s3.awschunked import AwsChunked, BadPayload
+from mkv.s3.awschunked import AwsChunked
 from mkv.s3.checksums import ALGORITHMS, algorithm_of
 from mkv.s3.errors import (
     NotModified,
@@ -299,25 +299,12 @@ class Objects:
     async def _store(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                      req: Request | None) -> str | None:
         """Write a value under the key's lock, replacing a live one as S3 does; its md5.
-        With `req`, its If-Match / If-None-Match hold against the value there now.
-
-        A body that broke or failed a check never completed on any replica (see Payload), so
-        a live value it was to replace is put back as it was."""
+        With `req`, its If-Match / If-None-Match hold against the value there now. A write
+        that does not finish leaves the key as it was (`Store.write`)."""
         old = await self.index.get(key)
         if req is not None:
             await self._write_conditions(req, key, old)
-        try:
-            md5 = await self.store.write(key, chunks, length, old)
-        except ClientGone as e:
-            if old is not None and old.state is State.LIVE:
-                await self.index.put(key, old)
-            elif old is None and isinstance(e, BadPayload):
-                # refused before its last byte, so no replica kept a file: no record either
-                left = await self.index.get(key)
-                if left is not None:
-                    await self.store.remove(key, left)
-            raise
-        return md5
+        return await self.store.write(key, chunks, length, old)
 
     async def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
         """Remember a value's metadata and tags (the store forgot the old value's)."""
