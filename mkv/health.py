@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 
+from mkv.tasks import Tasks
+
 log = logging.getLogger("mkv")
 
 PROBE_SECONDS = 1.0  # between two probes of a volume
@@ -72,13 +74,12 @@ class Health:
         self._probe = probe
         self._states: dict[str, VolumeState] = {}
         self._probing: dict[str, asyncio.Task] = {}  # at most one probe in flight per volume
-        self._watcher: asyncio.Task | None = None
+        self._tasks = Tasks()  # the watcher and the probes
         self.latency: dict[str, float] = {}  # the last answered probe's round trip, seconds
 
     def watch(self, volumes: Iterable[str], interval: float = PROBE_SECONDS) -> None:
         """Probe each volume every `interval` seconds until `close()`."""
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._probe_every(list(volumes), interval))
+        self._tasks.start(self._probe_every(list(volumes), interval))
 
     async def _probe_every(self, volumes: list[str], interval: float) -> None:
         while True:
@@ -86,11 +87,11 @@ class Health:
                 self._probe_soon(volume)
             await asyncio.sleep(interval)
 
-    def _probe_soon(self, volume: str) -> asyncio.Task:
+    def _probe_soon(self, volume: str) -> asyncio.Task | None:
+        """The volume's probe in flight, or a new one; None once closed."""
         task = self._probing.get(volume)
-        if task is None:
-            task = self._probing[volume] = asyncio.get_running_loop().create_task(
-                self._probe_once(volume))
+        if task is None and not self._tasks.closed:
+            task = self._probing[volume] = self._tasks.start(self._probe_once(volume))
         return task
 
     async def _probe_once(self, volume: str) -> None:
@@ -115,7 +116,7 @@ class Health:
 
     async def recheck(self, volumes: Iterable[str]) -> None:
         """Probe these volumes now (joining probes in flight) and take their answers."""
-        tasks = [self._probe_soon(volume) for volume in volumes]
+        tasks = [task for volume in volumes if (task := self._probe_soon(volume)) is not None]
         if tasks:
             await asyncio.wait(tasks)  # not cancelled with a caller that gives up
 
@@ -133,8 +134,6 @@ class Health:
             self.down.add(volume)
             log.warning("volume %s is down: %s", volume, why)
 
-    def close(self) -> None:
-        for task in [self._watcher, *self._probing.values()]:
-            if task is not None:
-                task.cancel()
-        self._watcher = None
+    async def close(self) -> None:
+        """Stop probing: the watcher and the probes in flight are cancelled and awaited."""
+        await self._tasks.close()

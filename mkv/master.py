@@ -21,6 +21,7 @@ from mkv.metrics import RequestMetrics
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import Store
+from mkv.tasks import Tasks
 from mkv.volumes import Volumes
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
@@ -88,12 +89,10 @@ def _worker(config: Config) -> int:
     return 0
 
 
-def _every(seconds: float, call: Callable[[], None]) -> asyncio.Task:
-    async def repeat() -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            call()
-    return asyncio.get_running_loop().create_task(repeat())
+async def _every(seconds: float, call: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        call()
 
 
 async def _serve(config: Config) -> None:
@@ -117,6 +116,7 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
                 "read_timeout": config.readtimeout}
     # counted only when someone can read them: timing each request costs the GET path
     requests = RequestMetrics() if config.admin_port else None
+    tasks = Tasks()  # the admin's sampler
     servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS,
                           metrics=requests, **timeouts)]
     shared = config.workers > 1
@@ -129,7 +129,7 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
     if config.admin_port:
         admin = MasterAdmin(config, store, s3, requests)  # type: ignore[arg-type]
         admin.sample()
-        sampler = _every(RATE_SECONDS, admin.sample)
+        tasks.start(_every(RATE_SECONDS, admin.sample))
         servers.append(HTTPServer(admin_handler(admin.families, admin.status), **timeouts))
         await servers[-1].start(None, config.admin_port, reuse_port=shared)  # a worker answers
         also += f", admin on :{config.admin_port}"
@@ -137,8 +137,7 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
           f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "
           f"subvolumes", file=sys.stderr, flush=True)
     await stop.wait()
-    if config.admin_port:
-        sampler.cancel()
+    await tasks.close()
     await asyncio.gather(*(server.shutdown(grace=10.0) for server in servers))
     await s3.close()
-    volumes.close()
+    await volumes.close()

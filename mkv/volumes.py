@@ -247,11 +247,12 @@ class Volumes:
             raise
         return digest.hexdigest() if digest is not None else None
 
-    def close(self) -> None:
-        self.health.close()
+    async def close(self) -> None:
+        """Stop probing and close every connection; nothing of ours runs on after this."""
+        await self.health.close()
         self.pool.close()
-        self.heads.close()
-        self.listings.close()
+        await self.heads.close()
+        await self.listings.close()
 
 
 def _check_deleted(replica: str, response: ClientResponse) -> None:

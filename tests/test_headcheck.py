@@ -71,7 +71,7 @@ def ask_all(targets: list[tuple[str, bytes]], timeout: float = 2.0) -> list[bool
         try:
             return list(await asyncio.gather(*futures))
         finally:
-            checker.close()
+            await checker.close()
     return uvloop.run(main())
 
 
@@ -122,7 +122,7 @@ def test_connections_open_as_checks_pile_up_and_no_more_than_the_cap(volume):
                 futures.append(found)
             counts.append(len(checker._pipes[volume.addr]))
             assert all(await asyncio.gather(*futures))
-        checker.close()
+        await checker.close()
         return counts[0], counts[1]
 
     few, many = uvloop.run(main())

@@ -142,7 +142,7 @@ def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volum
         assert await exchange(port, deletes) == [b"204", b"404"] * len(stored)
         assert [k async for k, _ in index.items(b"/batch/")] == []
         await server.shutdown(grace=1.0)
-        volumes.close()
+        await volumes.close()
         await index.close()
 
     uvloop.run(check())

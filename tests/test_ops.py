@@ -156,7 +156,7 @@ def test_walk_goes_in_step_over_first_level_directories(make_volumes, make_maste
             events.append(("done", path))
 
         await found.run(on_file, on_group)
-        volumes.close()
+        await volumes.close()
 
     asyncio.run(walk())
     files = [path for kind, path in events if kind == "file"]
@@ -449,7 +449,7 @@ def test_progress_line_and_redraw():
         progress.start()
         await asyncio.sleep(0.5)
         progress.problem("missing", "/k on a:1")
-        progress.stop()
+        await progress.stop()
 
     asyncio.run(show())
     assert "\r\x1b[K" in err.getvalue() and "25%" in err.getvalue()
@@ -467,7 +467,7 @@ def test_progress_without_a_terminal_writes_plain_lines(monkeypatch):
     async def show() -> None:
         progress.start()
         await asyncio.sleep(0.35)
-        progress.stop()
+        await progress.stop()
 
     asyncio.run(show())
     plain = err.getvalue().splitlines()

@@ -34,7 +34,7 @@ def test_many_gets_of_one_turn_each_get_their_own_answer(volume):
         assert answers[-1][0] == 404
         # few connections carried them: most GETs shared a write
         assert 1 <= len(pipeline._pipes[volume.addr]) <= 2000 // PIPE_DEPTH
-        pipeline.close()
+        await pipeline.close()
 
     uvloop.run(check())
 
@@ -46,7 +46,7 @@ def test_gets_left_unanswered_when_nginx_closes_are_asked_again(own_nginx):
         pipeline = Pipeline()
         answers = await asyncio.gather(*(pipeline.get(addr, b"/small", 10) for _ in range(300)))
         assert answers == [(200, b"hello")] * 300
-        pipeline.close()
+        await pipeline.close()
 
     uvloop.run(check())
 
@@ -58,7 +58,7 @@ def test_an_unreachable_volume_fails_every_get():
             *(pipeline.get(f"127.0.0.1:{free_port()}", b"/", 5) for _ in range(3)),
             return_exceptions=True)
         assert all(isinstance(r, VolumeError) for r in results), results
-        pipeline.close()
+        await pipeline.close()
 
     uvloop.run(check())
 
@@ -71,7 +71,7 @@ def test_a_silent_volume_times_out():
         pipeline = Pipeline()
         with pytest.raises(VolumeTimeout):
             await pipeline.get(f"127.0.0.1:{port}", b"/", 0.3)
-        pipeline.close()
+        await pipeline.close()
 
     try:
         uvloop.run(check())

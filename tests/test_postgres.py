@@ -108,7 +108,7 @@ def test_the_gets_of_one_loop_turn_are_one_query(pg_url: str, make_volumes) -> N
         assert statuses == [b"302", b"404"] * len(stored)
         assert (index.batches - batches, index.batched_keys - keys_sent) == (1, len(keys))
         await server.shutdown(grace=1.0)
-        volumes.close()
+        await volumes.close()
         await index.close()
 
     uvloop.run(check())

@@ -276,7 +276,7 @@ def _run(pg_url: str, vols: list[Volume], work, masters: int = 1) -> object:
         finally:
             for state in states:
                 await state.close()
-            volumes.close()
+            await volumes.close()
             await index.close()
 
     return asyncio.run(run())

@@ -11,11 +11,15 @@ whether nginx will close the connection.
 """
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
 from mkv.http.client import Resolver
 from mkv.http.pipeline import Pipelined
+from mkv.tasks import Tasks
+
+log = logging.getLogger("mkv")
 
 # A volume's checks share one connection until PIPE_DEPTH wait on it, then another opens, up
 # to MAX_CONNECTIONS: few connections make big batches (one connection measured 17% more GETs/s
@@ -26,7 +30,7 @@ SWEEP_SECONDS = 0.02  # how late past its deadline a stuck check may be noticed
 
 
 class _Check:
-    """One HEAD in flight; `answer(found)` is called exactly once."""
+    """One HEAD in flight; `answer(found)` calls back exactly once."""
 
     __slots__ = ("hostport", "request", "callback", "deadline")
 
@@ -40,7 +44,10 @@ class _Check:
     def answer(self, found: bool) -> None:
         callback, self.callback = self.callback, None
         if callback is not None:
-            callback(found)
+            try:
+                callback(found)
+            except Exception:  # one GET's bug: the answers read with it still go to theirs
+                log.exception("the callback of a HEAD check of %s failed", self.hostport)
 
 
 def parse_head_answers(buffer: bytearray) -> list[tuple[int, bool]]:
@@ -125,6 +132,7 @@ class HeadChecker:
         self._pipes: dict[str, list[_Pipe]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._resolver = Resolver()
+        self._tasks = Tasks()  # the connections being opened
         self.outcomes = {"found": 0, "missing": 0, "failed": 0, "timeout": 0}
 
     def ask(self, hostport: str, target: bytes, timeout: float,
@@ -140,6 +148,9 @@ class HeadChecker:
             self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def _send(self, check: _Check) -> None:
+        if self._tasks.closed:
+            check.answer(False)
+            return
         hostport = check.hostport
         pipes = self._pipes.get(hostport)
         if pipes is None:
@@ -151,7 +162,7 @@ class HeadChecker:
             if len(pipes) < MAX_CONNECTIONS:
                 pipe = _Pipe(self, hostport)
                 pipes.append(pipe)
-                self.loop.create_task(self._connect(hostport, pipe))
+                self._tasks.start(self._connect(hostport, pipe))
             else:
                 pipe = min(pipes, key=lambda p: len(p.inflight))
         pipe.send(check, check.request)
@@ -190,7 +201,13 @@ class HeadChecker:
         for check in stuck:
             check.answer(False)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the connections; checks in flight answer False, the connections being
+        opened are cancelled and awaited."""
+        await self._tasks.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for pipes in list(self._pipes.values()):
             for pipe in list(pipes):
                 pipe.abandon()

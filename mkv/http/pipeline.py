@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import httptools
 
 from mkv.http.client import Resolver, VolumeError, VolumeTimeout
+from mkv.tasks import Tasks
 
 PIPE_DEPTH = 64  # GETs waiting on one connection before the next one opens
 MAX_CONNECTIONS = 4  # per volume
@@ -133,6 +134,7 @@ class Pipeline:
         self._pipes: dict[str, list[_Pipe]] = {}
         self._resolver = Resolver()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._tasks = Tasks()  # the connections being opened
 
     async def get(self, hostport: str, target: bytes, timeout: float) -> tuple[int, bytes]:
         """The status and body of GET `target`; VolumeError when the volume cannot be reached,
@@ -146,6 +148,9 @@ class Pipeline:
         return await get.future
 
     def _send(self, hostport: str, get: _Get) -> None:
+        if self._tasks.closed:
+            get.future.set_exception(VolumeError(f"{hostport}: the pipeline is closed"))
+            return
         pipes = self._pipes.setdefault(hostport, [])
         for pipe in pipes:
             if len(pipe.inflight) < PIPE_DEPTH:
@@ -154,7 +159,7 @@ class Pipeline:
             if len(pipes) < MAX_CONNECTIONS:
                 pipe = _Pipe(self, hostport)
                 pipes.append(pipe)
-                self.loop.create_task(self._connect(pipe))
+                self._tasks.start(self._connect(pipe))
             else:
                 pipe = min(pipes, key=lambda p: len(p.inflight))
         pipe.send(get, get.request)
@@ -185,7 +190,10 @@ class Pipeline:
         busy = any(pipe.inflight for pipes in self._pipes.values() for pipe in pipes)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if busy else None
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the connections; GETs in flight fail, the connections being opened are
+        cancelled and awaited."""
+        await self._tasks.close()
         for pipes in list(self._pipes.values()):
             for pipe in list(pipes):
                 pipe.abandon(VolumeError("closed"))

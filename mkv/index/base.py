@@ -11,6 +11,14 @@ from typing import Protocol
 from mkv.http.server import Refusal
 from mkv.record import Record, State
 
+# A networked engine answers each lookup and record write, or fails it with IndexUnavailable (a
+# 503), within this many seconds of the call, whatever its database does (stalled, a connection
+# lost without a word) and whatever another request's callback does. Long enough for a statement
+# PostgreSQL is merely slow at (a checkpoint; asyncpg's own statement timeout is as long), short
+# enough that a client or load balancer (often 30-60 s) gets the 503 and retries elsewhere
+# rather than giving up on its own.
+ANSWER_SECONDS = 10.0
+
 Answer = Callable[[Record | None], object]
 Failure = Callable[[Exception], object]
 
@@ -48,7 +56,7 @@ class Index(Protocol):
     def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
         """Call `answer` with the key's record, or None when the key is absent: at once, or
         once this loop turn's batch of lookups comes back; or `failed` with IndexUnavailable
-        (an embedded engine never fails)."""
+        (an embedded engine never fails): either within ANSWER_SECONDS."""
 
     async def get(self, key: bytes) -> Record | None:
         """The key's record, or None when the key is absent (hard deleted)."""
@@ -80,4 +88,5 @@ class Index(Protocol):
         """Delete every record."""
 
     async def close(self) -> None:
-        """Leave the index so that another process, Go mkv's included, reads every record."""
+        """Leave the index so that another process, Go mkv's included, reads every record;
+        what is in flight is failed (IndexUnavailable), and nothing runs on after it."""

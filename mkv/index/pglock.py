@@ -14,15 +14,21 @@ What waits goes as one statement, one round trip: this turn's record writes (und
 releases (each after its holder's writes committed, in an earlier statement) and acquisitions;
 while it is in flight the next ones gather. Advisory locks count per session, so a key released
 and taken again in one statement stays held once, as it should, whichever is evaluated first.
+A round not answered within ANSWER_SECONDS of its oldest request (a stalled server) fails its
+requests and gives the session up, as a lost one is.
 """
 
 import asyncio
 import hashlib
+import logging
 from typing import NamedTuple
 
 import asyncpg
 
-from mkv.index.base import IndexUnavailable
+from mkv.index.base import ANSWER_SECONDS, IndexUnavailable
+from mkv.tasks import Tasks, settle
+
+log = logging.getLogger("mkv")
 
 # the server notices a vanished master after idle + interval × count seconds
 KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
@@ -35,6 +41,11 @@ put AS (INSERT INTO {table} (k, r) SELECT * FROM unnest($1::bytea[], $2::bytea[]
 freed AS (SELECT pg_advisory_unlock(h) FROM unnest($4::bigint[]) AS h)
 SELECT (SELECT count(*) FROM freed),
        ARRAY(SELECT pg_try_advisory_lock(h) FROM unnest($5::bigint[]) AS h)"""
+
+
+# what a lost or refusing server raises (postgres.py's list, which imports this module)
+_DOWN = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+         asyncpg.exceptions.InternalClientError)
 
 
 def lock_id(key: bytes) -> int:
@@ -70,7 +81,9 @@ class AdvisoryLocks:
         self.lost: dict[int, int] = {}  # the same, of sessions since lost: not released yet
         self.writes: list[_Write] = []
         self.generation = 0  # sessions opened so far: the current one's number
-        self.pumping = False
+        self.pumping = False  # a round is in flight, or starts next turn
+        self.since: float | None = None  # when the oldest of what waits for a round was asked
+        self.tasks = Tasks()  # the round in flight
 
     async def acquire(self, key: bytes) -> bool:
         """Whether the key is now ours (False: another master holds it)."""
@@ -117,40 +130,61 @@ class AdvisoryLocks:
         self._pump()
 
     def _pump(self) -> None:
+        """Something waits for a round: the next turn's, or the one after the round in flight."""
+        loop = asyncio.get_running_loop()
+        if self.since is None:
+            self.since = loop.time()
         if not self.pumping:
             self.pumping = True
-            asyncio.get_running_loop().create_task(self._send())
+            loop.call_soon(self._start_round)
 
-    async def _send(self) -> None:
+    def _start_round(self) -> None:
+        wanted, self.wanted = self.wanted, []
+        unlocks, self.unlocks = self.unlocks, []
+        writes, self.writes = self.writes, []
+        since, self.since = self.since, None
+        if self.tasks.closed:
+            self.pumping = False
+            self._refuse(wanted, writes, "the PostgreSQL index is closed")
+            return
+        if not (wanted or unlocks or writes) or since is None:
+            self.pumping = False  # what waited went with a lost session
+            return
+        late = f"the PostgreSQL index is unavailable: no answer within {ANSWER_SECONDS:g} seconds"
+        self.tasks.start(self._round(wanted, unlocks, writes), deadline=since + ANSWER_SECONDS,
+                         late=lambda: self._lost(wanted, writes, late))
+
+    async def _round(self, wanted: list[tuple[int, asyncio.Future[bool]]], unlocks: list[int],
+                     writes: list[_Write]) -> None:
         try:
-            while self.wanted or self.unlocks or self.writes:
-                wanted, self.wanted = self.wanted, []
-                unlocks, self.unlocks = self.unlocks, []
-                writes, self.writes = self.writes, []
-                try:
-                    connection = await self.connected()
-                    writes = self._still_held(writes)
-                    puts = [w for w in writes if w.record is not None]
-                    _, got = await connection.fetchrow(
-                        self.round, [w.key for w in puts], [w.record for w in puts],
-                        [w.key for w in writes if w.record is None], unlocks,
-                        [ident for ident, _ in wanted])
-                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                        asyncpg.exceptions.InternalClientError) as e:
-                    self._lost(wanted, writes, e)
-                    continue
-                for write in writes:
-                    if not write.done.done():
-                        write.done.set_result(None)
-                for (ident, taken), ours in zip(wanted, got, strict=True):
-                    if ours:
-                        self.held[ident] = self.held.get(ident, 0) + 1
-                    if not taken.done():
-                        taken.set_result(ours)
-                    elif ours:  # its requester gave up: let go
-                        self._let_go(ident)
+            try:
+                connection = await self.connected()
+                writes = self._still_held(writes)
+                puts = [w for w in writes if w.record is not None]
+                _, got = await connection.fetchrow(
+                    self.round, [w.key for w in puts], [w.record for w in puts],
+                    [w.key for w in writes if w.record is None], unlocks,
+                    [ident for ident, _ in wanted])
+            except asyncio.CancelledError:  # closing, or late (then refused already)
+                self._lost(wanted, writes, "the PostgreSQL index is closed")
+                raise
+            except Exception as e:  # the server lost or refusing, or a bug: all are told
+                if not isinstance(e, _DOWN):
+                    log.exception("a round of the key locks failed")
+                self._lost(wanted, writes, f"the PostgreSQL index is unavailable: {e}")
+                return
+            settle(w.done for w in writes)
+            for (ident, taken), ours in zip(wanted, got, strict=True):
+                if ours:
+                    self.held[ident] = self.held.get(ident, 0) + 1
+                if not taken.done():
+                    taken.set_result(ours)
+                elif ours:  # its requester gave up: let go
+                    self._let_go(ident)
         finally:
             self.pumping = False
+            if self.since is not None:
+                self._pump()
 
     async def connected(self) -> asyncpg.Connection:
         if self.connection is not None and self.connection.is_closed():
@@ -184,18 +218,25 @@ class AdvisoryLocks:
         self.unlocks.clear()
 
     def _lost(self, wanted: list[tuple[int, asyncio.Future[bool]]], writes: list[_Write],
-              error: Exception) -> None:
-        """The statement failed: the session is given up (a write may or may not have
-        committed; either way its requester is refused, as a failed commit is)."""
+              why: str) -> None:
+        """The statement failed or is late: the session is given up (a write may or may not
+        have committed; either way its requester is refused, as a failed commit is)."""
         self._forget()
-        refusal = IndexUnavailable(f"the PostgreSQL index is unavailable: {error}")
-        for _, taken in wanted:
-            if not taken.done():
-                taken.set_exception(refusal)
-        for write in writes:
-            if not write.done.done():
-                write.done.set_exception(refusal)
+        self._refuse(wanted, writes, why)
 
-    async def close(self) -> None:
+    @staticmethod
+    def _refuse(wanted: list[tuple[int, asyncio.Future[bool]]], writes: list[_Write],
+                why: str) -> None:
+        refusal = IndexUnavailable(why)
+        settle((taken for _, taken in wanted), error=refusal)
+        settle((w.done for w in writes), error=refusal)
+
+    async def close(self, timeout: float) -> None:
+        """Refuse what waits, end the round in flight, close the session (cut, if the server
+        does not answer within `timeout` seconds)."""
+        await self.tasks.close()
         if self.connection is not None:
-            await self.connection.close()
+            try:
+                await self.connection.close(timeout=timeout)
+            except _DOWN:  # asyncpg has cut the connection
+                log.warning("the PostgreSQL lock session did not answer its close: cut")

@@ -6,9 +6,12 @@ any number of masters (`-db postgresql://…`, a libpq URL; several hosts with
 listings and pages are the same on either engine. The lookups of one event-loop turn go as one
 query (`k = ANY($1)`); while the pool's connections are all busy, the next turn's lookups join
 the waiting batch. The database down answers `IndexUnavailable` (the masters' 503) at once, and
-the pool connects again by itself on the next call. The per-key lock across masters is
-mkv/index/pglock.py's, and the record of a key whose lock this process holds is written on the
-lock's own session (so that it cannot outlive the lock); other writes go through the pool.
+the pool connects again by itself on the next call; a database that does not answer (stalled,
+or a connection lost without a word) fails each lookup and record write ANSWER_SECONDS after
+it was asked. A waiter's callback that raises is logged and keeps no other waiter waiting.
+The per-key lock across masters is mkv/index/pglock.py's, and the record of a key whose lock
+this process holds is written on the lock's own session (so that it cannot outlive the lock);
+other writes go through the pool.
 """
 
 import asyncio
@@ -18,9 +21,10 @@ from typing import TypeVar
 
 import asyncpg
 
-from mkv.index.base import Answer, Failure, IndexUnavailable
+from mkv.index.base import ANSWER_SECONDS, Answer, Failure, IndexUnavailable
 from mkv.index.pglock import AdvisoryLocks
 from mkv.record import Record, State
+from mkv.tasks import Tasks, settle
 
 log = logging.getLogger("mkv")
 
@@ -29,6 +33,7 @@ MASTER = "mkv master"  # application_name of a serving master's sessions (tools 
 LOCKS = " locks"  # ... appended for its lock session (pglock.py): "mkv master locks"
 POOL_SIZE = 8  # connections per process: batches in flight at once
 CONNECT_TIMEOUT = 2.0  # seconds: a database that cannot be reached is a 503, not a hang
+CLOSE_TIMEOUT = 2.0  # seconds a close waits for the server's goodbye; then the sockets are cut
 COMMAND_TIMEOUT = 10.0
 ITEMS_PAGE = 1000  # rows per keyset query of `items`
 
@@ -41,6 +46,10 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
          asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
          asyncpg.exceptions.ReadOnlySQLTransactionError)
 UNAVAILABLE = _DOWN  # what S3's shared state (mkv/s3/pgstate.py) answers 503 for too
+_LATE = "the PostgreSQL index is unavailable: no answer within {:g} seconds"
+_CLOSED = "the PostgreSQL index is closed"
+
+Waiters = dict[bytes, list[tuple[Answer, Failure | None]]]  # a batch's lookups, by key
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -80,12 +89,14 @@ class PostgresIndex:
     def __init__(self, pool: asyncpg.Pool, locks: AdvisoryLocks) -> None:
         self.pool = pool
         self.locks = locks
-        self.waiting: dict[bytes, list[tuple[Answer, Failure | None]]] = {}
+        self.waiting: Waiters = {}
+        self.waiting_since = 0.0  # when the first of `waiting` was asked: its deadline's start
         self.in_flight = 0
         self.batches = 0  # lookup queries sent, and the keys they carried: the batching figure
         self.batched_keys = 0
         self.puts: dict[bytes, bytes] = {}  # this turn's puts, written together
         self.put_waiters: list[asyncio.Future[None]] = []
+        self.tasks = Tasks()  # the lookup and put statements in flight
 
     @classmethod
     async def connect(cls, url: str, serving: bool = False) -> "PostgresIndex":
@@ -119,43 +130,55 @@ class PostgresIndex:
 
     # --- lookups, batched per loop turn ---
     def lookup(self, key: bytes, answer: Answer, failed: Failure | None = None) -> None:
-        if not self.waiting and self.in_flight < POOL_SIZE:
-            asyncio.get_running_loop().call_soon(self._send_batch)
+        if not self.waiting:
+            loop = asyncio.get_running_loop()
+            self.waiting_since = loop.time()
+            if self.in_flight < POOL_SIZE:
+                loop.call_soon(self._send_batch)
         self.waiting.setdefault(key, []).append((answer, failed))
 
     def _send_batch(self) -> None:
         if not self.waiting or self.in_flight >= POOL_SIZE:
-            return  # a returning batch sends what waits
+            return  # a batch settling sends what waits
         batch, self.waiting = self.waiting, {}
+        if self.tasks.closed:
+            _tell(batch, {}, IndexUnavailable(_CLOSED))
+            return
         self.in_flight += 1
         self.batches += 1
         self.batched_keys += len(batch)
-        asyncio.get_running_loop().create_task(self._answer_batch(batch))
+        late = IndexUnavailable(_LATE.format(ANSWER_SECONDS))
+        self.tasks.start(self._answer_batch(batch), deadline=self.waiting_since + ANSWER_SECONDS,
+                         late=lambda: self._settle(batch, {}, late))
 
-    async def _answer_batch(self, batch: dict[bytes, list[tuple[Answer, Failure | None]]]
-                            ) -> None:
+    async def _answer_batch(self, batch: Waiters) -> None:
         try:
             rows = await self._call(self.pool.fetch, _LOOKUP, list(batch))
+        except asyncio.CancelledError:  # closing, or past the deadline (then settled already)
+            self._settle(batch, {}, IndexUnavailable(_CLOSED))
+            raise
         except Exception as e:  # IndexUnavailable, or a bug: every waiter is told
             if not isinstance(e, IndexUnavailable):
                 log.exception("looking up %d keys failed", len(batch))
-            for waiters in batch.values():
-                for _, failed in waiters:
-                    if failed is not None:
-                        failed(e)
+            self._settle(batch, {}, e)
             return
-        finally:
-            self.in_flight -= 1
-            self._send_batch()
-        found = {row[0]: Record.decode(row[1]) for row in rows}
-        for key, waiters in batch.items():
-            record = found.get(key)
-            for answer, _ in waiters:
-                answer(record)
+        self._settle(batch, dict(rows), None)
+
+    def _settle(self, batch: Waiters, found: dict[bytes, bytes], error: Exception | None) -> None:
+        """Tell the batch's waiters, once (the query's end or its deadline, whichever comes
+        first), and let the next batch go."""
+        if not batch:
+            return
+        waiters = dict(batch)
+        batch.clear()
+        self.in_flight -= 1
+        _tell(waiters, found, error)
+        self._send_batch()
 
     async def get(self, key: bytes) -> Record | None:
-        answered = asyncio.get_running_loop().create_future()
-        self.lookup(key, answered.set_result, answered.set_exception)
+        answered: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+        self.lookup(key, lambda record: settle([answered], record),
+                    lambda error: settle([answered], error=error))
         return await answered
 
     # --- writes: each acknowledged once PostgreSQL has committed it ---
@@ -175,20 +198,26 @@ class PostgresIndex:
     def _send_puts(self) -> None:
         batch, waiters = self.puts, self.put_waiters
         self.puts, self.put_waiters = {}, []
-        asyncio.get_running_loop().create_task(self._write_puts(batch, waiters))
+        if self.tasks.closed:
+            settle(waiters, error=IndexUnavailable(_CLOSED))
+            return
+        # asked in the turn before this one: the deadline is counted from now
+        late = IndexUnavailable(_LATE.format(ANSWER_SECONDS))
+        self.tasks.start(self._write_puts(batch, waiters),
+                         deadline=asyncio.get_running_loop().time() + ANSWER_SECONDS,
+                         late=lambda: settle(waiters, error=late))
 
     async def _write_puts(self, batch: dict[bytes, bytes],
                           waiters: list[asyncio.Future[None]]) -> None:
         try:
             await self._call(self.pool.execute, _PUT_MANY, list(batch), list(batch.values()))
+        except asyncio.CancelledError:
+            settle(waiters, error=IndexUnavailable(_CLOSED))
+            raise
         except Exception as e:  # IndexUnavailable, or a bug: every waiter is told
-            for written in waiters:
-                if not written.done():
-                    written.set_exception(e)
+            settle(waiters, error=e)
             return
-        for written in waiters:
-            if not written.done():
-                written.set_result(None)
+        settle(waiters)
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
         # one row per key: ON CONFLICT may not touch a row twice in one statement
@@ -244,5 +273,42 @@ class PostgresIndex:
         await self._call(self.pool.execute, f"TRUNCATE {TABLE}")
 
     async def close(self) -> None:
-        await self.locks.close()
-        await self.pool.close()
+        """Fail what waits, end the statements in flight, close the connections (cut, if the
+        database does not answer within CLOSE_TIMEOUT)."""
+        self.tasks.cancel()  # lookups still waiting for a connection are refused then too
+        await asyncio.gather(self.locks.close(CLOSE_TIMEOUT), self._close_pool())
+        await self.tasks.close()  # their cleanup, which a cut connection does not hold up
+
+    async def _close_pool(self) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.pool.close()
+        except TimeoutError:  # asyncpg has cut the connections: nothing is left running
+            log.warning("the PostgreSQL index did not answer its close: connections cut")
+
+
+def _tell(waiters: Waiters, found: dict[bytes, bytes], error: Exception | None) -> None:
+    """Each waiter its key's record (None: absent) or the error. A callback that raises is
+    logged and its own waiter failed (the native GET answers 500); the others are told."""
+    for key, callbacks in waiters.items():
+        failure, record = error, None
+        if failure is None and key in found:
+            try:
+                record = Record.decode(found[key])
+            except ValueError as e:  # not a SPEC §3 record: this key's waiters fail
+                log.exception("the record of %r cannot be read", key)
+                failure = e
+        for answer, failed in callbacks:
+            raised = failure if failure is not None else _called(answer, record, key)
+            if raised is not None and failed is not None:
+                _called(failed, raised, key)
+
+
+def _called(callback: Callable[[T], object], value: T, key: bytes) -> Exception | None:
+    """`callback(value)`; what it raised, logged: one waiter's bug, not its batch's."""
+    try:
+        callback(value)
+    except Exception as e:
+        log.exception("a callback of the lookup of %r failed", key)
+        return e
+    return None

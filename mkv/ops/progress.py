@@ -22,6 +22,7 @@ from mkv.http.server import HTTPServer
 from mkv.index import Index, open_index
 from mkv.metrics import Family, counter, gauge
 from mkv.ops.runs import note_run
+from mkv.tasks import Tasks
 from mkv.volumes import Volumes
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class Progress:
         self.started = time.monotonic()
         self.phase(command, "keys")
         self._drawn = False
-        self._ticker: asyncio.Task | None = None
+        self._tasks = Tasks()  # the ticker
 
     def phase(self, what: str, unit: str, total: int | None = None,
               fraction: Callable[[], float] | None = None) -> None:
@@ -160,11 +161,10 @@ class Progress:
             self.err.flush()
 
     def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._tasks.start(self._tick())
 
-    def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+    async def stop(self) -> None:
+        await self._tasks.close()
         self._clear()
 
     def summary(self) -> str:
@@ -197,8 +197,8 @@ def run_offline(config: Config,
         try:
             await operation(config, index, volumes, progress)
         finally:
-            progress.stop()
-            volumes.close()
+            await progress.stop()
+            await volumes.close()
             await index.close()
             if admin is not None:
                 await admin.shutdown(grace=1.0)

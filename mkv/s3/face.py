@@ -39,6 +39,7 @@ from mkv.s3.spool import Spool
 from mkv.s3.state import S3State
 from mkv.s3.xml import XML, MalformedXML, Node
 from mkv.store import Store, TooFewVolumesUp
+from mkv.tasks import Tasks
 
 log = logging.getLogger("mkv")
 
@@ -80,16 +81,17 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         # one writer at a time per (upload, part number), with a count of who wants it
         self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
         self._sweep_timer: asyncio.TimerHandle | None = None
-        self._sweeping: asyncio.Task | None = None
+        self._tasks = Tasks()  # the sweep of stale uploads, while it runs
         self._schedule_sweep(first=True)
 
     async def close(self) -> None:
-        """Stop sweeping; close the S3 state's connections."""
+        """Stop sweeping; close the S3 state's connections (which ends what a sweep under way
+        still waits on), then await the sweep."""
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
-        if self._sweeping is not None:
-            self._sweeping.cancel()
+        self._tasks.cancel()
         await self.state.close()
+        await self._tasks.close()
 
     # --- entry ---
     def handle(self, req: Request) -> Awaitable[Response]:
@@ -154,7 +156,7 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
                 return None
             return verify(req.method, req.path, query, headers, self.secrets)
         except AuthError as e:
-            raise S3Error(e.status, e.code, e.message) from None
+            raise S3Error(e.status, e.code, e.message, **e.extra) from None
 
     async def _dispatch(self, req: Request, key: bytes | str, params: dict[str, str],
                         strict_buckets: bool) -> Response:

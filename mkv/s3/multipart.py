@@ -12,7 +12,7 @@ from mkv.http.server import Refusal, Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
-from mkv.s3.request import MAX_KEYS, int_param, single_range
+from mkv.s3.request import MAX_KEYS, int_param, range_bound, single_range
 from mkv.s3.sigv4 import Signed
 from mkv.s3.state import ETAG, Part, UploadBusy, UploadGone
 from mkv.s3.xml import OWNER, XML, Node
@@ -84,7 +84,8 @@ class Uploads:
             # nginx serves what it has of a range that runs past the end; S3 refuses it
             _, _, size = response.headers.get(b"content-range", b"").rpartition(b"/")
             asked = single_range(wanted)
-            if asked is not None and asked.group(2) and int(asked.group(2)) >= int(size or 0):
+            if asked is not None and asked.group(2) \
+                    and range_bound(asked.group(2)) >= int(size or 0):
                 response.body.abort()  # type: ignore[union-attr]
                 raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
                               ActualObjectSize=size.decode())
@@ -219,7 +220,7 @@ class Uploads:
     # --- housekeeping ---
     def _schedule_sweep(self, first: bool = False) -> None:
         ttl = self.config.s3_upload_ttl
-        if ttl <= 0:
+        if ttl <= 0 or self._tasks.closed:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -229,7 +230,7 @@ class Uploads:
                                             self._start_sweep)
 
     def _start_sweep(self) -> None:
-        self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
+        self._tasks.start(self._sweep())
 
     async def _sweep(self) -> None:
         """Remove multipart uploads idle for longer than -s3_upload_ttl."""

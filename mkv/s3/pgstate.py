@@ -39,11 +39,19 @@ import asyncpg
 
 from mkv.health import asked_last, volume_of
 from mkv.http.client import VolumeError
-from mkv.index.base import IndexUnavailable
-from mkv.index.postgres import COMMAND_TIMEOUT, CONNECT_TIMEOUT, MASTER, UNAVAILABLE, successor
+from mkv.index.base import ANSWER_SECONDS, IndexUnavailable
+from mkv.index.postgres import (
+    CLOSE_TIMEOUT,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    MASTER,
+    UNAVAILABLE,
+    successor,
+)
 from mkv.s3.request import parse_http_date
 from mkv.s3.state import ETAG, METADATA, Kept, Part, Upload, UploadBusy, UploadGone
 from mkv.store import Store
+from mkv.tasks import Tasks, settle
 
 log = logging.getLogger("mkv")
 
@@ -92,7 +100,9 @@ class PostgresState:
         self.url = store.config.db
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
-        self._forgetting: tuple[set[bytes], asyncio.Future[None]] | None = None
+        # this turn's forgotten keys, their writers, and when the first was asked
+        self._forgetting: tuple[set[bytes], list[asyncio.Future[None]], float] | None = None
+        self._tasks = Tasks()  # the forgets in flight
 
     async def _connected(self) -> asyncpg.Pool:
         async with self._opening:
@@ -386,29 +396,50 @@ class PostgresState:
 
     def forget(self, key: bytes) -> Awaitable[None]:
         """The key's documents go; the keys of one loop turn in one statement, sent now, so
-        it runs beside the store's record write."""
+        it runs beside the store's record write. A future per writer: one that gives up
+        cancels only its own."""
+        loop = asyncio.get_running_loop()
         if self._forgetting is None:
-            loop = asyncio.get_running_loop()
-            self._forgetting = (set(), loop.create_future())
-            loop.call_soon(lambda: loop.create_task(self._send_forgets()))
-        keys, done = self._forgetting
+            self._forgetting = (set(), [], loop.time())
+            loop.call_soon(self._start_forgets)
+        keys, waiters, _ = self._forgetting
         keys.add(key)
-        return done
+        told = loop.create_future()
+        waiters.append(told)
+        return told
 
-    async def _send_forgets(self) -> None:
+    def _start_forgets(self) -> None:
         assert self._forgetting is not None
-        (keys, done), self._forgetting = self._forgetting, None
+        (keys, waiters, since), self._forgetting = self._forgetting, None
+        if self._tasks.closed:
+            settle(waiters, error=IndexUnavailable("the PostgreSQL index is closed"))
+            return
+        late = IndexUnavailable("the PostgreSQL index is unavailable: no answer within "
+                                f"{ANSWER_SECONDS:g} seconds")
+        self._tasks.start(self._send_forgets(keys, waiters), deadline=since + ANSWER_SECONDS,
+                          late=lambda: settle(waiters, error=late))
+
+    async def _send_forgets(self, keys: set[bytes], waiters: list[asyncio.Future[None]]) -> None:
         try:
             await self._execute("DELETE FROM mkv_s3_documents WHERE key = ANY($1)", list(keys))
+        except asyncio.CancelledError:  # closing, or late (then told already)
+            settle(waiters, error=IndexUnavailable("the PostgreSQL index is closed"))
+            raise
         except Exception as e:  # IndexUnavailable, or a bug: every writer is told
-            done.set_exception(e)
-            done.exception()  # a writer whose record write failed first will not look
+            settle(waiters, error=e)
         else:
-            done.set_result(None)
+            settle(waiters)
 
     async def close(self) -> None:
+        """End the statements in flight; close the connections, or cut them."""
+        self._tasks.cancel()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._pool.close()
+            except TimeoutError:  # asyncpg has cut the connections
+                log.warning("S3's PostgreSQL state did not answer its close: connections cut")
+        await self._tasks.close()  # their cleanup, which a cut connection does not hold up
 
 
 class PostgresCompletion:
