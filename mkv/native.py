@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
+from mkv.http.headers import valid_value
 from mkv.http.server import Pending, Refusal, Request, Response
 from mkv.http.target import parse_key
 from mkv.placement import storable
@@ -17,9 +18,11 @@ from mkv.security import signed_location
 from mkv.store import MoveError, Store, TooFewVolumesUp
 
 LIST_MAX = 1_000_000  # keys in one listing without a limit
+LIST_PAGE = 4096  # keys read from the index at a time for a listing without a limit
 EXTRA_METHODS = (b"REPLACE", b"RELINK", b"REBALANCE")  # mkv's own, unknown to llhttp
 _LISTINGS = {b"list": State.LIVE, b"unlinked": State.UNLINKED, b"writing": State.WRITING}
 
+JSON = ("Content-Type", "application/json")
 NOT_FOUND = Response(404, [("Content-Length", "0")])
 GONE = Response(410, [("Content-Length", "0")])
 
@@ -31,6 +34,19 @@ def text(status: int, reason: str = "") -> Response:
 
 
 BUSY = text(409, "another write or delete of this key is in progress")
+
+
+def _keys_json(keys: list[bytes]) -> bytes:
+    """The keys as the items of a JSON array, without its brackets."""
+    return json.dumps([k.decode(errors="replace") for k in keys], ensure_ascii=False,
+                      separators=(",", ":"))[1:-1].encode()
+
+
+def _listing_json(keys: list[bytes], following: bytes | None) -> bytes:
+    """`{"next":…,"keys":[…]}`, the answer to `?list` (SPEC §4)."""
+    after = json.dumps(following.decode(errors="replace") if following else "",
+                       ensure_ascii=False)
+    return b'{"next":%s,"keys":[%s]}' % (after.encode(), _keys_json(keys))
 
 
 async def _chain(first: bytes, body: Body) -> AsyncIterator[bytes]:
@@ -59,7 +75,8 @@ class _Read:
             if api.config.fallback:
                 location = f"http://{api.config.fallback}{self.req.path.decode()}"
                 self.answer.resolve(
-                    Response(302, [("Location", location), ("Content-Length", "0")]))
+                    Response(302, [("Location", location), ("Content-Length", "0")])
+                    if valid_value(location) else text(400, "the path holds a control character"))
             else:
                 self.answer.resolve(NOT_FOUND)
             return
@@ -159,14 +176,29 @@ class NativeAPI:
                 raise ValueError
         except ValueError:
             return text(400, "limit must be a non-negative integer")
-        keys, following = await self.index.page(prefix, state, start, limit or LIST_MAX)
-        if not limit and following is not None:
+        keys, following = await self.index.page(prefix, state, start, limit or LIST_PAGE)
+        if limit or following is None:
+            return Response(200, [JSON], _listing_json(keys, following))
+        # more than a page and no limit: count on a page at a time, then stream, so that a
+        # million keys are never held at once
+        counted, after = len(keys), following
+        while after is not None and counted <= LIST_MAX:
+            more, after = await self.index.page(prefix, state, after, LIST_PAGE)
+            counted += len(more)
+        if counted > LIST_MAX:
             return text(413, f"more than {LIST_MAX} keys: page with &limit=N")
-        body = json.dumps({
-            "next": following.decode(errors="replace") if following else "",
-            "keys": [k.decode(errors="replace") for k in keys],
-        }, ensure_ascii=False, separators=(",", ":")).encode()
-        return Response(200, [("Content-Type", "application/json")], body)
+        return Response(200, [JSON], self._stream_listing(prefix, state, keys, following))
+
+    async def _stream_listing(self, prefix: bytes, state: State, keys: list[bytes],
+                              following: bytes | None) -> AsyncIterator[bytes]:
+        """The bytes `_listing_json` would give for every key from `keys` on, a page at a
+        time; keys written or removed meanwhile may or may not be among them."""
+        yield b'{"next":"","keys":[' + _keys_json(keys)
+        while following is not None:
+            keys, following = await self.index.page(prefix, state, following, LIST_PAGE)
+            if keys:
+                yield b"," + _keys_json(keys)
+        yield b"]}"
 
     # --- writes ---
     def put(self, key: bytes, req: Request) -> Response | Awaitable[Response]:

@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -59,10 +60,19 @@ class Process:
 
     def peak_rss_kib(self) -> int:
         """VmHWM of the process: its peak resident memory so far."""
+        return self._status_kib("VmHWM")
+
+    def reset_peak_rss(self) -> int:
+        """Start VmHWM again from the resident memory now (Linux's clear_refs 5); that, in
+        KiB."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return self._status_kib("VmRSS")
+
+    def _status_kib(self, name: str) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        raise RuntimeError(f"no {name}")
 
 
 @dataclass
@@ -79,11 +89,12 @@ def start_volume(data_dir: Path, port: int | None = None, *flags: str) -> Volume
 
 
 def start_master(db: Path | str, volumes: list[str], *flags: str,
-                 port: int | None = None) -> Process:
+                 port: int | None = None, stderr: IO | None = None) -> Process:
+    """A master on `port` (a free one if None); its log to `stderr` (else this process's)."""
     port = port or free_port()
     cmd = mkv_command("-db", str(db), "-volumes", ",".join(volumes), "-port", str(port),
                       *flags, "server")
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=stderr)
     wait_listening(port, proc)
     return Process(port, proc)
 

@@ -392,7 +392,15 @@ def test_list_over_a_million_keys_without_limit_is_413(make_master):
     value = b"127.0.0.1:1/sv00,127.0.0.1:2/sv00"
     write_records(db, ((b"/big/%07d" % i, value) for i in range(1_000_001)))
     master = make_master(db=db)
+    before = master.process.reset_peak_rss()
     assert request(master.port, "GET", "/?list").status == 413
+    streamed = request(master.port, "GET", "/big/0?list")  # a million keys, a page at a time
+    grown = master.process.peak_rss_kib() - before
+    print(f"?list of 1,000,000 keys: the master's RSS grew {grown} KiB at its peak")
+    assert streamed.status == 200
+    assert streamed.body == b'{"next":"","keys":[%s]}' % b",".join(
+        b'"/big/%07d"' % i for i in range(1_000_000))
+    assert grown < 32 * 1024
     page = master.listing(b"/big/", limit="3")
     assert page == {"next": "/big/0000003", "keys": ["/big/0000000", "/big/0000001",
                                                     "/big/0000002"]}

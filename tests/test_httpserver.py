@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import pytest
 import uvloop
@@ -44,7 +44,32 @@ class App:
             return self.future(req)
         if req.path.startswith(b"/pending"):
             return self.pending(req)
+        if req.path == b"/injected":
+            return self.injected(req)
+        if req.path == b"/unframed":
+            return self.future_of(Response(200, [("Content-Type", "text/plain")],
+                                           self._chunks()))
         return self.echo(req)
+
+    def injected(self, req: Request):
+        """An answer with a header that holds `text` in its `where` (name or value), given
+        `how`: at once, through Pending, or streamed."""
+        params = parse_qs(req.query.decode(), keep_blank_values=True)
+        text, where, how = (params[name][0] for name in ("text", "where", "how"))
+        header = (f"X-A{text}", "1") if where == "name" else ("X-A", f"a{text}b")
+        if how == "stream":
+            return self.future_of(Response(200, [header, ("Content-Length", "20")],
+                                           self._chunks()))
+        response = Response(200, [header], b"sent")
+        if how == "pending":
+            answer = Pending()
+            asyncio.get_running_loop().call_later(0.01, answer.resolve, response)
+            return answer
+        return response
+
+    @staticmethod
+    async def future_of(response: Response) -> Response:
+        return response
 
     def pending(self, req: Request) -> Pending:
         """An answer through `Pending`, resolved from a callback (as the master's GET does)."""
@@ -382,6 +407,56 @@ def test_pending_resolved_before_the_handler_returns(server: Served) -> None:
     c.close()
 
 
+@pytest.mark.parametrize("text", ["\r\nSet-Cookie: evil=1", "\nSet-Cookie: evil=1", "\r",
+                                  "\x00", "\x01", "\x0b", "\x1b", "\x7f"])
+@pytest.mark.parametrize("how", ["now", "pending", "stream"])
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_a_header_holding_a_control_is_never_sent(server: Served, text: str, how: str,
+                                                  where: str) -> None:
+    """Defence in depth: whatever a handler answers, such a head becomes a 500."""
+    c = Raw(server.port)
+    c.send(get(f"/injected?text={quote(text)}&where={where}&how={how}"))
+    status, headers, _ = c.read_response()
+    assert (status, "set-cookie" in headers) == (500, False)
+    assert not any(name.startswith("x-a") for name in headers)
+    c.send(get("/next"))  # the connection lives on
+    assert c.read_response()[2] == echo_line("GET", "/next", b"")
+    c.close()
+
+
+def test_a_tab_inside_a_header_value_is_sent(server: Served) -> None:
+    c = Raw(server.port)
+    c.send(get(f"/injected?text={quote(chr(9))}&where=value&how=now"))
+    status, headers, body = c.read_response()
+    assert (status, headers["x-a"], body) == (200, "a\tb", b"sent")
+    c.close()
+
+
+def test_a_stream_without_length_is_chunked(server: Served) -> None:
+    c = Raw(server.port)
+    for _ in range(2):  # and the connection is kept
+        c.send(get("/unframed"))
+        status, headers = c.read_head()
+        assert (status, headers["transfer-encoding"], "content-length" in headers) == \
+            (200, "chunked", False)
+        while not c.buf.endswith(b"0\r\n\r\n"):
+            c._more()
+        assert c.buf == b"6\r\nhello \r\n9\r\nstreamed \r\n5\r\nworld\r\n0\r\n\r\n"
+        c.buf = b""
+    c.close()
+
+
+def test_a_stream_without_length_ends_with_the_connection_for_http10(server: Served) -> None:
+    c = Raw(server.port)
+    c.send(b"GET /unframed HTTP/1.0\r\n\r\n")
+    status, headers = c.read_head()
+    assert (status, headers["connection"], "transfer-encoding" in headers) == \
+        (200, "close", False)
+    assert c.closed_within(2)
+    assert c.buf == b"hello streamed world"
+    c.close()
+
+
 def test_handler_exception_is_500_and_connection_lives(server: Served) -> None:
     c = Raw(server.port)
     c.send(get("/crash"))
@@ -407,6 +482,16 @@ def test_header_over_64k_is_431(server: Served) -> None:
         b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"\r\n")
     assert_refused(c, 431)
     assert server.app.seen == []
+
+
+def test_more_than_256_headers_is_431(server: Served) -> None:
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(255))
+    c = Raw(server.port)
+    c.send(b"GET /fine HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")  # 256: served
+    assert c.read_response()[0] == 200
+    c.send(b"GET /more HTTP/1.1\r\nHost: x\r\nX-Last: v\r\n" + many + b"\r\n")
+    assert_refused(c, 431)
+    assert server.app.seen == [b"/fine"]
 
 
 def test_one_huge_header_is_431(server: Served) -> None:
@@ -468,6 +553,24 @@ def test_broken_chunked_body_while_handler_reads_is_400(server: Served) -> None:
     time.sleep(0.1)  # the handler is reading the body
     c.send(b"zz\r\n")
     assert_refused(c, 400)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"HEAD / HTTP/1.1\r\nHost: x\r\nBad Header Name: v\r\n\r\n",
+    b"HEAD /a\x7fb HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70_000 + b"\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HEAD /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+], ids=["bad_header", "bad_url", "header_too_large", "ambiguous_framing", "broken_body"])
+def test_a_refused_head_is_answered_without_a_body(server: Served, request_bytes: bytes) -> None:
+    """test_adversary's finding: the parser's refusal of a HEAD carried its reason as a body,
+    which a client reads as the start of another answer."""
+    c = Raw(server.port)
+    c.send(request_bytes)
+    status, headers = c.read_head()
+    assert status in (400, 431) and headers.get("connection") == "close"
+    assert c.closed_within(2)
+    assert c.buf == b"", f"a body after the answer to a HEAD: {c.buf!r}"
 
 
 def test_unknown_method_is_405(server: Served) -> None:

@@ -15,7 +15,6 @@ application has not taken what arrived.
 
 import asyncio
 import email.utils
-import http
 import logging
 import time
 from collections import deque
@@ -24,15 +23,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httptools
 
 from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
+from mkv.http.headers import STATUS_LINES, BadHeader, encode_head
 from mkv.metrics import RequestMetrics
 
 log = logging.getLogger("mkv")
 
-MAX_HEADER_BYTES = 64 * 1024
-
-_STATUS_LINES = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus
-}
+MAX_HEADER_BYTES = 64 * 1024  # the request line's and headers' bytes: more is 431
+MAX_HEADERS = 256  # header lines in one request: more is 431
 
 
 class Refusal(Exception):
@@ -64,31 +61,26 @@ class Request:
 
 
 class Response:
-    """Status, headers, and a body: bytes, or an async iterator of bytes with Content-Length set.
+    """Status, headers, and a body: bytes, or an async iterator of bytes (sent chunked when
+    no Content-Length is set).
 
     The encoded header block is kept, so a constant response is encoded once.
     """
 
-    __slots__ = ("status", "headers", "body", "_encoded")
+    __slots__ = ("status", "headers", "body", "unframed", "_encoded")
 
     def __init__(self, status: int, headers: list[tuple[str, str]] | None = None,
                  body: bytes | AsyncIterator[bytes] = b"") -> None:
         self.status = status
         self.headers = headers or []
         self.body = body
+        self.unframed = False  # an iterator body without Content-Length
         self._encoded: bytes | None = None
 
     def encoded_head(self) -> bytes:
-        """Status line and headers, with Content-Length added for a bytes body that lacks one."""
+        """Status line and headers (`headers.encode_head`); BadHeader if one holds a control."""
         if self._encoded is None:
-            head = _STATUS_LINES.get(self.status) or f"HTTP/1.1 {self.status} \r\n".encode()
-            lines, has_length = [], False
-            for name, value in self.headers:
-                lines.append(f"{name}: {value}\r\n")
-                has_length = has_length or name == "Content-Length"
-            if isinstance(self.body, bytes) and not has_length:
-                lines.append(f"Content-Length: {len(self.body)}\r\n")
-            self._encoded = head + "".join(lines).encode("utf-8", "surrogateescape")
+            self._encoded, self.unframed = encode_head(self.status, self.headers, self.body)
         return self._encoded
 
 
@@ -141,6 +133,7 @@ class HTTPConnection(FlowControlled):
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0  # the request line's and headers' own bytes
+        self._header_count = 0
         self._head_read = 0  # bytes read while the head is incomplete
         self._parsing: Request | None = None
         self._pending: deque[Request] = deque()
@@ -188,7 +181,7 @@ class HTTPConnection(FlowControlled):
             self._reject(405, "method not allowed")
             return
         except httptools.HttpParserError as e:
-            if self._header_bytes > MAX_HEADER_BYTES:
+            if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
                 self._reject(431, "request header too large")
             else:
                 self._reject(400, f"malformed request: {e}")
@@ -228,6 +221,9 @@ class HTTPConnection(FlowControlled):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            raise httptools.HttpParserError("too many headers")
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
@@ -254,7 +250,7 @@ class HTTPConnection(FlowControlled):
         request.http10 = version == "1.0"
         self._url = b""
         self._headers = {}
-        self._header_bytes = self._head_read = 0
+        self._header_bytes = self._head_read = self._header_count = 0
         self._parsing = request
         if self._active is None and not self._pending:
             self._start(request)
@@ -307,8 +303,11 @@ class HTTPConnection(FlowControlled):
         except Exception:
             log.exception("handler failed for %s %r", request.method, request.path)
             response = Response(500, body=b"internal error\n")
-        if isinstance(response.body, bytes):
-            self._respond(request, response)
+        sendable = self._sendable(request, response)
+        if isinstance(sendable.body, bytes):
+            if sendable is not response and hasattr(response.body, "aclose"):
+                await response.body.aclose()  # a stream refused: let go what it holds
+            self._respond(request, sendable)
             return
         try:
             await self._stream(request, response)
@@ -353,7 +352,18 @@ class HTTPConnection(FlowControlled):
         body.discard()
         return not close
 
+    @staticmethod
+    def _sendable(request: Request, response: Response) -> Response:
+        """The response, or a 500 if its head must not be sent (the faces refuse first)."""
+        try:
+            response.encoded_head()
+        except BadHeader as e:
+            log.error("%s %r: answered 500, as %s", request.method.decode(), request.path, e)
+            return Response(500, body=b"internal error\n")
+        return response
+
     def _respond(self, request: Request, response: Response) -> None:
+        response = self._sendable(request, response)
         keep_alive = self._keep_alive(request)
         body = response.body
         head = self._head(request, response, keep_alive)
@@ -363,8 +373,11 @@ class HTTPConnection(FlowControlled):
         self._finish(request, response.status, keep_alive, len(data))
 
     async def _stream(self, request: Request, response: Response) -> None:
-        keep_alive = self._keep_alive(request)
-        head = self._head(request, response, keep_alive) + b"\r\n"
+        # without a length, HTTP/1.1 gets chunks and HTTP/1.0 the end of the connection
+        chunked = response.unframed and not request.http10
+        keep_alive = self._keep_alive(request) and (chunked or not response.unframed)
+        head = self._head(request, response, keep_alive)
+        head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n"
         self.write(head)
         sent = len(head)
         body = response.body
@@ -373,9 +386,14 @@ class HTTPConnection(FlowControlled):
                 async for chunk in body:  # type: ignore[union-attr]
                     if self.closed:
                         raise ClientGone("client closed the connection")
+                    if chunked and chunk:  # an empty chunk would end the body
+                        chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
                     self.write(chunk)
                     sent += len(chunk)
                     await self.drain()
+                if chunked:
+                    self.write(b"0\r\n\r\n")
+                    sent += 5
         finally:
             if hasattr(body, "aclose"):  # a generator left early still releases what it holds
                 await body.aclose()
@@ -418,8 +436,13 @@ class HTTPConnection(FlowControlled):
 
     def _refuse(self, status: int, reason: str) -> None:
         message = reason.encode() + b"\n"
-        self.write(_STATUS_LINES[status] + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-                   % len(message) + message)
+        # a HEAD's answer has no body (RFC 9110 9.3.2). llhttp reads the method first, so it is
+        # known whatever broke later; not after a 405 (the method itself was not understood)
+        request = self._parsing
+        head = request.method == b"HEAD" if request is not None else (
+            self._in_message and status != 405 and self.parser.get_method() == b"HEAD")
+        self.write(STATUS_LINES[status] + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                   % len(message) + (b"" if head else message))
         self.close()
 
     def abandon(self, reason: str) -> None:

@@ -3,7 +3,9 @@
 The form is parsed as it streams in (python-multipart): the fields before the `file` field
 are read first and checked (the policy document's expiration and conditions, its SigV4 or V2
 signature under -s3_keys), then the file's bytes stream through the store into the replicas
-like a PutObject body, never held whole. Fields after the file are ignored, as on S3.
+like a PutObject body, never held whole. Fields after the file are ignored, as on S3. What is
+held before the signature is checked is bounded: MAX_FIELDS fields, MAX_FIELDS_SIZE bytes of
+their headers and values, MAX_PART_HEADER bytes of any part's headers.
 """
 
 import base64
@@ -14,9 +16,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from mkv.http.flow import Body
@@ -25,11 +27,13 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.errors import S3Error
-from mkv.s3.metadata import headers_from
+from mkv.s3.metadata import header_value, headers_from
 from mkv.s3.sigv4 import ALGORITHM, signing_key
 from mkv.s3.xml import XML
 
-MAX_FIELDS_SIZE = 64 * 1024  # bytes of the fields before the file (S3 allows 20 KB of policy)
+MAX_FIELDS = 100  # fields before the file
+MAX_FIELDS_SIZE = 64 * 1024  # their headers' and values' bytes (S3 allows 20 KB of policy)
+MAX_PART_HEADER = 4 * 1024  # the bytes of one part's headers (its field name among them)
 # fields the policy need not name: the signature's own, the file, x-ignore-*
 _UNCONDITIONED = frozenset(("policy", "x-amz-signature", "signature", "awsaccesskeyid", "file"))
 
@@ -37,6 +41,11 @@ _UNCONDITIONED = frozenset(("policy", "x-amz-signature", "signature", "awsaccess
 def _malformed(why: str) -> BadPayload:
     return BadPayload("MalformedPOSTRequest", "The body of your POST request is not "
                       f"well-formed multipart/form-data: {why}")
+
+
+def _too_large() -> S3Error:
+    return S3Error(400, "MaxPostPreDataLengthExceeded", "Your POST request fields preceding "
+                   "the upload file were too large.")
 
 
 class Form:
@@ -52,7 +61,9 @@ class Form:
         self.fields: dict[str, str] = {}  # lower-cased name → value, first one wins
         self.filename = ""
         self._chunks = body.__aiter__()
-        self._size = 0
+        self._size = 0  # bytes of the fields' headers and values
+        self._parts = 0  # fields read
+        self._part_head = 0  # bytes of this part's headers
         self._headers: list[tuple[bytes, bytes]] = []
         self._field = self._text = b""  # the header name and value being read
         self._name: bytes | None = None
@@ -60,21 +71,39 @@ class Form:
         self._state = "fields"  # then "file" while its bytes come, "after" once it ended
         self._ended = False
         self._file_data: list[bytes] = []
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
-            "on_header_value": self._header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end, "on_end": self._end})
+        try:
+            self._parser = MultipartParser(boundary, {
+                "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end, "on_end": self._end})
+        except FormParserError as e:  # a boundary over python-multipart's 256 bytes
+            raise S3Error(400, "MalformedPOSTRequest", "The body of your POST request is not "
+                          f"well-formed multipart/form-data: {e}") from None
 
     # --- parser callbacks ---
     def _part_begin(self) -> None:
         self._headers, self._name, self._value = [], None, bytearray()
         self._field, self._text = b"", b""
+        self._part_head = 0
+
+    def _count(self, size: int, head: bool) -> None:
+        """Count bytes of a part's headers or a field's value against the limits."""
+        if head:
+            self._part_head += size
+            if self._part_head > MAX_PART_HEADER:
+                raise _malformed(f"a part's headers are over {MAX_PART_HEADER} bytes")
+        if self._state == "fields":
+            self._size += size
+            if self._size > MAX_FIELDS_SIZE:
+                raise _too_large()
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start, head=True)
         self._field += data[start:end]
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start, head=True)
         self._text += data[start:end]
 
     def _header_end(self) -> None:
@@ -88,15 +117,16 @@ class Form:
         if self._state == "fields" and self._name is not None and self._name.lower() == b"file":
             self._state = "file"
             self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+        elif self._state == "fields":
+            self._parts += 1
+            if self._parts > MAX_FIELDS:
+                raise _too_large()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._state == "file":
             self._file_data.append(bytes(data[start:end]))
         elif self._state == "fields":
-            self._size += end - start
-            if self._size > MAX_FIELDS_SIZE:
-                raise S3Error(400, "MaxPostPreDataLengthExceeded", "Your POST request fields "
-                              "preceding the upload file were too large.")
+            self._count(end - start, head=False)
             self._value += data[start:end]
 
     def _part_end(self) -> None:
@@ -262,14 +292,28 @@ def _secret(secrets: dict[str, str], access_key: str) -> str:
     return secret
 
 
-def _answer(req: Request, fields: dict[str, str], bucket: str, name: str,
-            etag: str) -> Response:
-    """success_action_redirect (303), else success_action_status: 200, 201 (PostResponse
-    XML) or 204 (the default, and what any other value gets)."""
+def _redirect(fields: dict[str, str]) -> str | None:
+    """Where success_action_redirect (or redirect) sends the browser: an http(s) URL, as S3
+    acts as if a URL it cannot use were absent; one with a control is refused (400)."""
+    name = "success_action_redirect" if fields.get("success_action_redirect") else "redirect"
+    target = fields.get(name)
+    if not target:
+        return None
+    header_value(name, target)
+    try:
+        url = urlsplit(target)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return None
+    return target if url.scheme.lower() in ("http", "https") and url.netloc else None
+
+
+def _answer(req: Request, redirect: str | None, fields: dict[str, str], bucket: str,
+            name: str, etag: str) -> Response:
+    """A 303 to `redirect`, else success_action_status: 200, 201 (PostResponse XML) or 204
+    (the default, and what any other value gets)."""
     host = req.headers.get(b"host", b"").decode("latin-1")
     location = f"http://{host}/{quote(bucket)}/{quote(name)}"
     headers = [("ETag", etag), ("Location", location)]
-    redirect = fields.get("success_action_redirect") or fields.get("redirect")
     if redirect:
         query = urlencode({"bucket": bucket, "key": name, "etag": etag})
         target = f"{redirect}{'&' if '?' in redirect else '?'}{query}"
@@ -305,6 +349,7 @@ class PostObject:
                              if "policy" in fields else (0, None))
         metadata = {"headers": headers_from((field.encode(), value.encode())
                                             for field, value in fields.items()), "tags": []}
+        redirect = _redirect(fields)  # checked, as the metadata is, before anything is written
         md5 = await self._locked_store(key, form.file(smallest, largest), None)
         await self._keep_metadata(key, md5, metadata)
-        return _answer(req, fields, bucket, name, f'"{md5}"' if md5 else '""')
+        return _answer(req, redirect, fields, bucket, name, f'"{md5}"' if md5 else '""')

@@ -5,6 +5,7 @@ headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the S3 sta
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
+from mkv.http.headers import valid_name, valid_value
 from mkv.http.server import Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
@@ -29,6 +30,14 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape").strip()
 
 
+def header_value(what: str, value: str) -> str:
+    """`value`, if it may be sent as a header's; else 400 InvalidArgument."""
+    if not valid_value(value):
+        raise S3Error(400, "InvalidArgument", f"{what} holds a control character",
+                      ArgumentName=what)
+    return value
+
+
 def headers_of(req: Request) -> list[tuple[str, str]]:
     """The metadata headers of a write (PutObject, CopyObject REPLACE, CreateMultipartUpload)."""
     return headers_from(req.headers.items())
@@ -36,18 +45,22 @@ def headers_of(req: Request) -> list[tuple[str, str]]:
 
 def headers_from(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     """The metadata among (lower-case name, value) pairs: a write's headers, or a POST
-    form's fields."""
+    form's fields. Each will be a header of every read: one that could not be is refused."""
     kept, user_size = [], 0
     for name, value in items:
         if name in STORED:
-            text = _text(value)
+            text = header_value(STORED[name], _text(value))
             if name == b"content-encoding":  # the transfer's own coding is not the object's
                 text = ", ".join(t.strip() for t in text.split(",")
                                  if t.strip() and t.strip().lower() != "aws-chunked")
             if text:
                 kept.append((STORED[name], text))
         elif name.startswith(USER_PREFIX):
-            kept.append((_text(name), _text(value)))
+            field = _text(name)
+            if not valid_name(field):
+                raise S3Error(400, "InvalidArgument", "a metadata name must be a token "
+                              "(RFC 9110)", ArgumentName="x-amz-meta-*")
+            kept.append((field, header_value(field, _text(value))))
             user_size += len(name) - len(USER_PREFIX) + len(value)
     if user_size > MAX_USER_METADATA:
         raise S3Error(400, "MetadataTooLarge", "Your metadata headers exceed the maximum "

@@ -25,7 +25,7 @@ from mkv.s3.errors import (
     object_name,
     precondition_failed,
 )
-from mkv.s3.metadata import answer_headers, headers_of, of_request, tags_of
+from mkv.s3.metadata import answer_headers, header_value, headers_of, of_request, tags_of
 from mkv.s3.multipart import MAX_PART_NUMBER
 from mkv.s3.payload import Payload
 from mkv.s3.request import (
@@ -35,7 +35,7 @@ from mkv.s3.request import (
     resolve_range,
     single_range,
 )
-from mkv.s3.sigv4 import Signed
+from mkv.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
 from mkv.s3.state import METADATA, Kept
 from mkv.s3.xml import XML, MalformedXML
 
@@ -129,6 +129,8 @@ class Objects:
 
     async def get_object(self, key: bytes, req: Request, params: dict[str, str],
                          head: bool) -> Response:
+        for param in _RESPONSE_OVERRIDES.keys() & params.keys():
+            header_value(param, params[param])
         record = await self._live(key)
         kept = await self.state.kept(key, record.md5)
         wanted, part_headers = self._part_range(kept, req, params)
@@ -245,6 +247,13 @@ class Objects:
         """How to read and check a request body, from its headers; errors before reading."""
         h = req.headers
         sha = h.get(b"x-amz-content-sha256", b"").decode("latin-1")
+        bound = signed.payload_hash if signed is not None else UNSIGNED_PAYLOAD
+        if bound not in (sha, UNSIGNED_PAYLOAD):
+            # a presigned URL's X-Amz-Content-Sha256 (a hex, as verify checked) binds the body
+            if sha:
+                raise S3Error(400, "XAmzContentSHA256Mismatch", "x-amz-content-sha256 differs "
+                              "from the X-Amz-Content-Sha256 the URL signed")
+            sha = bound
         encoding = h.get(b"content-encoding", b"").lower()
         if "ECDSA" in sha:
             raise S3Error(501, "NotImplemented", "SigV4a (ECDSA) signed payloads are not "

@@ -8,6 +8,10 @@ The canonical request follows the S3 flavour of SigV4: the path is not double-en
 query is re-encoded and sorted, and the signed headers are taken as the request sent them.
 Clients differ in how they percent-encode a path; the path as sent is tried first, then
 its canonical re-encoding.
+
+A signature binds what it claims, as S3's does: every `x-amz-*` header must be among a SigV4
+request's signed headers (Version 2 signs them all by construction), and the payload hash
+signed is handed on (`Signed.payload_hash`) for the body to be checked against.
 """
 
 import base64
@@ -17,6 +21,7 @@ import hmac
 import re
 import time
 from calendar import timegm
+from datetime import datetime
 from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
@@ -26,16 +31,20 @@ MAX_SKEW = 15 * 60  # seconds between the client's clock and ours, as S3 allows
 MAX_EXPIRES = 7 * 24 * 3600  # the longest a presigned URL may live, as S3 allows
 _SPACES = re.compile(r"\s+")
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 
 class AuthError(Exception):
     """A request S3 would refuse: `code` and `status` as S3 answers them."""
 
-    def __init__(self, code: str, message: str, status: int = 403) -> None:
+    def __init__(self, code: str, message: str, status: int = 403,
+                 extra: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.extra = extra or {}  # elements S3 adds to its <Error>, such as HeadersNotSigned
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -88,21 +97,29 @@ def _signed_bytes(text: str) -> bytes:
 def parse_amz_date(text: str) -> int:
     """Seconds since the epoch of an ISO 8601 basic date such as 20130524T000000Z."""
     m = _DATE.match(text)
-    if not m:
+    try:
+        when = datetime(*(int(g) for g in m.groups())) if m else None  # month 13: ValueError
+    except ValueError:
+        when = None
+    if when is None:
         raise AuthError("AccessDenied", f"invalid X-Amz-Date {text!r}")
-    return timegm(tuple(int(g) for g in m.groups()) + (0, 0, 0))  # type: ignore[arg-type]
+    return timegm(when.timetuple())
 
 
 class Signed:
-    """What a verified request leaves behind: enough to check the signatures of its chunks."""
+    """What a verified request leaves behind: the payload hash it signed, and enough to check
+    the signatures of its chunks."""
 
     def __init__(self, access_key: str, key: bytes, amz_date: str, scope: str,
-                 signature: str) -> None:
+                 signature: str, payload_hash: str = UNSIGNED_PAYLOAD) -> None:
         self.access_key = access_key
         self._key = key
         self.amz_date = amz_date
         self.scope = scope
         self.signature = signature  # the seed: the first chunk's previous signature
+        # a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-…: x-amz-content-sha256 with header
+        # auth, a presigned URL's X-Amz-Content-Sha256 (UNSIGNED-PAYLOAD when it has none)
+        self.payload_hash = payload_hash
 
     def _sign(self, kind: str, previous: str, *hashes: str) -> str:
         string = "\n".join((kind, self.amz_date, self.scope, previous, *hashes))
@@ -142,6 +159,13 @@ def _query_params(query: bytes) -> dict[str, str]:
     return params
 
 
+def unsigned_headers(headers: dict[bytes, bytes], signed: list[str]) -> list[str]:
+    """The request's `x-amz-*` header names (lower case, sorted) not among `signed`."""
+    names = set(signed)
+    return sorted(name for name in (n.decode("latin-1") for n in headers)
+                  if name.startswith("x-amz-") and name not in names)
+
+
 def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes],
            secrets: dict[str, str], now: float | None = None) -> Signed:
     """Check a request's SigV4 signature against `secrets` (access key → secret key).
@@ -173,7 +197,11 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
             raise AuthError("AccessDenied", "Request has expired")
         if signed_at - now > MAX_SKEW:
             raise AuthError("AccessDenied", "Request is not valid yet")
-        payload_hash = params.get("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")
+        payload_hash = params.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
+        if payload_hash != UNSIGNED_PAYLOAD and not _SHA256_HEX.fullmatch(payload_hash):
+            # anything else could not be checked against the body, so nothing would bind it
+            raise AuthError("AuthorizationQueryParametersError", "X-Amz-Content-Sha256 must "
+                            "be UNSIGNED-PAYLOAD or a lower-case hex SHA-256", 400)
         query_string = canonical_query(query, drop="X-Amz-Signature")
     else:
         fields = _parse_authorization(headers.get(b"authorization", b"").decode("latin-1"))
@@ -208,9 +236,15 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
     names = signed_headers.split(";")
     if "host" not in names:
         raise AuthError("AccessDenied", "the host header must be signed")
+    # an x-amz-* header changes what a request does (x-amz-copy-source makes a PUT a copy):
+    # one the signer did not sign could have been added by anyone on the way
+    unsigned = unsigned_headers(headers, names)
+    if unsigned:
+        raise AuthError("AccessDenied", "There were headers present in the request which were "
+                        "not signed", extra={"HeadersNotSigned": ", ".join(unsigned)})
     lines = []
     for name in names:
-        value = headers.get(name.encode("latin-1"))
+        value = headers.get(name.encode())  # a presigned name may be any text
         if value is None:
             raise AuthError("SignatureDoesNotMatch", f"signed header {name!r} is missing")
         lines.append(f"{name}:{_header_value(value)}\n")
@@ -223,8 +257,8 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
         string_to_sign = "\n".join((ALGORITHM, amz_date, scope,
                                     hashlib.sha256(_signed_bytes(canonical)).hexdigest()))
         expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-        if hmac.compare_digest(expected, signature):
-            return Signed(access_key, key, amz_date, scope, signature)
+        if hmac.compare_digest(expected.encode(), signature.encode()):  # any text
+            return Signed(access_key, key, amz_date, scope, signature, payload_hash)
     raise AuthError("SignatureDoesNotMatch", "The request signature we calculated does not "
                     "match the signature you provided. Check your key and signing method.")
 
@@ -259,12 +293,15 @@ def verify_v2(method: bytes, path: bytes, query: bytes, headers: dict[bytes, byt
             raise AuthError("AccessDenied", "Request has expired")
         date = str(expires)
     else:
-        access_key, _, signature = headers[b"authorization"][4:].decode("latin-1") \
-            .strip().rpartition(":")
+        authorization = headers.get(b"authorization", b"")
+        if not authorization.startswith(b"AWS "):  # is_v2 saw "AWSAccessKeyId=" in a value
+            raise AuthError("AccessDenied", "a Version 2 request needs an AWSAccessKeyId "
+                            "parameter or an Authorization: AWS header")
+        access_key, _, signature = authorization[4:].decode("latin-1").strip().rpartition(":")
         stamp = headers.get(b"x-amz-date") or headers.get(b"date")
         try:
             signed_at = email.utils.parsedate_to_datetime(stamp.decode("latin-1")).timestamp()
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OverflowError):  # 99999…:13:20 too
             raise AuthError("AccessDenied", "AWS authentication requires a valid Date or "
                             "x-amz-date header") from None
         if abs(now - signed_at) > MAX_SKEW:
@@ -293,12 +330,15 @@ def verify_v2(method: bytes, path: bytes, query: bytes, headers: dict[bytes, byt
             value_s = unquote_to_bytes(value).decode("utf-8", "replace")
             subresources.append((name_s, f"{name_s}={value_s}" if eq else name_s))
     sub = "&".join(text for _, text in sorted(subresources, key=lambda pair: pair[0]))
-    for resource in _canonical_paths(path):
+    resources = _canonical_paths(path)
+    if path.count(b"/") == 1 and len(path) > 1:  # a bucket: botocore signs `/bucket/`
+        resources += [r + "/" for r in resources]
+    for resource in resources:
         string = "\n".join((method.decode(), header("content-md5"), header("content-type"),
                              date, amz_lines + resource + (f"?{sub}" if sub else "")))
         expected = base64.b64encode(hmac.new(secret.encode(), _signed_bytes(string),
                                              hashlib.sha1).digest()).decode()
-        if hmac.compare_digest(expected, signature):
+        if hmac.compare_digest(expected.encode(), signature.encode()):  # any text
             return access_key
     raise AuthError("SignatureDoesNotMatch", "The request signature we calculated does not "
                     "match the signature you provided. Check your key and signing method.")
