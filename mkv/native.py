@@ -2,6 +2,7 @@
 store. Go mkv's clients and the original's tools talk to this face."""
 
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import parse_qs
@@ -16,6 +17,8 @@ from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.security import signed_location
 from mkv.store import MoveError, Store, TooFewVolumesUp
+
+log = logging.getLogger("mkv")
 
 LIST_MAX = 1_000_000  # keys in one listing without a limit
 LIST_PAGE = 4096  # keys read from the index at a time for a listing without a limit
@@ -110,12 +113,16 @@ class _Read:
                                     self.answered)
 
     def answered(self, exists: bool) -> None:
-        if exists:
-            self.answer.resolve(self.api.redirect(self.replica, self.path, self.headers))
-        elif self.order:
-            self.ask()
-        else:
-            self.answer.resolve(GONE)
+        try:
+            if exists:
+                self.answer.resolve(self.api.redirect(self.replica, self.path, self.headers))
+            elif self.order:
+                self.ask()
+            else:
+                self.answer.resolve(GONE)
+        except Exception:  # called by the HEAD checker, which cannot answer for this request
+            log.exception("GET %r failed", self.key)
+            self.answer.resolve(Response(500, body=b"internal error\n"))
 
 
 class NativeAPI:

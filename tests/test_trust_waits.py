@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -29,8 +29,9 @@ from pgserver import PostgresServer, running_postgres
 
 from mkv.config import Config
 from mkv.http.client import VolumeError
+from mkv.http.flow import EMPTY
 from mkv.http.headcheck import HeadChecker
-from mkv.http.server import HTTPServer
+from mkv.http.server import HTTPServer, Request
 from mkv.index import IndexUnavailable, open_index
 from mkv.index import pglock as pglock_module
 from mkv.index import postgres as engine
@@ -164,6 +165,37 @@ def test_a_raising_head_check_callback_leaves_the_others_answered() -> None:
         asyncio.run(check())
     finally:
         silent.close()
+
+
+def test_a_get_whose_own_check_answer_breaks_is_answered_500(tmp_path: Path, volumes,
+                                                             monkeypatch) -> None:
+    """The HEAD checker can only log a callback that raises: the GET it was for answers 500
+    itself rather than wait forever."""
+    config = Config(db=str(tmp_path / "db"), volumes=tuple(v.addr for v in volumes),
+                    replicas=1, subvolumes=1)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in building the redirect")
+
+    async def check() -> None:
+        index = await open_index(config.db)
+        vols = Volumes.for_config(config)
+        store = Store(config, index, vols)
+        api = NativeAPI(store)
+
+        async def value() -> AsyncIterator[bytes]:
+            yield b"value"
+
+        await store.write(b"/k", value(), 5, None)
+        monkeypatch.setattr(api, "redirect", broken)
+        answered = asyncio.get_running_loop().create_future()
+        api.handle(Request(b"GET", b"/k", b"", {}, EMPTY)).then(answered.set_result)
+        async with asyncio.timeout(5):
+            assert (await answered).status == 500
+        await vols.close()
+        await index.close()
+
+    asyncio.run(check())
 
 
 # --- a stalled database: a 503 within the bound, and a close that does not hang ---
