@@ -230,6 +230,18 @@ def slow_put(port: int, key: bytes, chunks: list[bytes], delay: float,
     return finish_put(sock, chunks, delay)
 
 
+# --- the run's summary: lines tests leave for the end (e.g. test_adversary's counts) ---
+
+SUMMARIES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if SUMMARIES:
+        terminalreporter.section("summaries")
+        for line in SUMMARIES:
+            terminalreporter.write_line(line)
+
+
 # --- fixtures ---
 
 

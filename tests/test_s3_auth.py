@@ -110,6 +110,15 @@ def test_anonymous_s3_requests_are_refused_native_ones_are_not(master):
     assert master.read(key) == b"native"
 
 
+@pytest.mark.parametrize("query", ["prefix=AWSAccessKeyId=x", "list-type=2&marker=AWSAccessKeyId=",
+                                   "uploads&key-marker=AWSAccessKeyId%3Dx&AWSAccessKeyId=x"])
+def test_a_signature_field_inside_another_value_is_refused_not_a_500(master, query):
+    """test_adversary's finding: `AWSAccessKeyId=` anywhere in the query made the request a
+    Version 2 one, whose check then looked for an Authorization header that was not there."""
+    reply = request(master.port, "GET", f"/somebucket?{query}")
+    assert reply.status == 403 and b"<Code>AccessDenied</Code>" in reply.body, reply.body
+
+
 def http_call(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
