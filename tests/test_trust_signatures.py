@@ -144,9 +144,9 @@ class PayloadQueryAuth(S3SigV4QueryAuth):
         return self.payload_hash
 
 
-def presign_with_payload_hash(url: str, payload_hash: str) -> str:
+def presign_with_payload_hash(url: str, payload_hash: str, method: str = "PUT") -> str:
     """`url` (its query ending in `&` or `?`) presigned with X-Amz-Content-Sha256."""
-    req = AWSRequest("PUT", f"{url}X-Amz-Content-Sha256={payload_hash}")
+    req = AWSRequest(method, f"{url}X-Amz-Content-Sha256={payload_hash}")
     PayloadQueryAuth(payload_hash).add_auth(req)
     return req.url
 
@@ -185,6 +185,24 @@ def test_a_presigned_part_upload_with_a_payload_hash_is_checked(master, bucket):
     assert send(url, "PUT", b"part one").status == 200
     assert [p["Size"] for p in s3.list_parts(Bucket=bucket, Key="mp",
                                              UploadId=upload)["Parts"]] == [8]
+
+
+def test_a_presigned_payload_hash_binds_a_body_the_operation_ignores(master, bucket):
+    """CreateMultipartUpload, ListMultipartUploads, DeleteObject read no body: the one sent
+    must still be the one signed, else nothing happens."""
+    s3 = client(master)
+    base = f"http://127.0.0.1:{master.port}/{bucket}"
+    calls = [("POST", f"{base}/mp?uploads&", 200), ("GET", f"{base}?uploads&", 200),
+             ("DELETE", f"{base}/secret?", 204)]
+    for method, url, _ in calls:
+        signed = presign_with_payload_hash(url, sha256(b""), method)
+        reply = send(signed, method, b"!")
+        assert reply.status == 400 and b"XAmzContentSHA256Mismatch" in reply.body, reply.body
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert_untouched(master, bucket, s3)
+    for method, url, status in calls:  # the body signed: done
+        assert send(presign_with_payload_hash(url, sha256(b""), method), method).status == \
+            status
 
 
 # --- the Authorization header (SigV4) ---

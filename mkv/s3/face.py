@@ -12,6 +12,7 @@ routes to them.
 """
 
 import asyncio
+import hashlib
 import logging
 import secrets
 from collections import defaultdict
@@ -34,7 +35,7 @@ from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
 from mkv.s3.operations import operation
 from mkv.s3.request import is_form, is_s3, params_of
-from mkv.s3.sigv4 import AuthError, Signed, is_v2, verify, verify_v2
+from mkv.s3.sigv4 import SHA256_HEX, AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.state import S3State
 from mkv.s3.xml import XML, MalformedXML, Node
@@ -52,6 +53,32 @@ _NOT_IMPLEMENTED = frozenset(
     "intelligent-tiering".split())
 _READS = (b"GET", b"HEAD")
 _WRITES = (b"PUT", b"POST")
+
+
+def _checks_its_body(method: bytes, on_object: bool, params: dict[str, str],
+                     req: Request) -> bool:
+    """Whether the operation reads its body through `Payload` (objects.py), which checks it
+    against the signed payload hash: object and part uploads, and the XML bodies of Complete,
+    DeleteObjects and PutObjectTagging."""
+    if method == b"PUT":
+        return on_object and b"x-amz-copy-source" not in req.headers
+    return method == b"POST" and ("uploadId" in params if on_object else "delete" in params)
+
+
+async def _check_unread_body(req: Request, payload_hash: str) -> None:
+    """A signed hash binds a body the operation does not read too: it must match, so that a
+    presigned URL is used only with the body it was made for. Read up to MAX_XML_BODY."""
+    if not SHA256_HEX.fullmatch(payload_hash):  # UNSIGNED-PAYLOAD, STREAMING-…
+        return
+    digest, size = hashlib.sha256(), 0
+    async for chunk in req.body:
+        size += len(chunk)
+        if size > s3xml.MAX_XML_BODY:
+            raise S3Error(400, "MaxMessageLengthExceeded", "Your request was too big.")
+        digest.update(chunk)
+    if digest.hexdigest() != payload_hash:
+        raise S3Error(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
+                      "header does not match what was computed.")
 
 
 def open_state(store: Store) -> S3State:
@@ -177,6 +204,9 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
                           "against this resource.")
         slash = key.find(b"/", 1)
         bucket = (key[1:] if slash < 0 else key[1:slash]).decode("utf-8", "replace")
+        on_object = 0 < slash < len(key) - 1
+        if signed is not None and not _checks_its_body(method, on_object, params, req):
+            await _check_unread_body(req, signed.payload_hash)
         if slash < 0 or slash == len(key) - 1:
             if strict_buckets and (method == b"DELETE" or form) \
                     and not await self._bucket_exists(bucket):

@@ -31,7 +31,7 @@ MAX_SKEW = 15 * 60  # seconds between the client's clock and ours, as S3 allows
 MAX_EXPIRES = 7 * 24 * 3600  # the longest a presigned URL may live, as S3 allows
 _SPACES = re.compile(r"\s+")
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 
@@ -198,7 +198,7 @@ def verify(method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes]
         if signed_at - now > MAX_SKEW:
             raise AuthError("AccessDenied", "Request is not valid yet")
         payload_hash = params.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
-        if payload_hash != UNSIGNED_PAYLOAD and not _SHA256_HEX.fullmatch(payload_hash):
+        if payload_hash != UNSIGNED_PAYLOAD and not SHA256_HEX.fullmatch(payload_hash):
             # anything else could not be checked against the body, so nothing would bind it
             raise AuthError("AuthorizationQueryParametersError", "X-Amz-Content-Sha256 must "
                             "be UNSIGNED-PAYLOAD or a lower-case hex SHA-256", 400)
