@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 
 from mkv.config import Config
-from mkv.http.server import Request, Response
+from mkv.http.messages import Request, Response
 from mkv.metrics import Family, RequestMetrics, counter, gauge, render
 from mkv.ops.runs import last_runs
 from mkv.s3.face import S3

@@ -15,7 +15,8 @@ import uvloop
 
 from mkv.admin import RATE_SECONDS, MasterAdmin, admin_handler
 from mkv.config import Config
-from mkv.http.server import HTTPServer, Request, Response
+from mkv.http.messages import Request, Response
+from mkv.http.server import HTTPServer
 from mkv.index import Index, IndexUnavailable, open_index
 from mkv.metrics import RequestMetrics
 from mkv.native import EXTRA_METHODS, NativeAPI

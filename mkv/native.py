@@ -11,7 +11,7 @@ from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.headers import valid_value
-from mkv.http.server import Pending, Refusal, Request, Response
+from mkv.http.messages import Pending, Refusal, Request, Response
 from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State

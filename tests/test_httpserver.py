@@ -16,7 +16,8 @@ import pytest
 import uvloop
 from cluster import free_port
 
-from mkv.http.server import HTTPServer, Pending, Request, Response
+from mkv.http.messages import Pending, Request, Response
+from mkv.http.server import HTTPServer
 
 
 class App:
@@ -571,6 +572,17 @@ def test_a_refused_head_is_answered_without_a_body(server: Served, request_bytes
     assert status in (400, 431) and headers.get("connection") == "close"
     assert c.closed_within(2)
     assert c.buf == b"", f"a body after the answer to a HEAD: {c.buf!r}"
+
+
+def test_bytes_after_a_whole_request_get_it_answered_then_close(server: Served) -> None:
+    """test_adversary's finding: garbage after a complete request closed the connection at
+    once, losing the answer to a request that was carried out."""
+    c = Raw(server.port)
+    c.send(put("/after", b"abc") + b"\x01 not a request\r\n\r\n")
+    status, headers, body = c.read_response()
+    assert (status, body) == (200, echo_line("PUT", "/after", b"abc"))
+    assert headers.get("connection") == "close"
+    assert c.closed_within(2)
 
 
 def test_unknown_method_is_405(server: Served) -> None:

@@ -31,7 +31,8 @@ from mkv.config import Config
 from mkv.http.client import VolumeError
 from mkv.http.flow import EMPTY
 from mkv.http.headcheck import HeadChecker
-from mkv.http.server import HTTPServer, Request
+from mkv.http.messages import Request
+from mkv.http.server import HTTPServer
 from mkv.index import IndexUnavailable, open_index
 from mkv.index import pglock as pglock_module
 from mkv.index import postgres as engine

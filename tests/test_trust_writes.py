@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 from botocore.exceptions import ClientError
+from cluster import start_master
 from conftest import (
     Master,
     client,
@@ -177,6 +178,37 @@ def test_unlinked_value_never_revives_through_a_cut_off_put_and_repair(stoppable
     assert again.listing(key)["keys"] == []
     assert again.call("RELINK", key).status in (404, 409)  # its files are gone
     assert again.call("GET", key).status == 404
+
+
+def test_a_write_still_in_flight_when_the_master_stops_is_undone(make_volumes, make_master,
+                                                                tmp_path):
+    """SIGTERM lets requests finish for 10 s; a REPLACE still stuck on a frozen volume then is
+    stopped (its handler cancelled, its volume connections closed), and the store puts the old
+    record back before the index closes."""
+    vols = make_volumes(3)
+    log = tmp_path / "master.log"
+    with open(log, "wb") as err:
+        process = start_master(tmp_path / "db", [v.addr for v in vols], "-writetimeout", "60s",
+                               stderr=err)
+    master = Master(process, vols, tmp_path / "db")
+    key = unique_key("stopped-replace")
+    assert master.put(key, b"old value").status == 201
+    signal_nginx(vols[0], signal.SIGSTOP)
+    sock = open_put(master.port, key, BIG, "REPLACE")
+    try:
+        sock.sendall(b"n" * 100_000)
+        wait_until(lambda: md5_header(master, key) is None, "the REPLACE to begin")
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(30) == 0, log.read_text()
+    finally:
+        signal_nginx(vols[0], signal.SIGCONT)
+        sock.close()
+    assert "Traceback" not in log.read_text(), log.read_text()
+    # undone before the index closed: the old record, md5 and all
+    assert read_records(master.db)[key].startswith(b"HASH" + md5hex(b"old value").encode())
+    wait_for_uploads_to_settle(vols)
+    again = make_master(db=master.db, volumes=vols)
+    assert_old_value_live(again, key, b"old value")
 
 
 # --- the S3 face: the same path through the store ---

@@ -18,100 +18,19 @@ import email.utils
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 
 import httptools
 
 from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
-from mkv.http.headers import STATUS_LINES, BadHeader, encode_head
+from mkv.http.headers import STATUS_LINES, BadHeader
+from mkv.http.messages import Handler, Pending, Refusal, Request, Response
 from mkv.metrics import RequestMetrics
 
 log = logging.getLogger("mkv")
 
 MAX_HEADER_BYTES = 64 * 1024  # the request line's and headers' bytes: more is 431
 MAX_HEADERS = 256  # header lines in one request: more is 431
-
-
-class Refusal(Exception):
-    """Raised by a handler to answer `status` with the message as a short plain body, without a
-    traceback: e.g. 503 when a service it depends on is down."""
-
-    status = 503
-    headers: tuple[tuple[str, str], ...] = (("Retry-After", "1"),)
-
-    def response(self) -> "Response":
-        return Response(self.status, [("Content-Type", "text/plain"), *self.headers],
-                        f"{self}\n".encode())
-
-
-class Request:
-    """One request: method and path as bytes, headers with lower-case names, a streamed body."""
-
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "http10")
-
-    def __init__(self, method: bytes, path: bytes, query: bytes, headers: dict[bytes, bytes],
-                 body: "Body") -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.keep_alive = True
-        self.http10 = False
-
-
-class Response:
-    """Status, headers, and a body: bytes, or an async iterator of bytes (sent chunked when
-    no Content-Length is set).
-
-    The encoded header block is kept, so a constant response is encoded once.
-    """
-
-    __slots__ = ("status", "headers", "body", "unframed", "_encoded")
-
-    def __init__(self, status: int, headers: list[tuple[str, str]] | None = None,
-                 body: bytes | AsyncIterator[bytes] = b"") -> None:
-        self.status = status
-        self.headers = headers or []
-        self.body = body
-        self.unframed = False  # an iterator body without Content-Length
-        self._encoded: bytes | None = None
-
-    def encoded_head(self) -> bytes:
-        """Status line and headers (`headers.encode_head`); BadHeader if one holds a control."""
-        if self._encoded is None:
-            self._encoded, self.unframed = encode_head(self.status, self.headers, self.body)
-        return self._encoded
-
-
-class Pending:
-    """An answer the application gives later with `resolve`: for callback-driven handlers.
-
-    Cheaper than an asyncio.Future, whose create/add_done_callback/set_result cycle
-    measured 3 µs, a fifth of an existing-key GET.
-    """
-
-    __slots__ = ("_deliver", "_response")
-
-    def __init__(self) -> None:
-        self._deliver: Callable[[Response], None] | None = None
-        self._response: Response | None = None  # resolved before anyone waited
-
-    def resolve(self, response: Response) -> None:
-        deliver, self._deliver = self._deliver, None
-        if deliver is None:
-            self._response = response
-        else:
-            deliver(response)
-
-    def then(self, deliver: Callable[[Response], None]) -> None:
-        if self._response is not None:
-            deliver(self._response)
-        else:
-            self._deliver = deliver
-
-
-Handler = Callable[[Request], "Response | Pending | Awaitable[Response]"]
 
 
 async def _ready(response: Response) -> Response:
@@ -141,7 +60,7 @@ class HTTPConnection(FlowControlled):
         self._task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._started = 0.0
         self._in_message = False
-        self._upgraded = False
+        self._close_after_answer = False
         self._held = b""
         self._extra_method = b""
 
@@ -173,7 +92,7 @@ class HTTPConnection(FlowControlled):
         except httptools.HttpParserUpgrade:
             # the request itself was read and dispatched: answer it, then close, as the
             # bytes after it belong to a protocol we do not speak
-            self._upgraded = True
+            self._close_after_answer = True
             if self._active is None:
                 self.close()
             return
@@ -338,7 +257,7 @@ class HTTPConnection(FlowControlled):
         return response.encoded_head() + date
 
     def _keep_alive(self, request: Request) -> bool:
-        if not request.keep_alive or self.server.closing or self._upgraded:
+        if not request.keep_alive or self.server.closing or self._close_after_answer:
             return False
         body = request.body
         if body is EMPTY:
@@ -427,12 +346,12 @@ class HTTPConnection(FlowControlled):
             self._refuse(status, reason)
             return
         body = self._parsing.body if self._parsing is not None else None
+        self.pause_reading("rejected")
         if body is not None and body is not EMPTY and not body._done:
             # the handler is reading this body: it stops, and _run answers for it
-            self.pause_reading("rejected")
             body.fail(BrokenBody(status, reason))
-        else:
-            self.close()
+        else:  # bytes after a whole request: that one is answered (its write may land), then
+            self._close_after_answer = True  # the connection closes
 
     def _refuse(self, status: int, reason: str) -> None:
         message = reason.encode() + b"\n"
@@ -520,5 +439,11 @@ class HTTPServer:
         deadline = self.loop.time() + grace
         while any(c.busy for c in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        # handlers still running are cancelled (a write in flight is undone by the store) and
+        # awaited, so none outlives the store they use
+        running = [c._task for c in self.connections if c._task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         for conn in list(self.connections):
             conn.close()

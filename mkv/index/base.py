@@ -8,7 +8,7 @@ no task). An embedded engine such as LevelDB answers at once and never suspends.
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from mkv.http.server import Refusal
+from mkv.http.messages import Refusal
 from mkv.record import Record, State
 
 # A networked engine answers each lookup and record write, or fails it with IndexUnavailable (a

@@ -3,7 +3,7 @@ to DeleteBucket (a marker in the S3 state, mkv/s3/state.py)."""
 
 import re
 
-from mkv.http.server import Response
+from mkv.http.messages import Response
 from mkv.record import State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error

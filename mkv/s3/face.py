@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from mkv.http.client import VolumeError
-from mkv.http.server import Refusal, Request, Response
+from mkv.http.messages import Refusal, Request, Response
 from mkv.http.target import parse_key
 from mkv.index import is_postgres_url
 from mkv.s3 import xml as s3xml

@@ -5,7 +5,7 @@ import asyncio
 from collections.abc import Callable
 from urllib.parse import quote_plus
 
-from mkv.http.server import Response
+from mkv.http.messages import Response
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, no_such_bucket

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from mkv.http.headers import valid_name, valid_value
-from mkv.http.server import Request, Response
+from mkv.http.messages import Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
 from mkv.s3.sigv4 import Signed

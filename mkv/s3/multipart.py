@@ -8,7 +8,7 @@ import time
 from urllib.parse import quote
 
 from mkv.http.client import VolumeError
-from mkv.http.server import Refusal, Request, Response
+from mkv.http.messages import Refusal, Request, Response
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request

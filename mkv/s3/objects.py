@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
 from mkv.http.flow import Body
-from mkv.http.server import Request, Response
+from mkv.http.messages import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
