@@ -21,7 +21,7 @@ from mkv.index import Index, IndexUnavailable, open_index
 from mkv.metrics import RequestMetrics
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
-from mkv.store import Store
+from mkv.store import REFUSED, Store
 from mkv.tasks import Tasks
 from mkv.volumes import Volumes
 
@@ -113,25 +113,25 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
     volumes.health.watch(config.volumes)
     store = Store(config, index, volumes)
     s3 = S3(store)
-    timeouts = {"access_log": config.verbose, "idle_timeout": config.idletimeout,
-                "read_timeout": config.readtimeout}
+    options = {"access_log": config.verbose, "idle_timeout": config.idletimeout,
+               "read_timeout": config.readtimeout, "refusals": REFUSED}
     # counted only when someone can read them: timing each request costs the GET path
     requests = RequestMetrics() if config.admin_port else None
     tasks = Tasks()  # the admin's sampler
     servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS,
-                          metrics=requests, **timeouts)]
+                          metrics=requests, **options)]
     shared = config.workers > 1
     await servers[0].start(None, config.port, reuse_port=shared)
     also = ""
     if config.s3_port:
-        servers.append(HTTPServer(s3.handle_own_port, metrics=requests, **timeouts))
+        servers.append(HTTPServer(s3.handle_own_port, metrics=requests, **options))
         await servers[-1].start(None, config.s3_port, reuse_port=shared)
         also += f", S3 on :{config.s3_port}"
     if config.admin_port:
         admin = MasterAdmin(config, store, s3, requests)  # type: ignore[arg-type]
         admin.sample()
         tasks.start(_every(RATE_SECONDS, admin.sample))
-        servers.append(HTTPServer(admin_handler(admin.families, admin.status), **timeouts))
+        servers.append(HTTPServer(admin_handler(admin.families, admin.status), **options))
         await servers[-1].start(None, config.admin_port, reuse_port=shared)  # a worker answers
         also += f", admin on :{config.admin_port}"
     print(f"mkv master listening on :{config.port}{also}, volumes "

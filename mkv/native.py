@@ -11,12 +11,12 @@ from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.headers import valid_value
-from mkv.http.messages import Pending, Refusal, Request, Response
+from mkv.http.messages import Pending, Request, Response, refusal
 from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.security import signed_location
-from mkv.store import MoveError, Store, TooFewVolumesUp
+from mkv.store import REFUSED, MoveError, Store, TooFewVolumesUp
 
 log = logging.getLogger("mkv")
 
@@ -104,8 +104,7 @@ class _Read:
         self.ask()
 
     def failed(self, error: Exception) -> None:
-        self.answer.resolve(error.response() if isinstance(error, Refusal) else
-                            Response(500, body=b"internal error\n"))
+        self.answer.resolve(refusal(error, REFUSED) or Response(500, body=b"internal error\n"))
 
     def ask(self) -> None:
         self.replica = self.order.pop()

@@ -16,7 +16,7 @@ from mkv.config import Config
 from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
 from mkv.index import Index
-from mkv.index.base import KeyBusy
+from mkv.index.base import IndexUnavailable, KeyBusy
 from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.transfer import CopyError, copy_value
@@ -28,6 +28,10 @@ PLACEMENT_CACHE = 1 << 16  # keys whose placement and path are remembered
 SHARED_RETRY = 0.02  # seconds between tries at a key another master holds (S3's writes wait)
 
 T = TypeVar("T")
+
+# the errors of the index a request may meet, as HTTP answers them: the one place they are
+# mapped (the master's servers and the native GET use it; S3 words them as S3 errors)
+REFUSED = {IndexUnavailable: 503, KeyBusy: 409}
 
 
 class MoveError(Exception):

@@ -41,7 +41,7 @@ from mkv.ops.progress import Progress
 from mkv.record import Record
 from mkv.s3 import pgstate
 from mkv.s3.face import S3
-from mkv.store import Store
+from mkv.store import REFUSED, Store
 from mkv.volumes import Volumes
 
 BOUND = 1.0  # the bound the stalled-database tests set, seconds
@@ -254,7 +254,7 @@ def test_a_stalled_database_answers_gets_and_puts_503_within_the_bound(bounded: 
             index = await open_index(url)
             volumes = Volumes.for_config(config)
             http_server = HTTPServer(NativeAPI(Store(config, index, volumes)).handle,
-                                 extra_methods=EXTRA_METHODS)
+                                 extra_methods=EXTRA_METHODS, refusals=REFUSED)
             port = free_port()
             await http_server.start("127.0.0.1", port)
             loop = asyncio.get_running_loop()

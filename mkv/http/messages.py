@@ -1,23 +1,12 @@
 """What an application of the master's HTTP server sees and gives back: a `Request` (its body
 streamed), a `Response` (bytes, or an async iterator of bytes), a `Pending` answer resolved
-later by callbacks, and `Refusal`, raised to answer a short error without a traceback."""
+later by callbacks, and `refusal`, the short plain answer to an error of a layer below
+(which error gets which status is the wiring's to say: `Refusals`)."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from mkv.http.flow import Body
 from mkv.http.headers import encode_head
-
-
-class Refusal(Exception):
-    """Raised by a handler to answer `status` with the message as a short plain body, without a
-    traceback: e.g. 503 when a service it depends on is down."""
-
-    status = 503
-    headers: tuple[tuple[str, str], ...] = (("Retry-After", "1"),)
-
-    def response(self) -> "Response":
-        return Response(self.status, [("Content-Type", "text/plain"), *self.headers],
-                        f"{self}\n".encode())
 
 
 class Request:
@@ -88,3 +77,19 @@ class Pending:
 
 
 Handler = Callable[[Request], "Response | Pending | Awaitable[Response]"]
+
+
+# error types a handler may let out, and the status each answers (isinstance: subclasses too)
+Refusals = Mapping[type[Exception], int]
+
+
+def refusal(error: Exception, refusals: Refusals) -> Response | None:
+    """The short plain answer to `error` if `refusals` names its type (a 503 says when to try
+    again), else None: a bug, answered 500 with a traceback logged."""
+    for kind, status in refusals.items():
+        if isinstance(error, kind):
+            headers = [("Content-Type", "text/plain")]
+            if status == 503:
+                headers.append(("Retry-After", "1"))
+            return Response(status, headers, f"{error}\n".encode())
+    return None

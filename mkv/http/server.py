@@ -24,7 +24,7 @@ import httptools
 
 from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
 from mkv.http.headers import STATUS_LINES, BadHeader
-from mkv.http.messages import Handler, Pending, Refusal, Request, Response
+from mkv.http.messages import Handler, Pending, Refusals, Request, Response, refusal
 from mkv.metrics import RequestMetrics
 
 log = logging.getLogger("mkv")
@@ -193,11 +193,8 @@ class HTTPConnection(FlowControlled):
             self._started = time.perf_counter()
         try:
             result = self.handler(request)
-        except Refusal as refusal:
-            result = refusal.response()
-        except Exception:
-            log.exception("handler failed for %s %r", request.method, request.path)
-            result = Response(500, body=b"internal error\n")
+        except Exception as e:
+            result = self.server.answer_to(request, e)
         if isinstance(result, Response):
             self._respond(request, result)
         elif isinstance(result, Pending):  # the cheap way to wait: no task, no future
@@ -217,11 +214,8 @@ class HTTPConnection(FlowControlled):
             else:
                 self.close()
             return
-        except Refusal as refusal:
-            response = refusal.response()
-        except Exception:
-            log.exception("handler failed for %s %r", request.method, request.path)
-            response = Response(500, body=b"internal error\n")
+        except Exception as e:
+            response = self.server.answer_to(request, e)
         sendable = self._sendable(request, response)
         if isinstance(sendable.body, bytes):
             if sendable is not response and hasattr(response.body, "aclose"):
@@ -381,9 +375,11 @@ class HTTPServer:
 
     def __init__(self, handler: Handler, *, extra_methods: tuple[bytes, ...] = (),
                  access_log: bool = False, idle_timeout: float = 60.0,
-                 read_timeout: float = 60.0, metrics: RequestMetrics | None = None) -> None:
+                 read_timeout: float = 60.0, metrics: RequestMetrics | None = None,
+                 refusals: Refusals | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
+        self.refusals = refusals or {}  # errors of the layers below, answered without traceback
         self.extra_methods = extra_methods  # methods beyond llhttp's list the handler takes
         self.access_log = access_log
         self.metrics = metrics
@@ -395,6 +391,15 @@ class HTTPServer:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.date = b""  # the Date header line, renewed every second by the sweeper
+
+    def answer_to(self, request: Request, error: Exception) -> Response:
+        """What a handler that raised `error` answers: its refusal, else 500 (a bug, logged)."""
+        answer = refusal(error, self.refusals)
+        if answer is None:
+            log.exception("handler failed for %s %r", request.method, request.path,
+                          exc_info=error)
+            answer = Response(500, body=b"internal error\n")
+        return answer
 
     async def start(self, host: str | None, port: int, reuse_port: bool = False) -> None:
         """Listen; `reuse_port` lets several processes listen on the port (SO_REUSEPORT), the

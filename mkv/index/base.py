@@ -8,7 +8,6 @@ no task). An embedded engine such as LevelDB answers at once and never suspends.
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from mkv.http.messages import Refusal
 from mkv.record import Record, State
 
 # A networked engine answers each lookup and record write, or fails it with IndexUnavailable (a
@@ -27,16 +26,14 @@ class IndexLocked(Exception):
     """Another process holds the index (LevelDB is single-process)."""
 
 
-class IndexUnavailable(Refusal):
-    """The engine cannot answer now (its database is down or restarting): the request gets
-    503 at once, and is not acknowledged; the engine reconnects by itself."""
+class IndexUnavailable(Exception):
+    """The engine cannot answer now (its database is down or restarting): the request is
+    refused at once (a 503: `store.REFUSED`) and not acknowledged; the engine reconnects by
+    itself."""
 
 
-class KeyBusy(Refusal):
-    """Another master holds the key's lock."""
-
-    status = 409
-    headers = ()
+class KeyBusy(Exception):
+    """Another master holds the key's lock (a 409: `store.REFUSED`)."""
 
 
 class KeyLocks(Protocol):

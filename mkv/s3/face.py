@@ -20,9 +20,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from mkv.http.client import VolumeError
-from mkv.http.messages import Refusal, Request, Response
+from mkv.http.messages import Request, Response
 from mkv.http.target import parse_key
-from mkv.index import is_postgres_url
+from mkv.index import IndexUnavailable, is_postgres_url
+from mkv.index.base import KeyBusy
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
@@ -39,7 +40,7 @@ from mkv.s3.sigv4 import SHA256_HEX, AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.state import S3State
 from mkv.s3.xml import XML, MalformedXML, Node
-from mkv.store import Store, TooFewVolumesUp
+from mkv.store import REFUSED, Store, TooFewVolumesUp
 from mkv.tasks import Tasks
 
 log = logging.getLogger("mkv")
@@ -149,9 +150,10 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
         except TooFewVolumesUp as e:
             code = "ServiceUnavailable"
             response = self._error(503, code, str(e), req, request_id, {})
-        except Refusal as e:  # the index is down (503) or another master holds the key (409)
-            code = "OperationAborted" if e.status == 409 else "ServiceUnavailable"
-            response = self._error(e.status, code, str(e), req, request_id, {})
+        except (IndexUnavailable, KeyBusy) as e:  # the index down, the key another master's
+            status = REFUSED[KeyBusy if isinstance(e, KeyBusy) else IndexUnavailable]
+            code = "OperationAborted" if status == 409 else "ServiceUnavailable"
+            response = self._error(status, code, str(e), req, request_id, {})
         except VolumeError as e:
             log.warning("S3 %s %s: %s", req.method.decode(), req.path.decode(errors="replace"), e)
             code = "InternalError"

@@ -8,7 +8,8 @@ import time
 from urllib.parse import quote
 
 from mkv.http.client import VolumeError
-from mkv.http.messages import Refusal, Request, Response
+from mkv.http.messages import Request, Response
+from mkv.index import IndexUnavailable
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
@@ -238,6 +239,6 @@ class Uploads:
             for upload_id in await self.state.sweep(self.config.s3_upload_ttl, time.time()):
                 log.warning("S3: removed multipart upload %s, idle past -s3_upload_ttl",
                             upload_id)
-        except (OSError, Refusal, VolumeError) as e:  # the database or a volume is down
+        except (OSError, IndexUnavailable, VolumeError) as e:  # the database or a volume is down
             log.warning("S3: removing stale multipart uploads failed: %s", e)
         self._schedule_sweep()
