@@ -62,9 +62,9 @@ class MasterAdmin:
             counter("mkv_head_checks_total", "HEAD checks of replicas, by outcome.",
                     heads.outcomes, ("outcome",)),
             gauge("mkv_keys_busy", "Keys with a write, delete or move in flight.",
-                  [((), len(self.store.busy))]),
+                  [((), len(self.store.locks.busy))]),
             counter("mkv_key_busy_refusals_total", "Requests refused (409) as their key was "
-                    "busy.", {(): self.store.conflicts}, ()),
+                    "busy.", {(): self.store.locks.conflicts}, ()),
             gauge("mkv_volume_up", "1 when the master believes the volume up.",
                   [((("volume", v),), 0 if v in health.down else 1)
                    for v in self.config.volumes]),
@@ -90,7 +90,7 @@ class MasterAdmin:
         stats = self.store.index.stats()
         return Snapshot(volumes=rows, index=stats, rates=list(self.rates),
                         answers=dict(self.requests.answers), started=self.requests.started,
-                        busy=len(self.store.busy), runs=last_runs(self.config.db),
+                        busy=len(self.store.locks.busy), runs=last_runs(self.config.db),
                         replicas=self.config.replicas, port=self.config.port)
 
     def status(self) -> bytes:

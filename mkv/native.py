@@ -36,7 +36,6 @@ def text(status: int, reason: str = "") -> Response:
     return Response(status, [("Content-Type", "text/plain")] if body else [], body)
 
 
-BUSY = text(409, "another write or delete of this key is in progress")
 
 
 def _keys_json(keys: list[bytes]) -> bytes:
@@ -129,6 +128,7 @@ class NativeAPI:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.locks = store.locks
         self.config = store.config
         self.index = store.index
         self.volumes = store.volumes
@@ -220,71 +220,63 @@ class NativeAPI:
         problem = storable(key)
         if problem:
             return text(400, problem)
-        if self.store.is_busy(key):
-            return BUSY
-        return self.store.locked(key, self._write(key, req, replace))
+        return self._write(key, req, replace)
 
+    # Each change takes the key's lock first (KeyBusy: a 409), then reads its record, so that
+    # what it decides on is still the record when it acts, whatever the engine's latency.
     async def _write(self, key: bytes, req: Request, replace: bool) -> Response:
-        old = await self.index.get(key)
-        if old is not None and old.state is State.LIVE and not replace:
-            return text(403, "key exists: DELETE it first, or use REPLACE")
-        first = await req.body.read()
-        if not first:
-            return text(411, "empty body: a value needs at least one byte")
-        try:
-            await self.store.write(key, _chain(first, req.body), req.body.length, old)
-        except TooFewVolumesUp as e:
-            return text(503, str(e))
-        except VolumeError as e:
-            return text(500, f"writing a replica failed: {e}")
-        return Response(201)
+        async with self.locks.hold(key):
+            old = await self.index.get(key)
+            if old is not None and old.state is State.LIVE and not replace:
+                return text(403, "key exists: DELETE it first, or use REPLACE")
+            first = await req.body.read()
+            if not first:
+                return text(411, "empty body: a value needs at least one byte")
+            try:
+                await self.store.write(key, _chain(first, req.body), req.body.length, old)
+            except TooFewVolumesUp as e:
+                return text(503, str(e))
+            except VolumeError as e:
+                return text(500, f"writing a replica failed: {e}")
+            return Response(201)
 
-    # The others take the key's lock before they read its record, so that what they decide
-    # on is still the record when they act, whatever the engine's latency.
-    def delete(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._delete(key))
+    async def delete(self, key: bytes, req: Request) -> Response:
+        async with self.locks.hold(key):
+            record = await self.index.get(key)
+            if record is None:
+                return Response(404)
+            if self.config.protect and record.state is State.LIVE:
+                return text(403, "protected: UNLINK the key before DELETE")
+            failed = await self.store.remove(key, record)
+            if failed:
+                return text(500, f"deleting from {', '.join(failed)} failed; the key stays "
+                            "unlinked")
+            return Response(204)
 
-    async def _delete(self, key: bytes) -> Response:
-        record = await self.index.get(key)
-        if record is None:
-            return Response(404)
-        if self.config.protect and record.state is State.LIVE:
-            return text(403, "protected: UNLINK the key before DELETE")
-        failed = await self.store.remove(key, record)
-        if failed:
-            return text(500, f"deleting from {', '.join(failed)} failed; the key stays unlinked")
-        return Response(204)
+    async def unlink(self, key: bytes, req: Request) -> Response:
+        async with self.locks.hold(key):
+            record = await self.index.get(key)
+            if record is None or record.state is not State.LIVE:
+                return Response(404)
+            await self.store.unlink(key, record)
+            return Response(204)
 
-    def unlink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._unlink(key))
+    async def relink(self, key: bytes, req: Request) -> Response:
+        async with self.locks.hold(key):
+            record = await self.index.get(key)
+            if record is None or record.state is not State.UNLINKED:
+                return Response(404)
+            if not await self.store.relink(key, record):
+                return text(409, "a replica's file is missing: this value cannot be relinked")
+            return Response(204)
 
-    async def _unlink(self, key: bytes) -> Response:
-        record = await self.index.get(key)
-        if record is None or record.state is not State.LIVE:
-            return Response(404)
-        await self.store.unlink(key, record)
-        return Response(204)
-
-    def relink(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._relink(key))
-
-    async def _relink(self, key: bytes) -> Response:
-        record = await self.index.get(key)
-        if record is None or record.state is not State.UNLINKED:
-            return Response(404)
-        if not await self.store.relink(key, record):
-            return text(409, "a replica's file is missing: this value cannot be relinked")
-        return Response(204)
-
-    def rebalance(self, key: bytes, req: Request) -> Response | Awaitable[Response]:
-        return BUSY if self.store.is_busy(key) else self.store.locked(key, self._rebalance(key))
-
-    async def _rebalance(self, key: bytes) -> Response:
-        record = await self.index.get(key)
-        if record is None:
-            return Response(404)
-        try:
-            await self.store.move(key, record)
-        except (MoveError, VolumeError) as e:
-            return text(400, f"rebalance failed: {e}")
-        return Response(204)
+    async def rebalance(self, key: bytes, req: Request) -> Response:
+        async with self.locks.hold(key):
+            record = await self.index.get(key)
+            if record is None:
+                return Response(404)
+            try:
+                await self.store.move(key, record)
+            except (MoveError, VolumeError) as e:
+                return text(400, f"rebalance failed: {e}")
+            return Response(204)

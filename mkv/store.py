@@ -1,22 +1,22 @@
 """The store: what a key's life means over the index and the volumes — write (PUT, REPLACE),
-remove, unlink, relink and move — in SPEC §4's write order, with a lock per busy key (in
-process; across the masters too when the index is shared: `Index.locks`).
+remove, unlink, relink and move — in SPEC §4's write order. Each is called holding the key's
+lock (`store.locks.hold`, mkv/locks.py).
 
-The native API and the S3 face translate their protocols into calls on it and answer `409`
-their own way while `store.is_busy(key)`; the offline commands use it too.
+The native API and the S3 face translate their protocols into calls on it; the offline
+commands use it too.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
-from typing import TypeVar
 
 from mkv.config import Config
 from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.index.base import IndexUnavailable, KeyBusy
+from mkv.locks import Locks
 from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.transfer import CopyError, copy_value
@@ -25,9 +25,7 @@ from mkv.volumes import Volumes
 log = logging.getLogger("mkv")
 
 PLACEMENT_CACHE = 1 << 16  # keys whose placement and path are remembered
-SHARED_RETRY = 0.02  # seconds between tries at a key another master holds (S3's writes wait)
 
-T = TypeVar("T")
 
 # the errors of the index a request may meet, as HTTP answers them: the one place they are
 # mapped (the master's servers and the native GET use it; S3 words them as S3 errors)
@@ -79,9 +77,7 @@ class Store:
         self.config = config
         self.index = index
         self.volumes = volumes
-        self.busy: set[bytes] = set()
-        self.conflicts = 0  # requests refused because their key was busy
-        self._freed: dict[bytes, asyncio.Event] = {}  # set when a busy key's lock is released
+        self.locks = Locks(index.locks)  # every change of a key is made holding its lock
         # told of each key whose value is being written or removed (S3 drops what it kept
         # about the old value, whichever face changed it); what a listener gives back is
         # awaited after the record is written, before the write or remove returns
@@ -89,77 +85,6 @@ class Store:
         # pure functions of the key: remembered, as a hot key is read over and over
         self.placement = lru_cache(PLACEMENT_CACHE)(lambda key: tuple(config.placement(key)))
         self.key2path = lru_cache(PLACEMENT_CACHE)(key2path)
-
-    def is_busy(self, key: bytes) -> bool:
-        """Whether a write, delete or move of the key is in flight: the caller answers 409.
-        Counted, for the metrics."""
-        if key in self.busy:
-            self.conflicts += 1
-            return True
-        return False
-
-    def locked(self, key: bytes, work: Coroutine[object, object, T]) -> Awaitable[T]:
-        """Run `work` holding the key's lock; callers answer 409 when `key in self.busy`,
-        and KeyBusy (a 409) is raised when another master holds it.
-
-        The lock is taken now, not when the coroutine first runs: requests parsed in the
-        same event-loop turn would otherwise all pass the check.
-        """
-        self.busy.add(key)
-        if self.index.locks is None:
-            return self._release_after(key, work)
-        return self._shared(key, work)
-
-    async def _release_after(self, key: bytes, work: Awaitable[T]) -> T:
-        try:
-            return await work
-        finally:
-            self._free(key)
-
-    def _free(self, key: bytes) -> None:
-        self.busy.discard(key)
-        freed = self._freed.pop(key, None)
-        if freed is not None:
-            freed.set()
-
-    async def _shared(self, key: bytes, work: Coroutine[object, object, T]) -> T:
-        """`work` once this process holds the key across the masters too (else KeyBusy)."""
-        if not await self._try_shared(key, work):
-            work.close()  # never run: nothing of it has happened
-            raise KeyBusy("another write or delete of this key is in progress")
-        return await self._run_shared(key, work)
-
-    async def _try_shared(self, key: bytes, work: Coroutine[object, object, T]) -> bool:
-        """Take the key's lock across the masters; when not, the key is freed here."""
-        try:
-            ours = await self.index.locks.acquire(key)
-        except BaseException:  # the database is down (a 503), or the request is cancelled
-            self._free(key)
-            work.close()
-            raise
-        if not ours:
-            self._free(key)
-        return ours
-
-    async def _run_shared(self, key: bytes, work: Awaitable[T]) -> T:
-        try:
-            return await work
-        finally:
-            self.index.locks.release(key)
-            self._free(key)
-
-    async def locked_in_turn(self, key: bytes, work: Coroutine[object, object, T]) -> T:
-        """Run `work` holding the key's lock once whoever holds it lets go: S3's writes of
-        one key all succeed, the last to finish winning (the native face answers 409)."""
-        while True:
-            while key in self.busy:
-                await self._freed.setdefault(key, asyncio.Event()).wait()
-            if self.index.locks is None:
-                return await self.locked(key, work)
-            self.busy.add(key)
-            if await self._try_shared(key, work):
-                return await self._run_shared(key, work)
-            await asyncio.sleep(SHARED_RETRY)  # another master holds it
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     old: Record | None) -> str | None:

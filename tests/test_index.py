@@ -22,7 +22,7 @@ from mkv.ops.walk import VolumeFile
 from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.s3.face import S3
-from mkv.store import Store
+from mkv.store import REFUSED, Store
 from mkv.volumes import Volumes
 
 LIVE = Record(("127.0.0.1:1",), State.LIVE, "0" * 32)
@@ -126,7 +126,7 @@ def test_one_batch_answers_the_lookups_of_a_loop_turn(tmp_path: Path, make_volum
         index = BatchingIndex(config.db)
         volumes = Volumes.for_config(config)
         store = Store(config, index, volumes)
-        server = HTTPServer(faces(NativeAPI(store), S3(store)))
+        server = HTTPServer(faces(NativeAPI(store), S3(store)), refusals=REFUSED)
         port = free_port()
         await server.start("127.0.0.1", port)
         puts = [b"PUT %s HTTP/1.1\r\nContent-Length: 5\r\n\r\nvalue" % k for k in stored]

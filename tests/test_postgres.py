@@ -24,7 +24,7 @@ from mkv.native import NativeAPI
 from mkv.ops import copy
 from mkv.record import Record, State
 from mkv.s3.face import S3
-from mkv.store import Store
+from mkv.store import REFUSED, Store
 from mkv.volumes import Volumes
 
 
@@ -96,7 +96,8 @@ def test_the_gets_of_one_loop_turn_are_one_query(pg_url: str, make_volumes) -> N
     async def check() -> None:
         index = await open_index(pg_url)
         volumes = Volumes.for_config(config)
-        server = HTTPServer(faces(NativeAPI(store := Store(config, index, volumes)), S3(store)))
+        store = Store(config, index, volumes)
+        server = HTTPServer(faces(NativeAPI(store), S3(store)), refusals=REFUSED)
         port = free_port()
         await server.start("127.0.0.1", port)
         puts = [b"PUT %s HTTP/1.1\r\nContent-Length: 5\r\n\r\nvalue" % k for k in stored]

@@ -36,7 +36,8 @@ async def rebalance(config: Config, index: Index, volumes: Volumes,
         progress.advance()
         progress.count("keys")
         try:
-            left = await store.locked_in_turn(key, move(key))
+            async with store.locks.hold(key, wait=True):
+                left = await move(key)
         except MoveError as e:
             progress.problem("failed", f"{shown(key)}: {e}")
             return

@@ -128,7 +128,8 @@ async def restore_md5(config: Config, index: Index, volumes: Volumes,
     async def one(item: tuple[bytes, Record]) -> None:
         progress.advance()
         if item[1].md5 is None:
-            await store.locked_in_turn(item[0], restore(item[0]))
+            async with store.locks.hold(item[0], wait=True):
+                await restore(item[0])
 
     await for_each(index.items(), one, config.concurrency)
 
@@ -197,7 +198,8 @@ async def mend(config: Config, index: Index, volumes: Volumes, progress: Progres
 
     async def merge_one(item: tuple[bytes, list[str]]) -> None:
         progress.advance()
-        await store.locked_in_turn(item[0], merge(*item))
+        async with store.locks.hold(item[0], wait=True):
+            await merge(*item)
 
     progress.phase("rebuild: mending records", "keys", total=len(found))
     await for_each(_each(found.items()), merge_one, config.concurrency)
@@ -220,7 +222,8 @@ async def mend(config: Config, index: Index, volumes: Volumes, progress: Progres
     async def check_one(item: tuple[bytes, Record]) -> None:
         progress.advance()
         if item[0] not in found:
-            await store.locked_in_turn(item[0], unsupported(item[0]))
+            async with store.locks.hold(item[0], wait=True):
+                await unsupported(item[0])
 
     progress.phase("rebuild: records without files", "keys", total=await index.count())
     await for_each(index.items(), check_one, config.concurrency)

@@ -116,7 +116,8 @@ async def repair(config: Config, index: Index, volumes: Volumes, progress: Progr
     async def one(item: tuple[bytes, Record]) -> None:
         progress.advance()
         progress.count("keys")
-        await store.locked_in_turn(item[0], settle(item[0]))
+        async with store.locks.hold(item[0], wait=True):
+            await settle(item[0])
 
     await for_each(index.items(), one, config.concurrency)
     delete = config.orphans == "delete"
@@ -137,7 +138,8 @@ async def repair(config: Config, index: Index, volumes: Volumes, progress: Progr
         elif file.key is None:  # not a key's file: no master writes it
             await orphans.delete(file)
         else:
-            await store.locked_in_turn(file.key, orphans.delete_unclaimed(file))
+            async with store.locks.hold(file.key, wait=True):
+                await orphans.delete_unclaimed(file)
 
     await walk.run(found)
 

@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import NamedTuple
 from urllib.parse import quote
 
-from mkv.http.server import Request, Response
+from mkv.http.messages import Request, Response
 from mkv.http.target import parse_key
+from mkv.index.base import KeyBusy
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_key, object_name, precondition_failed
@@ -45,10 +46,12 @@ def _timestamp(text: str, name: str) -> float:
 
 
 def _size(text: str, name: str) -> int:
-    if not text.strip().isdigit():
+    digits = text.strip()
+    # isdigit alone takes "²" (int() refuses it) and "٣"; int() refuses 4,301 digits
+    if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > 19:
         raise S3Error(400, "InvalidArgument", f"{name} must be a non-negative integer",
                       ArgumentName=name, ArgumentValue=text)
-    return int(text)
+    return int(digits)
 
 
 def conditions_of(req: Request) -> Conditions:
@@ -85,9 +88,11 @@ class Deletes:
 
     async def _delete(self, key: bytes, conditions: Conditions) -> None:
         """S3 DELETE: done when the key is gone (or never was). Under -protect it unlinks."""
-        if self.store.is_busy(key):
-            raise busy(key)
-        await self.store.locked(key, self._delete_locked(key, conditions))
+        try:
+            async with self.store.locks.hold(key):
+                await self._delete_locked(key, conditions)
+        except KeyBusy:  # a DeleteObjects answers it for this key alone
+            raise busy(key) from None
 
     async def _delete_locked(self, key: bytes, conditions: Conditions) -> None:
         record = await self.index.get(key)

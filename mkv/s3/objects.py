@@ -324,7 +324,8 @@ class Objects:
 
     async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
                             length: int | None, req: Request | None = None) -> str | None:
-        return await self.store.locked_in_turn(key, self._store(key, chunks, length, req))
+        async with self.store.locks.hold(key, wait=True):
+            return await self._store(key, chunks, length, req)
 
     async def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
         """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: *."""
@@ -413,7 +414,8 @@ class Objects:
             md5 = record.md5
         else:
             # a write of the key in flight goes first, then the copy, as on S3
-            md5 = await self.store.locked_in_turn(key, self._copy(source, record, key, req))
+            async with self.store.locks.hold(key, wait=True):
+                md5 = await self._copy(source, record, key, req)
         await self._keep_metadata(key, md5, metadata)
         etag = await self.etag(key, await self._live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
