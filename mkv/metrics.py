@@ -9,7 +9,7 @@ GET costs the master 14 µs in all, so the library would add a fifth to it.
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 # seconds; the master answers most requests in well under a millisecond, writes take longer
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -18,7 +18,6 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float]  # the series (a histogram has three), its labels, value
 Family = tuple[str, str, str, list[Sample]]  # name, type, help, samples
-Collector = Callable[[], Iterable[Family]]
 
 
 def _escape_help(text: str) -> str:

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 
+import httpx
 import pytest
 from cluster import free_port, mkv_command
 
+import mkv.client.core as core
 from mkv.client import AsyncClient, Client, KeyExists, NotFound, Refused, Unavailable
 
 
@@ -134,3 +136,36 @@ def test_the_shell_verbs(make_master, tmp_path):
     assert mkv("rm", "/shell/stdin").returncode == 0
     missing = mkv("get", "/shell/stdin")
     assert missing.returncode == 1 and b"404" in missing.stderr
+
+
+def test_the_core_decides_what_both_clients_ask_next():
+    """Failover and ReplicaRead without a network: what `Client` and `AsyncClient` both do."""
+    masters = ["http://a", "http://b", "http://c"]
+    call = core.Failover(masters, "PUT", "k", content=b"v")
+    tried = []
+    for request in call.requests():
+        tried.append(request.url)
+        if request.url == "http://a/k":
+            call.failed(httpx.ConnectError("refused"))
+        elif call.answered(httpx.Response(503 if request.url == "http://b/k" else 201)):
+            break
+    assert tried == ["http://a/k", "http://b/k", "http://c/k"]
+    assert masters == ["http://c", "http://a", "http://b"]  # the one that answered goes first
+
+    once = core.Failover(masters, "PUT", "k", content=iter([b"v"]))  # cannot be sent twice
+    next(once.requests())
+    with pytest.raises(Unavailable, match="no master answered"):
+        once.failed(httpx.ReadError("cut"))
+
+    redirect = httpx.Response(302, headers={"Location": "http://v1/x", "Key-Volumes": "v1,v2"})
+    read = core.ReplicaRead(b"/k", 0, None, redirect)
+    requests = read.requests()
+    assert next(requests).headers == {} and read.answered(200)
+    read.got(b"abc")
+    read.failed(httpx.ReadError("cut"))
+    following = next(requests)
+    assert following.url.startswith("http://v2/") and following.headers == {"Range": "bytes=3-"}
+    assert not read.answered(200)  # a whole value where the rest was asked for
+    with pytest.raises(StopIteration):
+        next(requests)
+    assert "no replica gave the value" in str(read.unavailable())

@@ -14,7 +14,7 @@ CHUNK = 1 << 20
 SHOWN_FROM = 8 << 20  # transfers smaller than this end before a progress line would help
 
 
-class Progress:
+class TransferMeter:
     """Bytes moved so far, redrawn on stderr at most 4 times a second when it is a terminal."""
 
     def __init__(self, what: str, total: int | None) -> None:
@@ -85,12 +85,12 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
         with source:
             size = None if args.file == "-" else os.fstat(source.fileno()).st_size
-            chunks = Progress(f"put {args.key}", size).count(_chunks(source))
+            chunks = TransferMeter(f"put {args.key}", size).count(_chunks(source))
             client.put(args.key, chunks, replace=args.replace)
     elif args.verb == "get":
         sink = sys.stdout.buffer if args.file == "-" else open(args.file, "wb")
         with sink:
-            for chunk in Progress(f"get {args.key}", None).count(client.stream(args.key)):
+            for chunk in TransferMeter(f"get {args.key}", None).count(client.stream(args.key)):
                 sink.write(chunk)
     elif args.verb == "ls":
         for key in client.iter_keys(args.prefix, "unlinked" if args.unlinked else "list"):
