@@ -178,7 +178,7 @@ class Connection(FlowControlled):
         if failed:
             future.set_exception(error)  # type: ignore[union-attr]
         body = self._response.body
-        if isinstance(body, Body) and not body._done:
+        if isinstance(body, Body) and not body.arrived:
             body.fail(error)
             failed = True
         if failed:

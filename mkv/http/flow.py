@@ -88,24 +88,24 @@ class Body:
     pauses while more than BODY_HIGH_WATER bytes wait here.
     """
 
-    __slots__ = ("_conn", "_chunks", "_buffered", "_done", "_error", "_waiter",
-                 "_continue", "_discarded", "length", "consumed")
+    __slots__ = ("_conn", "_chunks", "_buffered", "arrived", "_error", "_waiter",
+                 "continue_pending", "_discarded", "length", "consumed")
 
     def __init__(self, conn: FlowControlled, length: int | None, expect_continue: bool) -> None:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._done = False
+        self.arrived = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future | None = None
-        self._continue = expect_continue
+        self.continue_pending = expect_continue
         self._discarded = False
         self.length = length  # None: chunked
         self.consumed = 0
 
     @property
     def complete(self) -> bool:
-        return self._done and not self._chunks
+        return self.arrived and not self._chunks
 
     def feed(self, data: bytes) -> None:
         if self._discarded:
@@ -117,7 +117,7 @@ class Body:
         self._wake()
 
     def finish(self) -> None:
-        self._done = True
+        self.arrived = True
         self._wake()
 
     def fail(self, error: Exception) -> None:
@@ -129,13 +129,13 @@ class Body:
             self._waiter.set_result(None)
 
     async def read(self) -> bytes:
-        if self._continue:
-            self._continue = False
+        if self.continue_pending:
+            self.continue_pending = False
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self._chunks:
             if self._error is not None:
                 raise self._error
-            if self._done:
+            if self.arrived:
                 return b""
             self._waiter = self._conn.loop.create_future()
             await self._waiter
@@ -156,7 +156,7 @@ class Body:
         self._discarded = True
         self._chunks.clear()
         self._buffered = 0
-        self._continue = False
+        self.continue_pending = False
         self._conn.resume_reading(self)
 
     def abort(self) -> None:
@@ -167,4 +167,4 @@ class Body:
 
 
 EMPTY = Body(None, 0, False)  # type: ignore[arg-type]
-EMPTY._done = True  # the body of every request that has none: nothing to read, nothing to feed
+EMPTY.arrived = True  # the body of every request that has none: nothing to read, nothing to feed

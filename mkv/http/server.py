@@ -57,7 +57,7 @@ class HTTPConnection(FlowControlled):
         self._parsing: Request | None = None
         self._pending: deque[Request] = deque()
         self._active: Request | None = None
-        self._task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
+        self.task: asyncio.Task | None = None  # the handler's; held: the loop keeps a weak one
         self._started = 0.0
         self._in_message = False
         self._close_after_answer = False
@@ -75,7 +75,7 @@ class HTTPConnection(FlowControlled):
         self.server.connections.discard(self)
         gone = ClientGone("client closed the connection")
         for request in (self._parsing, self._active, *self._pending):
-            if request is not None and request.body is not EMPTY and not request.body._done:
+            if request is not None and request.body is not EMPTY and not request.body.arrived:
                 request.body.fail(gone)
         self._wake_drain(gone)
 
@@ -202,7 +202,7 @@ class HTTPConnection(FlowControlled):
             result.then(self._deliver)
         else:
             self._active = request
-            self._task = self.loop.create_task(self._run(request, result))
+            self.task = self.loop.create_task(self._run(request, result))
 
     async def _run(self, request: Request, pending: Awaitable[Response]) -> None:
         try:
@@ -240,7 +240,7 @@ class HTTPConnection(FlowControlled):
         if isinstance(response.body, bytes):
             self._respond(request, response)
         else:
-            self._task = self.loop.create_task(self._run(request, _ready(response)))
+            self.task = self.loop.create_task(self._run(request, _ready(response)))
 
     def _head(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         date = self.server.date
@@ -256,12 +256,12 @@ class HTTPConnection(FlowControlled):
         body = request.body
         if body is EMPTY:
             return True
-        if body._done:
+        if body.arrived:
             body.discard()
             return True
         # an unread body still on the wire: close rather than read up to gigabytes to discard
         too_much = body.length is None or body.length - body.consumed > 1 << 20
-        close = body._continue or too_much
+        close = body.continue_pending or too_much
         body.discard()
         return not close
 
@@ -324,7 +324,7 @@ class HTTPConnection(FlowControlled):
                 log.info("%s %s %d %.2fms", request.method.decode(), request.path.decode(
                     "utf-8", "replace"), status, seconds * 1000)
         self._active = None
-        self._task = None
+        self.task = None
         if not keep_alive:
             self.close()
             return
@@ -341,7 +341,7 @@ class HTTPConnection(FlowControlled):
             return
         body = self._parsing.body if self._parsing is not None else None
         self.pause_reading("rejected")
-        if body is not None and body is not EMPTY and not body._done:
+        if body is not None and body is not EMPTY and not body.arrived:
             # the handler is reading this body: it stops, and _run answers for it
             body.fail(BrokenBody(status, reason))
         else:  # bytes after a whole request: that one is answered (its write may land), then
@@ -358,10 +358,23 @@ class HTTPConnection(FlowControlled):
                    % len(message) + (b"" if head else message))
         self.close()
 
+    def quiet_for(self, seconds: float) -> None:
+        """Nothing heard for `seconds` (the server's sweep): close an idle connection after
+        idle_timeout, one stalled mid-request after read_timeout."""
+        server = self.server
+        if self._active is not None:
+            # the application owns it, but a body that stopped arriving is the client's
+            if self._in_message and seconds > server.read_timeout:
+                self.abandon("request body stalled")
+        elif self._in_message and seconds > server.read_timeout:
+            self._reject(408, "request timeout")
+        elif not self._in_message and seconds > server.idle_timeout:
+            self.close()
+
     def abandon(self, reason: str) -> None:
         """Give up on a client mid-request: the handler reading its body sees ClientGone."""
         body = self._parsing.body if self._parsing is not None else None
-        if body is not None and body is not EMPTY and not body._done:
+        if body is not None and body is not EMPTY and not body.arrived:
             body.fail(ClientGone(reason))
         self.close()
 
@@ -419,16 +432,7 @@ class HTTPServer:
                 conn.heard = False
                 conn.last_heard = now
                 continue
-            quiet = now - conn.last_heard
-            if conn._active is not None:
-                # the application owns it, but a body that stopped arriving is the client's
-                if conn._in_message and quiet > self.read_timeout:
-                    conn.abandon("request body stalled")
-                continue
-            if conn._in_message and quiet > self.read_timeout:
-                conn._reject(408, "request timeout")
-            elif not conn._in_message and quiet > self.idle_timeout:
-                conn.close()
+            conn.quiet_for(now - conn.last_heard)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
@@ -446,7 +450,7 @@ class HTTPServer:
             await asyncio.sleep(0.05)
         # handlers still running are cancelled (a write in flight is undone by the store) and
         # awaited, so none outlives the store they use
-        running = [c._task for c in self.connections if c._task is not None]
+        running = [c.task for c in self.connections if c.task is not None]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)

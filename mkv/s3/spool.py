@@ -196,7 +196,9 @@ class Spool:
         shutil.rmtree(path, ignore_errors=True)
         return True
 
-    def _finish(self, upload_id: str, key: bytes, etag: str) -> None:
+    def finish(self, upload_id: str, key: bytes, etag: str) -> None:
+        """Remember the upload as completed into `key` (a repeated Complete answers the same)
+        and drop its parts."""
         self.completed_dir.mkdir(parents=True, exist_ok=True)
         done = {"key": key.decode("utf-8", "surrogateescape"), "etag": etag}
         _write_atomic(self.completed_dir / upload_id, json.dumps(done).encode())
@@ -304,7 +306,7 @@ class SpoolCompletion:
         self.spool, self.upload_id = spool, upload_id
 
     async def finish(self, key: bytes, etag: str) -> None:
-        self.spool._finish(self.upload_id, key, etag)
+        self.spool.finish(self.upload_id, key, etag)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
