@@ -1,12 +1,9 @@
-"""What the benchmarks share: failures, percentiles, number formatting, the cluster to target."""
+"""What the benchmarks share: failures, meters, percentiles, number formatting (the cluster they
+run on is bench/cluster.py)."""
 
-import argparse
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-from bench.launcher import LocalCluster, Proc, stop_on_sigterm
+from collections.abc import Callable
 
 # SPEC §7 and issue 3: Go mkv measured on this project's 2-core machine kind.
 GO = {
@@ -72,58 +69,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
                       *(line(r) for r in rows)])
-
-
-# --- the cluster a standalone benchmark runs on ---
-
-
-def add_cluster_args(parser: argparse.ArgumentParser, *, external: bool = True) -> None:
-    if external:
-        parser.add_argument("--master", metavar="HOST:PORT",
-                            help="benchmark a running master instead of starting a cluster "
-                                 "(needs --volume)")
-        parser.add_argument("--volume", metavar="HOST:PORT",
-                            help="the nginx volume to measure as the yardstick (with --master)")
-        parser.add_argument("--master-pid", type=int,
-                            help="the running master's pid, for its peak RSS (with --master)")
-    parser.add_argument("--dir", type=Path,
-                        help="work dir for a started cluster (default: a temp dir, removed after)")
-
-
-class Target:
-    """Where a benchmark sends its requests: a master, a volume, and maybe the master process."""
-
-    def __init__(self, master: str, volume: str, master_proc: Proc | None = None,
-                 cluster: LocalCluster | None = None) -> None:
-        self.master = master
-        self.volume = volume
-        self.master_proc = master_proc
-        self.cluster = cluster
-
-
-class _PidProc(Proc):
-    """An external master known only by pid (for /proc figures)."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-
-@contextlib.contextmanager
-def target_from_args(args: argparse.Namespace) -> Iterator[Target]:
-    """The running cluster the flags name, or a local one started here and stopped after."""
-    stop_on_sigterm()
-    if getattr(args, "master", None):
-        if not args.volume:
-            raise SystemExit("--master needs --volume (an nginx volume for the yardstick)")
-        proc = _PidProc(args.master_pid) if args.master_pid else None
-        yield Target(args.master, args.volume, proc)
-        return
-    with LocalCluster(args.dir) as cluster:
-        yield Target(cluster.master.addr, cluster.volumes[0].addr, cluster.master, cluster)
 
 
 def mib(n: int) -> float:

@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from bench import redirect, thrasher
-from bench.common import Target, fmt, fmt_ratio, markdown_table, ratio
-from bench.launcher import LocalCluster, stop_on_sigterm
+from bench.cluster import LocalCluster
+from bench.common import fmt, fmt_ratio, markdown_table, ratio
 from bench.postgres import PostgresServer, find_bindir
 
 
@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
         print("engines: PostgreSQL is not installed (apt-get install postgresql)",
               file=sys.stderr)
         return 2
-    stop_on_sigterm()
     database = PostgresServer(bindir)
     rows = []
     try:
@@ -35,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             baseline: dict[str, float] = {}
             for name, (url, flags) in engines.items():
                 spool = ("-s3_spool", str(cluster.dir / f"s3-{len(rows)}")) if url else ()
-                master = cluster.start_master(url, *cluster.master_flags, *flags, *spool)
-                target = Target(master.addr, cluster.volumes[0].addr, master, cluster)
-                gets = redirect.run(target, args.duration, install=False)
-                thrash = thrasher.run(target, count=args.count)
-                cluster.stop_proc(master)
+                with cluster.own_master(url, *cluster.master_flags, *flags, *spool) as master:
+                    target = cluster.target(master)
+                    gets = redirect.run(target, args.duration, install=False)
+                    thrash = thrasher.run(target, count=args.count)
                 figures = {"missing": gets.master_missing.rate,
                            "existing": gets.master_existing.rate, "thrasher": thrash.master.rate}
                 baseline = baseline or figures

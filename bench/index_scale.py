@@ -23,8 +23,8 @@ import plyvel
 import uvloop
 
 from bench.client import Connection, HTTPFailure
-from bench.common import BenchFailure, add_cluster_args, fmt, fmt_ratio, ratio, run_id
-from bench.launcher import LocalCluster, stop_on_sigterm
+from bench.cluster import LocalCluster, add_cluster_args
+from bench.common import BenchFailure, fmt, fmt_ratio, ratio, run_id
 
 PREFIX = "/bench/index/"
 
@@ -139,11 +139,8 @@ def run(cluster: LocalCluster, keys: int = 1_000_000, limit: int = 1000) -> Repo
     """Fill a fresh index, start a master of its own on it, list, stop that master."""
     db = cluster.dir / f"index-scale-{run_id()}"
     fill_s = fill(db, keys, [v.addr for v in cluster.volumes])
-    master = cluster.start_master(db)
-    try:
+    with cluster.own_master(db) as master:
         list_s, pages, first = uvloop.run(list_all(master.addr, keys, limit))
-    finally:
-        cluster.stop_proc(master)
     nginx_s = uvloop.run(nginx_pages(cluster.volumes[0].addr, first, pages))
     return Report(keys, limit, pages, fill_s, list_s, len(first), nginx_s)
 
@@ -156,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keys < 1 or args.limit < 1:
         parser.error("--keys and --limit must be at least 1")
-    stop_on_sigterm()
     with LocalCluster(args.dir, with_master=False) as cluster:
         try:
             report = run(cluster, args.keys, args.limit)

@@ -25,18 +25,16 @@ if __package__ in (None, ""):  # run as a file: python bench/large.py
 import uvloop
 
 from bench.client import Connection, HTTPFailure, Pool
+from bench.cluster import Target, add_cluster_args, target_from_args
 from bench.common import (
     GO,
     BenchFailure,
     Meter,
-    Target,
-    add_cluster_args,
     fmt,
     fmt_ratio,
     fmt_s,
     ratio,
     run_id,
-    target_from_args,
     unmetered,
 )
 

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as a file: python bench/ops.py
 
 import plyvel
 
-from bench.common import BenchFailure, add_cluster_args, fmt
-from bench.launcher import LocalCluster, mkv_command, stop_on_sigterm, track, untrack
+from bench.cluster import LocalCluster, add_cluster_args, mkv_command, track, untrack
+from bench.common import BenchFailure, fmt
 from mkv.placement import key2path, key2volume
 from mkv.record import Record
 
@@ -48,7 +48,7 @@ def fill(cluster: LocalCluster, db: Path, keys: int, size: int, replicas: int,
     own: run by root, its nginx workers are `nobody` and must be able to delete the files."""
     started = time.perf_counter()
     names = [v.addr for v in cluster.volumes[:3]]
-    dirs = {v.addr: cluster.dir / f"volume{i}" for i, v in enumerate(cluster.volumes)}
+    dirs = {v.addr: data for v, data in zip(cluster.volumes, cluster.volume_dirs, strict=True)}
     ldb = plyvel.DB(str(db), create_if_missing=True, error_if_exists=True)
     made: set[Path] = set()
     umask = os.umask(0)
@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     add_cluster_args(parser, external=False)
     args = parser.parse_args(argv)
     keys = 2_000 if args.quick else args.keys
-    stop_on_sigterm()
     flags = ["-replicas", str(args.replicas), "-subvolumes", str(args.subvolumes),
              "-concurrency", str(args.concurrency)]
     with LocalCluster(args.dir, volumes=4, with_master=False) as cluster:

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.launcher import free_port
+from bench.cluster import free_port
 
 SUPERUSER = "mkv"
 

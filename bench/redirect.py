@@ -20,20 +20,17 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):  # run as a file: python bench/redirect.py
     sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
+from bench.cluster import Target, add_cluster_args, target_from_args, track, untrack
 from bench.common import (
     GO,
     BenchFailure,
     Meter,
-    Target,
-    add_cluster_args,
     fmt,
     fmt_ratio,
     ratio,
     run_id,
-    target_from_args,
     unmetered,
 )
-from bench.launcher import track, untrack
 
 INSTALL_HINT = "wrk is not installed: install it with `apt-get install -y wrk` (Debian package wrk)"
 

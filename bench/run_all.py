@@ -20,17 +20,16 @@ if __package__ in (None, ""):  # run as a file: python bench/run_all.py
 
 from bench import index_scale, large, redirect, thrasher, vs_go
 from bench.client import HTTPFailure
+from bench.cluster import LocalCluster
 from bench.common import (
     GO,
     BenchFailure,
-    Target,
     fmt,
     fmt_ratio,
     fmt_s,
     markdown_table,
     ratio,
 )
-from bench.launcher import LocalCluster, stop_on_sigterm
 
 BENCHMARKS = ("thrasher", "redirect", "large", "index")
 FULL = {"count": 10_000, "duration": 10.0, "sizes": "256M,1G", "keys": 1_000_000}
@@ -152,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
-    stop_on_sigterm()
     results: dict = {}
     failures: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mkv benchmarks ({'quick' if args.quick else 'full'}) of mkv {version}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cpus", flush=True)
     with LocalCluster(args.dir) as cluster:
-        target = Target(cluster.master.addr, cluster.volumes[0].addr, cluster.master, cluster)
+        target = cluster.target()
         print(f"cluster: master {target.master}, volumes "
               f"{', '.join(v.addr for v in cluster.volumes)}, in {cluster.dir}\n", flush=True)
 
@@ -187,12 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_large() -> large.Report:
             # a master of its own, so its peak RSS is the large values' alone
-            master = cluster.start_master()
-            try:
-                own = Target(master.addr, cluster.volumes[0].addr, master, cluster)
-                return large.run(own, [large.parse_size(s) for s in args.sizes.split(",")])
-            finally:
-                cluster.stop_proc(master)
+            with cluster.own_master() as master:
+                return large.run(cluster.target(master),
+                                 [large.parse_size(s) for s in args.sizes.split(",")])
 
         attempt("large", run_large)
         attempt("index", lambda: index_scale.run(cluster, args.keys))

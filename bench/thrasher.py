@@ -20,18 +20,16 @@ if __package__ in (None, ""):  # run as a file: python bench/thrasher.py
 import uvloop
 
 from bench.client import Connection, HTTPFailure, Pool, Reply
+from bench.cluster import Target, add_cluster_args, target_from_args
 from bench.common import (
     GO,
     BenchFailure,
     Meter,
-    Target,
-    add_cluster_args,
     fmt,
     fmt_ratio,
     percentile,
     ratio,
     run_id,
-    target_from_args,
     unmetered,
 )
 

@@ -44,9 +44,9 @@ import plyvel
 
 from bench import large, ops, redirect, thrasher
 from bench.client import HTTPFailure
-from bench.common import BenchFailure, Target, fmt, fmt_s, markdown_table
+from bench.cluster import LocalCluster, Proc, Target, mkv_command, processes, stat_fields
+from bench.common import BenchFailure, fmt, fmt_s, markdown_table
 from bench.gomkv import GoUnavailable, go_build, peer_candidate, peer_source
-from bench.launcher import LocalCluster, Proc, mkv_command, processes, stat_fields, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = ("get", "thrasher", "large", "ops")
@@ -55,6 +55,7 @@ FULL = {"rounds": 3, "duration": 10.0, "count": 10_000, "sizes": "256M,1G",
         "ops_keys": "100000,1000000"}
 QUICK = {"rounds": 1, "duration": 1.0, "count": 200, "sizes": "1M,3M", "ops_keys": "2000"}
 SIDES = {"ours": "mkv", "go": "Go mkv"}
+SERVED = 3  # the masters serve the first three volumes; the fourth joins in the rebalance
 TICK = os.sysconf("SC_CLK_TCK")
 # what Go mkv's rebuild and rebalance print when a key or listing fails (they exit 0 anyway)
 GO_TROUBLE = ("error", "impossible", "panic", "ugh", "issue")
@@ -244,7 +245,14 @@ class Bench:
 
     def start_master(self, side: str) -> Proc:
         """A master of that side, with a fresh index, on the first three volumes."""
-        return self.cluster.start_master(program=self.programs[side], serving=3)
+        return self.cluster.start_master(program=self.programs[side], serving=SERVED)
+
+    def master(self, side: str, fresh: bool) -> contextlib.AbstractContextManager[Proc]:
+        """That side's running master, or, when `fresh`, one started as `start_master` does
+        and stopped after."""
+        if fresh:
+            return self.cluster.own_master(program=self.programs[side], serving=SERVED)
+        return contextlib.nullcontext(self.masters[side])
 
     def row(self, name: str, measure: str, kind: str = "rate") -> Row:
         return self.rows.setdefault(name, Row(measure, kind))
@@ -260,14 +268,8 @@ class Bench:
         started when `fresh`); it returns a line to print."""
         for r in range(self.args.rounds):
             for side in SIDES:
-                master = self.start_master(side) if fresh else self.masters[side]
-                try:
-                    target = Target(master.addr, self.cluster.volumes[0].addr, master,
-                                    self.cluster)
-                    line = one(side, target, self.meter({side: master}))
-                finally:
-                    if fresh:
-                        self.cluster.stop_proc(master)
+                with self.master(side, fresh) as master:
+                    line = one(side, self.cluster.target(master), self.meter({side: master}))
                 print(f"  {what} round {r + 1} {SIDES[side]:7} {line}", flush=True)
 
 
@@ -322,8 +324,8 @@ def measure_ops(bench: Bench, keys: int) -> None:
     cluster, work = bench.cluster, bench.cluster.dir / f"ops-{keys}"
     three = ",".join(v.addr for v in cluster.volumes[:3])
     four = ",".join(v.addr for v in cluster.volumes)
-    for i in range(len(cluster.volumes)):  # what an earlier size left
-        for sub in (cluster.dir / f"volume{i}").glob("sv*"):
+    for data in cluster.volume_dirs:  # what an earlier size left
+        for sub in data.glob("sv*"):
             shutil.rmtree(sub)
     work.mkdir()
     size = bench.args.ops_size
@@ -446,7 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     except (GoUnavailable, redirect.WrkMissing) as e:
         print(f"vs_go: {e}", file=sys.stderr)
         return 2
-    stop_on_sigterm()
     started = time.monotonic()
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     version = describe()
@@ -462,10 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vs_go: {e}", file=sys.stderr)
         return 2
     with cluster:
-        nginx = [pid for i in range(len(cluster.volumes))
-                 for pid in nginx_pids(cluster.dir / f"volume{i}")]
+        nginx = [pid for data in cluster.volume_dirs for pid in nginx_pids(data)]
         bench = Bench(cluster, {"ours": mkv_command(), "go": [str(go)]}, args, nginx)
-        # the masters serve three volumes; the fourth joins in the rebalance
         bench.masters = {side: bench.start_master(side) for side in SIDES}
         print(f"volumes {', '.join(v.addr for v in cluster.volumes)} (Go mkv's launcher); "
               f"masters: mkv {bench.masters['ours'].addr}, Go mkv {bench.masters['go'].addr}; "

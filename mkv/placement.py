@@ -1,10 +1,14 @@
 """Where a key lives: `key2path` and `key2volume`, the on-disk contract shared with Go mkv.
 
-Both are pure functions of their arguments; tests/test_placement.py pins their outputs.
+Pure functions of their arguments; tests/test_contracts.py pins their outputs (SPEC §2).
 """
 
 import base64
 import hashlib
+from functools import cache
+from operator import itemgetter
+
+_score = itemgetter(0)  # a (score, volume) pair's score
 
 
 def key2path(key: bytes) -> str:
@@ -26,34 +30,33 @@ def placement_key(key: bytes, vdir_colocation: bool) -> bytes:
 
 
 def key2volume(key: bytes, volumes: list[str], replicas: int, subvolumes: int) -> list[str]:
-    """The replicas of `key`, best first: volumes ranked by md5(key + volume), descending.
-
-    The ranking depends on a volume's name, not its position, so adding a volume
-    moves only the keys that now rank it first. With several subvolumes, the low
-    32 bits of the score pick the disk (`/svXX`, upper-case hex).
-    """
-    scored = [(hashlib.md5(key + v.encode()).digest(), v) for v in volumes]
-    scored.sort(key=lambda sv: sv[0], reverse=True)  # sort is stable, as Go's sort.Stable
-    chosen = []
-    for score, volume in scored[:replicas]:
-        if subvolumes == 1:
-            chosen.append(volume)
-        else:
-            sub = int.from_bytes(score[12:16], "big") % subvolumes
-            chosen.append(f"{volume}/sv{sub:02X}")
-    return chosen
+    """The replicas of `key`, best first: the first `replicas` of its ranking."""
+    return key2ranking(key, volumes, subvolumes)[:replicas]
 
 
 def key2ranking(key: bytes, volumes: list[str], subvolumes: int) -> list[str]:
-    """Every volume as a replica of `key`, in key2volume's order: key2volume is its first
-    `replicas`. Where a write goes when a volume is down: the next in rank takes its place,
-    each with its own subvolume."""
-    scored = sorted(((hashlib.md5(key + v.encode()).digest(), v) for v in volumes),
-                    key=lambda sv: sv[0], reverse=True)
+    """Every volume as a replica of `key`, best first: volumes ranked by md5(key + volume),
+    descending. Where a write goes when a volume is down: the next in rank takes its place.
+
+    The ranking depends on a volume's name, not its position, so adding a volume moves only
+    the keys that now rank it first. With several subvolumes, the low 32 bits of the score
+    pick the disk (`/svXX`, upper-case hex).
+    """
+    # sort is stable, as Go's sort.Stable
+    scored = sorted([(hashlib.md5(key + v.encode()).digest(), v) for v in volumes],
+                    key=_score, reverse=True)
     if subvolumes == 1:
         return [volume for _, volume in scored]
-    return [f"{volume}/sv{int.from_bytes(score[12:16], 'big') % subvolumes:02X}"
+    suffix = _subvolume_names(subvolumes)
+    return [volume + suffix[int.from_bytes(score[12:16], "big") % subvolumes]
             for score, volume in scored]
+
+
+@cache
+def _subvolume_names(subvolumes: int) -> tuple[str, ...]:
+    """`/sv00` … in upper-case hex: made once, as formatting each replica's cost a fifth of
+    key2ranking (timeit)."""
+    return tuple(f"/sv{n:02X}" for n in range(subvolumes))
 
 
 def storable(key: bytes) -> str | None:

@@ -1,7 +1,8 @@
 """The index record: what LevelDB holds for a key, byte-compatible with Go mkv.
 
 Value = optional state prefix (`DELETED` unlinked, `INIT` write in progress),
-then optional `HASH` + 32 hex md5, then the replicas joined by `,`.
+then optional `HASH` + 32 hex md5, then the replicas joined by `,`. Keys are ordered
+bytewise, as LevelDB orders them, in every engine (SPEC §3): `successor` bounds a prefix.
 """
 
 from enum import Enum
@@ -40,3 +41,11 @@ class Record(NamedTuple):
 
     def with_state(self, state: State) -> "Record":
         return Record(self.replicas, state, self.md5)
+
+
+def successor(prefix: bytes) -> bytes | None:
+    """The least key greater than every key starting with `prefix`; None when there is none."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])

@@ -23,7 +23,7 @@ import asyncpg
 
 from mkv.index.base import ANSWER_SECONDS, Answer, Failure, IndexUnavailable
 from mkv.index.pglock import AdvisoryLocks
-from mkv.record import Record, State
+from mkv.record import Record, State, successor
 from mkv.tasks import Tasks, settle
 
 log = logging.getLogger("mkv")
@@ -73,14 +73,6 @@ _FROM_BELOW = f"SELECT k, r FROM {TABLE} WHERE k >= $1 AND k < $3 ORDER BY k LIM
 _UNLINKED, _WRITING = "substring(r for 7) = 'DELETED'::bytea", "substring(r for 4) = 'INIT'::bytea"
 _IN_STATE = {State.UNLINKED: _UNLINKED, State.WRITING: _WRITING,
              State.LIVE: f"NOT ({_UNLINKED}) AND NOT ({_WRITING})"}
-
-
-def successor(prefix: bytes) -> bytes | None:
-    """The least key greater than every key starting with `prefix`; None when there is none."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 class PostgresIndex:

@@ -4,10 +4,10 @@ to DeleteBucket (a marker in the S3 state, mkv/s3/state.py)."""
 import re
 
 from mkv.http.messages import Response
-from mkv.record import State
+from mkv.record import State, successor
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
-from mkv.s3.request import decode_token, encode_token, int_param, successor
+from mkv.s3.request import decode_token, encode_token, int_param
 from mkv.s3.xml import OWNER, XML, Node
 
 # S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or

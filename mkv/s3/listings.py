@@ -6,11 +6,11 @@ from collections.abc import Callable
 from urllib.parse import quote_plus
 
 from mkv.http.messages import Response
-from mkv.record import Record, State
+from mkv.record import Record, State, successor
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.objects import etag_of
-from mkv.s3.request import MAX_KEYS, decode_token, encode_token, int_param, successor
+from mkv.s3.request import MAX_KEYS, decode_token, encode_token, int_param
 from mkv.s3.xml import OWNER, XML, Node
 
 STAT_CONCURRENCY = 32  # replicas asked at once for the sizes and dates of a listing

@@ -46,8 +46,8 @@ from mkv.index.postgres import (
     CONNECT_TIMEOUT,
     MASTER,
     UNAVAILABLE,
-    successor,
 )
+from mkv.record import successor
 from mkv.s3.request import parse_http_date
 from mkv.s3.state import ETAG, METADATA, Kept, Part, Upload, UploadBusy, UploadGone
 from mkv.store import Store

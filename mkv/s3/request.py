@@ -6,7 +6,7 @@ import email.utils
 import re
 from urllib.parse import unquote, unquote_to_bytes
 
-from mkv.http.server import Request
+from mkv.http.messages import Request
 from mkv.s3.errors import S3Error
 
 MAX_KEYS = 1000  # the most keys, parts or uploads one listing page holds
@@ -64,7 +64,7 @@ def parse_http_date(value: bytes | str | None) -> float | None:
     try:
         return email.utils.parsedate_to_datetime(
             value.decode("latin-1") if isinstance(value, bytes) else value).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a zone of +99999999999999999999
         return None
 
 
@@ -105,14 +105,6 @@ def decode_token(token: str) -> bytes:
                       "incorrect") from None
 
 
-def successor(prefix: bytes) -> bytes | None:
-    """The first byte string after every string that starts with `prefix`."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
 def single_range(header: bytes | None) -> re.Match | None:
     """A `Range: bytes=a-b` header of one range; other forms are ignored, as S3 does."""
     if not header:
@@ -123,14 +115,21 @@ def single_range(header: bytes | None) -> re.Match | None:
     return m
 
 
+def range_bound(digits: bytes) -> int:
+    """A number of a range: any count of digits (int() refuses over 4,300), those past 18
+    all beyond the end of any object."""
+    digits = digits.lstrip(b"0")
+    return int(digits or b"0") if len(digits) <= 18 else 1 << 62
+
+
 def resolve_range(m: re.Match, size: int) -> tuple[int, int] | None:
     """First and last byte of a range over `size` bytes; None if it cannot be satisfied."""
     first, last = m.group(1), m.group(2)
     if not first:
-        length = int(last)
+        length = range_bound(last)
         return (max(size - length, 0), size - 1) if length and size else None
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = range_bound(first)
+    end = min(range_bound(last), size - 1) if last else size - 1
+    if start >= size or (last and range_bound(last) < start):
         return None
     return start, end

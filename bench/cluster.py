@@ -1,12 +1,15 @@
-"""A local cluster for benchmarks: nginx volumes and masters on free loopback ports in a work dir.
+"""The cluster a benchmark runs on: a local one of nginx volumes and masters on free loopback
+ports in a work dir (`LocalCluster`), or a running one named by the flags (`target_from_args`).
 
-Every process it starts is stopped by `LocalCluster.stop()`: on leaving the `with` block, on an
-exception, and on SIGTERM or Ctrl-C once `stop_on_sigterm()` was called. Each process's
-output goes to a log file in the work dir; a process that dies while starting shows its tail.
-The volumes are `mkv volume`, or another launcher such as Go mkv's `volume` script (run in a
-process group of its own, so that stopping it stops the nginx it started too).
+Every process a local cluster starts is stopped by `LocalCluster.stop()`: on leaving the `with`
+block, on an exception, and on SIGTERM or Ctrl-C (its start installs `stop_on_sigterm()`). Each
+process's output goes to a log file in the work dir; a process that dies while starting shows
+its tail. The volumes are `mkv volume`, or another launcher such as Go mkv's `volume` script
+(run in a process group of its own, so that stopping it stops the nginx it started too).
 """
 
+import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -175,6 +178,17 @@ def mkv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mkv", *args]
 
 
+class Target:
+    """Where a benchmark sends its requests: a master, a volume, and maybe the master process."""
+
+    def __init__(self, master: str, volume: str, master_proc: Proc | None = None,
+                 cluster: "LocalCluster | None" = None) -> None:
+        self.master = master
+        self.volume = volume
+        self.master_proc = master_proc
+        self.cluster = cluster
+
+
 class LocalCluster:
     """`volumes` nginx volumes and a master on them (default flags) in a work dir.
 
@@ -196,6 +210,7 @@ class LocalCluster:
         self.volume_script = volume_script
         self.procs: list[Proc] = []
         self.volumes: list[Proc] = []
+        self.volume_dirs: list[Path] = []  # each volume's data
         self.master: Proc | None = None
         self.masters = 0
 
@@ -225,9 +240,11 @@ class LocalCluster:
         return proc
 
     def start(self) -> None:
+        stop_on_sigterm()
         _clusters.append(self)
         for i in range(self.volume_count):
             port, data = free_port(), self.dir / f"volume{i}"
+            self.volume_dirs.append(data)
             if self.volume_script is None:
                 self.volumes.append(self._spawn(
                     f"volume{i}", port, mkv_command("volume", str(data), "-port", str(port))))
@@ -238,7 +255,7 @@ class LocalCluster:
         if self.with_master:
             self.master = self.start_master()
 
-    def start_master(self, db: Path | None = None, *flags: str,
+    def start_master(self, db: Path | str | None = None, *flags: str,
                      program: list[str] | None = None, serving: int | None = None) -> Proc:
         """Another master on the same volumes (a fresh index unless `db` is given), or on the
         first `serving` of them; `program` is the command before the flags (default ours,
@@ -250,6 +267,24 @@ class LocalCluster:
                "-volumes", ",".join(v.addr for v in self.volumes[:serving]),
                "-port", str(port), *(flags or self.master_flags), "server"]
         return self._spawn(f"master{self.masters}", port, cmd)
+
+    @contextlib.contextmanager
+    def own_master(self, db: Path | str | None = None, *flags: str,
+                   program: list[str] | None = None,
+                   serving: int | None = None) -> Iterator[Proc]:
+        """A master started as `start_master` does, for one measurement: stopped after it."""
+        master = self.start_master(db, *flags, program=program, serving=serving)
+        try:
+            yield master
+        finally:
+            self.stop_proc(master)
+
+    def target(self, master: Proc | None = None) -> Target:
+        """Requests to `master` (default the cluster's own), the first volume as yardstick."""
+        master = master or self.master
+        if master is None:
+            raise ValueError("a cluster started without a master needs one named")
+        return Target(master.addr, self.volumes[0].addr, master, self)
 
     def stop_proc(self, proc: Proc) -> None:
         proc.stop()
@@ -265,3 +300,44 @@ class LocalCluster:
             _clusters.remove(self)
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- the cluster a standalone benchmark runs on ---
+
+
+def add_cluster_args(parser: argparse.ArgumentParser, *, external: bool = True) -> None:
+    if external:
+        parser.add_argument("--master", metavar="HOST:PORT",
+                            help="benchmark a running master instead of starting a cluster "
+                                 "(needs --volume)")
+        parser.add_argument("--volume", metavar="HOST:PORT",
+                            help="the nginx volume to measure as the yardstick (with --master)")
+        parser.add_argument("--master-pid", type=int,
+                            help="the running master's pid, for its peak RSS (with --master)")
+    parser.add_argument("--dir", type=Path,
+                        help="work dir for a started cluster (default: a temp dir, removed after)")
+
+
+class _PidProc(Proc):
+    """An external master known only by pid (for /proc figures)."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+
+@contextlib.contextmanager
+def target_from_args(args: argparse.Namespace) -> Iterator[Target]:
+    """The running cluster the flags name, or a local one started here and stopped after."""
+    if getattr(args, "master", None):
+        if not args.volume:
+            raise SystemExit("--master needs --volume (an nginx volume for the yardstick)")
+        stop_on_sigterm()  # the helpers (wrk) are stopped with us
+        proc = _PidProc(args.master_pid) if args.master_pid else None
+        yield Target(args.master, args.volume, proc)
+        return
+    with LocalCluster(args.dir) as cluster:
+        yield cluster.target()
