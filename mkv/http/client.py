@@ -36,13 +36,12 @@ class VolumeTimeout(VolumeError):
 
 
 class ClientResponse:
-    __slots__ = ("status", "headers", "body", "_chunks")
+    __slots__ = ("status", "headers", "body")
 
     def __init__(self) -> None:
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.body: bytes | Body = b""
-        self._chunks: list[bytes] = []
 
 
 class Connection(FlowControlled):
@@ -61,9 +60,10 @@ class Connection(FlowControlled):
         self._stream = False
         self._uploading = False
         self._unsent_head = b""  # an upload's request head, sent with its first body bytes
-        self._received = False
+        self._parts: list[bytes] = []  # an answer's body read whole (not streamed)
+        self.received = False  # bytes came back for this exchange
         self._head = False
-        self._timeout = 0.0
+        self.timeout = 0.0  # the exchange's: its answer due within, its body's pauses too
         self.deadline = 0.0
 
     # --- asyncio.Protocol ---
@@ -73,13 +73,13 @@ class Connection(FlowControlled):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool._forget(self)
+        self.pool.forget(self)
         error = VolumeError(f"{self.hostport} closed the connection", self.hostport)
         self._fail(error)
         self._wake_drain(error)
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
+        self.received = True
         if self._parser is None:
             self.close()  # bytes nobody asked for: the connection is out of step
             return
@@ -105,18 +105,18 @@ class Connection(FlowControlled):
 
     def on_body(self, data: bytes) -> None:
         if self._stream:
-            if self._timeout:  # a streamed body must keep coming
-                self.deadline = self.loop.time() + self._timeout
+            if self.timeout:  # a streamed body must keep coming
+                self.deadline = self.loop.time() + self.timeout
             self._response.body.feed(data)  # type: ignore[union-attr]
         else:
-            self._response._chunks.append(data)
+            self._parts.append(data)
 
     def on_message_complete(self) -> None:
         response = self._response
         if self._stream:
             response.body.finish()  # type: ignore[union-attr]
         else:
-            response.body = b"".join(response._chunks)
+            response.body = b"".join(self._parts)
         self._done(response, self._parser.should_keep_alive())  # type: ignore[union-attr]
 
     # --- exchanges ---
@@ -130,14 +130,15 @@ class Connection(FlowControlled):
         # a fresh parser each time: after a HEAD, httptools would wait for the body it announced
         self._parser = httptools.HttpResponseParser(self)
         self._head = method == b"HEAD"
-        self._timeout = timeout or 0.0
+        self.timeout = timeout or 0.0
         self._response = ClientResponse()
+        self._parts = []
         self._future = self.loop.create_future()
         self._stream = stream
         self._uploading = upload
-        self._received = False
+        self.received = False
         if timeout:
-            self.pool._watch(self, timeout)
+            self.pool.watch(self, timeout)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n" % (
             method, target, self.hostport.encode(), self.pool.headers, headers)
         if upload:  # one system call for head and first chunk: a small PUT is one write
@@ -156,23 +157,24 @@ class Connection(FlowControlled):
         if self._unsent_head:
             self.write(b"")
         self._uploading = False
-        self.pool._watch(self, timeout)
+        self.pool.watch(self, timeout)
         if self._parser is None:  # the answer came before the body was all sent
             self.close()
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
+        """Its deadline passed (the pool's sweep): fail the exchange, close."""
         self._fail(VolumeTimeout(f"{self.hostport} did not answer in time", self.hostport))
         self.close()
 
     def _resolve(self, response: ClientResponse, done: bool = True) -> None:
         if done:
-            self.pool._timed.discard(self)
+            self.pool.unwatch(self)
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(response)
 
     def _fail(self, error: Exception) -> None:
-        self.pool._timed.discard(self)
+        self.pool.unwatch(self)
         future, self._future = self._future, None
         failed = future is not None and not future.done()
         if failed:
@@ -186,13 +188,10 @@ class Connection(FlowControlled):
 
     def _done(self, response: ClientResponse, keep_alive: bool) -> None:
         self._parser = None
-        if self._paused_for:  # a body's reader paused us; the next exchange must be read
-            self._paused_for.clear()
-            if not self.closed:
-                self.transport.resume_reading()  # type: ignore[union-attr]
+        self.resume_all()  # a body's reader paused us; the next exchange must be read
         self._resolve(response)
         if keep_alive and not self._uploading and not self.closed:
-            self.pool._release(self)
+            self.pool.release(self)
         elif not self._uploading:
             self.close()
 
@@ -228,8 +227,9 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.errors: defaultdict[str, int] = defaultdict(int)  # failed exchanges per volume
 
-    def _watch(self, conn: Connection, timeout: float) -> None:
-        # one coarse timer for all exchanges: cheaper than a timer each at 10,000s per second
+    def watch(self, conn: Connection, timeout: float) -> None:
+        """Fail the connection's exchange if not answered within `timeout` seconds: one coarse
+        timer for all exchanges, cheaper than a timer each at 10,000s per second."""
         conn.deadline = self.loop.time() + timeout
         self._timed.add(conn)
         if self._sweeper is None:
@@ -238,10 +238,10 @@ class Pool:
     def _sweep(self) -> None:
         now = self.loop.time()
         for conn in [c for c in self._timed if c.deadline <= now]:
-            if conn._paused_for:  # waiting on our reader, not on the volume
-                conn.deadline = now + conn._timeout
+            if conn.reading_paused:  # waiting on our reader, not on the volume
+                conn.deadline = now + conn.timeout
             else:
-                conn._timed_out()
+                conn.timed_out()
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if self._timed else None
 
     async def connection(self, hostport: str) -> Connection:
@@ -273,11 +273,17 @@ class Pool:
             raise VolumeError(f"cannot connect to {hostport}: {e}", hostport) from None
         return conn
 
-    def _release(self, conn: Connection) -> None:
+    def unwatch(self, conn: Connection) -> None:
+        """The connection's exchange is answered or failed: no deadline."""
+        self._timed.discard(conn)
+
+    def release(self, conn: Connection) -> None:
+        """Keep an answered connection for reuse."""
         conn.idle_since = self.loop.time()
         self._idle[conn.hostport].append(conn)
 
-    def _forget(self, conn: Connection) -> None:
+    def forget(self, conn: Connection) -> None:
+        """A closed connection is no longer idle."""
         idle = self._idle.get(conn.hostport)
         if idle and conn in idle:
             idle.remove(conn)
@@ -292,7 +298,7 @@ class Pool:
         except VolumeTimeout:
             raise
         except VolumeError:
-            if not conn.reused or conn._received:
+            if not conn.reused or conn.received:
                 raise
         conn = await self._connect(hostport)
         return await conn.send(method, target, headers, body, stream=stream, timeout=timeout)

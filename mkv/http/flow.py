@@ -62,6 +62,17 @@ class FlowControlled(asyncio.Protocol):
             if not self._paused_for and not self.closed:
                 self.transport.resume_reading()  # type: ignore[union-attr]
 
+    def resume_all(self) -> None:
+        """Lift every reason reading was paused for."""
+        if self._paused_for:
+            self._paused_for.clear()
+            if not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._paused_for)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
