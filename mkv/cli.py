@@ -193,7 +193,7 @@ def _check_cluster(config: Config) -> str | None:
 
 
 def _check_secret(config: Config) -> str | None:
-    from mkv.security import secret_problem
+    from mkv.volumes.security import secret_problem
 
     if config.secret:
         return secret_problem(config.secret)
@@ -203,7 +203,7 @@ def _check_secret(config: Config) -> str | None:
 
 
 def _volume(config: Config, positional: list[str], given: set[str]) -> int:
-    from mkv.nginx import run_volume
+    from mkv.volumes.nginx import run_volume
 
     if len(positional) != 2:
         print("mkv volume: give the data directory: mkv volume DIR [-port N]", file=sys.stderr)

@@ -39,7 +39,7 @@ class Config:
     voltimeout: float = 1.0
     writetimeout: float = 30.0
     idletimeout: float = 60.0
-    secret: str = ""  # shared with the volumes: see mkv/security.py
+    secret: str = ""  # shared with the volumes: see mkv/volumes/security.py
     signedreads: bool = False
     signexpiry: float = 60.0
     readtimeout: float = 30.0

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
-from mkv.admin import RATE_SECONDS, MasterAdmin, admin_handler
+from mkv.admin.endpoint import admin_handler
+from mkv.admin.master import RATE_SECONDS, MasterAdmin
 from mkv.config import Config
 from mkv.http.messages import Request, Response
 from mkv.http.server import HTTPServer
@@ -23,7 +24,7 @@ from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import REFUSED, Store
 from mkv.tasks import Tasks
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
 

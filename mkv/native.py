@@ -7,7 +7,6 @@ import random
 from collections.abc import AsyncIterator, Awaitable
 from urllib.parse import parse_qs
 
-from mkv.health import asked_last
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.headers import valid_value
@@ -15,8 +14,9 @@ from mkv.http.messages import Pending, Request, Response, refusal
 from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
-from mkv.security import signed_location
 from mkv.store import REFUSED, MoveError, Store, TooFewVolumesUp
+from mkv.volumes.health import asked_last
+from mkv.volumes.security import signed_location
 
 log = logging.getLogger("mkv")
 

@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 
 from mkv.config import Config
-from mkv.health import place_on_healthy, volume_of
 from mkv.http.client import VolumeError
 from mkv.index import Index
 from mkv.index.base import IndexUnavailable, KeyBusy
 from mkv.locks import Locks
 from mkv.placement import key2path
 from mkv.record import Record, State
-from mkv.transfer import CopyError, copy_value
-from mkv.volumes import Volumes
+from mkv.volumes.health import place_on_healthy, volume_of
+from mkv.volumes.replicas import Volumes
+from mkv.volumes.transfer import CopyError, copy_value
 
 log = logging.getLogger("mkv")
 

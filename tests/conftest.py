@@ -29,7 +29,7 @@ from cluster import Process, Volume, free_port, start_master, start_volume, wait
 from pgserver import PostgresServer, running_postgres
 
 from bench.gomkv import go_build
-from mkv.nginx import find_nginx
+from mkv.volumes.nginx import find_nginx
 
 # --- the contract, written out independently of mkv/ so the tests pin it ---
 

@@ -10,9 +10,9 @@ import plyvel
 import pytest
 from cluster import free_port, mkv_command, start_volume, wait_listening
 
-from mkv import nginx
 from mkv.cli import UsageError, parse_args
 from mkv.placement import key2path
+from mkv.volumes import nginx
 
 
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:

@@ -82,7 +82,7 @@ def group_members(pgid: int) -> list[int]:
 def signal_nginx(vol: Volume, sig: int) -> list[int]:
     """Send `sig` to the volume's nginx master and every worker; the pids signalled.
 
-    `mkv volume` runs nginx in a process group of its own (mkv/nginx.py), so the group is
+    `mkv volume` runs nginx in a process group of its own (mkv/volumes/nginx.py), so the group is
     exactly nginx's processes.
     """
     pid = nginx_pid(vol)

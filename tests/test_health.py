@@ -1,4 +1,4 @@
-"""The pure parts of volume health (mkv/health.py) and the full ranking beside key2volume
+"""The pure parts of volume health (mkv/volumes/health.py) and the full ranking beside key2volume
 (mkv/placement.py): where a write goes when volumes are down, the order GET asks replicas in,
 and when a volume counts as down or up."""
 
@@ -6,8 +6,14 @@ import hashlib
 
 import pytest
 
-from mkv.health import DOWN_AFTER_PROBES, VolumeState, asked_last, place_on_healthy, volume_of
 from mkv.placement import key2ranking, key2volume
+from mkv.volumes.health import (
+    DOWN_AFTER_PROBES,
+    VolumeState,
+    asked_last,
+    place_on_healthy,
+    volume_of,
+)
 
 VOLUMES = [f"127.0.0.1:{3001 + i}" for i in range(5)]
 

@@ -12,9 +12,9 @@ import pytest
 import uvloop
 from cluster import Volume, free_port, start_volume
 
-from mkv import nginx
 from mkv.http.client import Pool, VolumeError, VolumeTimeout
 from mkv.http.flow import Body
+from mkv.volumes import nginx
 
 NGINX = nginx.find_nginx()
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")

@@ -23,7 +23,7 @@ from mkv.placement import key2path
 from mkv.record import Record, State
 from mkv.s3.face import S3
 from mkv.store import REFUSED, Store
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 LIVE = Record(("127.0.0.1:1",), State.LIVE, "0" * 32)
 

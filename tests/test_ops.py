@@ -26,7 +26,7 @@ from conftest import (
 from mkv.ops.progress import Progress
 from mkv.ops.walk import GROUPS_AHEAD, VolumeFile, Walk
 from mkv.record import Record
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 NESTED = [b"/???", b"/??????", b"/a?b?c?d??"]  # base64 with `/`: the files nest in directories
 

@@ -25,7 +25,7 @@ from mkv.ops import copy
 from mkv.record import Record, State
 from mkv.s3.face import S3
 from mkv.store import REFUSED, Store
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 
 def _records(count: int, seed: int) -> list[tuple[bytes, Record]]:

@@ -34,7 +34,7 @@ from mkv.index import open_index
 from mkv.s3.pgstate import PARTS, PostgresState
 from mkv.s3.state import UploadGone
 from mkv.store import Store
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 MiB = 1024 * 1024
 _PART_REQUEST = re.compile(rb"PUT [^ ]*partNumber=(\d+)[^ ]*uploadId=([0-9a-f]+)|"

@@ -8,7 +8,7 @@ import pytest
 from cluster import free_port, mkv_command, start_volume, wait_listening
 from conftest import MasterFactory, request, unique_key, url_path
 
-from mkv.security import secret_problem, sign
+from mkv.volumes.security import secret_problem, sign
 
 SECRET = "s3cr3t-for-tests-0123456789"
 

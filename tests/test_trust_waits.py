@@ -42,7 +42,7 @@ from mkv.record import Record
 from mkv.s3 import pgstate
 from mkv.s3.face import S3
 from mkv.store import REFUSED, Store
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 BOUND = 1.0  # the bound the stalled-database tests set, seconds
 SLACK = 1.5  # what a loaded 2-core machine may add to it

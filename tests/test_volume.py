@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cluster import Volume, free_port, mkv_command, start_volume
 
-from mkv import nginx
+from mkv.volumes import nginx
 
 NGINX = nginx.find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")

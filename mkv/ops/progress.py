@@ -17,13 +17,14 @@ from typing import TextIO, TypeVar
 
 import uvloop
 
+from mkv.admin.endpoint import admin_handler
 from mkv.config import Config
 from mkv.http.server import HTTPServer
 from mkv.index import Index, open_index
 from mkv.metrics import Family, counter, gauge
 from mkv.ops.runs import note_run
 from mkv.tasks import Tasks
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 T = TypeVar("T")
 
@@ -186,9 +187,6 @@ def run_offline(config: Config,
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         admin = None
         if config.admin_port:
-            # imported only here: mkv.admin brings in the master's faces, not every run's due
-            from mkv.admin import admin_handler
-
             admin = HTTPServer(admin_handler(progress.families, None))
             await admin.start(None, config.admin_port)
         index = await open_index(config.db)

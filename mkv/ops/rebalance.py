@@ -10,7 +10,7 @@ from mkv.index import Index
 from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.record import Record, State
 from mkv.store import MoveError, Store
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 
 async def rebalance(config: Config, index: Index, volumes: Volumes,

@@ -26,8 +26,8 @@ from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.walk import OnGroup, VolumeFile, Walk
 from mkv.record import Record, State
 from mkv.store import Store
-from mkv.transfer import read_md5
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
+from mkv.volumes.transfer import read_md5
 
 
 def ordered(replicas: list[str], placement: list[str], volumes: tuple[str, ...]) -> list[str]:

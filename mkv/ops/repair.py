@@ -34,8 +34,8 @@ from mkv.ops.verify import check_replicas, claimed, describe, problem_line
 from mkv.ops.walk import VolumeFile, Walk, http_time
 from mkv.record import Record, State
 from mkv.store import Store
-from mkv.transfer import CopyError, copy_value, md5_of
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
+from mkv.volumes.transfer import CopyError, copy_value, md5_of
 
 
 async def repair_live(config: Config, volumes: Volumes, key: bytes, record: Record,

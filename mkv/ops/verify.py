@@ -15,8 +15,8 @@ from mkv.index import Index
 from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record, State
-from mkv.transfer import read_md5
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
+from mkv.volumes.transfer import read_md5
 
 HEAD_TIMEOUT = 1.0  # when -voltimeout is 0 (the master's "no check"): verify always checks
 

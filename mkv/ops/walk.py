@@ -20,7 +20,7 @@ from urllib.parse import quote
 from mkv.http.client import VolumeError
 from mkv.ops.progress import Progress
 from mkv.placement import key2path
-from mkv.volumes import Volumes, split_replica
+from mkv.volumes.replicas import Volumes, split_replica
 
 _SUBVOLUME = re.compile(r"sv[0-9A-F]{2}")
 _HEX = re.compile(r"[0-9a-f]{2}")

@@ -37,7 +37,6 @@ from typing import TypeVar
 
 import asyncpg
 
-from mkv.health import asked_last, volume_of
 from mkv.http.client import VolumeError
 from mkv.index.base import ANSWER_SECONDS, IndexUnavailable
 from mkv.index.postgres import (
@@ -52,6 +51,7 @@ from mkv.s3.request import parse_http_date
 from mkv.s3.state import ETAG, METADATA, Kept, Part, Upload, UploadBusy, UploadGone
 from mkv.store import Store
 from mkv.tasks import Tasks, settle
+from mkv.volumes.health import asked_last, volume_of
 
 log = logging.getLogger("mkv")
 

@@ -1,6 +1,6 @@
 """What the master asks of nginx volumes, per replica: does it have a key, write it, read it,
 delete it, list a directory. A replica is `host:port` or `host:port/svXX`. A request that
-cannot reach a volume tells `health` (mkv/health.py).
+cannot reach a volume tells `health` (mkv/volumes/health.py).
 """
 
 import asyncio
@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
 from mkv.config import Config
-from mkv.health import PROBE_TIMEOUT, Health
 from mkv.http.client import ClientResponse, Connection, Pool, VolumeError
 from mkv.http.headcheck import HeadChecker
 from mkv.http.pipeline import Pipeline
 from mkv.placement import key2path
-from mkv.security import SECRET_HEADER
+from mkv.volumes.health import PROBE_TIMEOUT, Health
+from mkv.volumes.security import SECRET_HEADER
 
 
 @lru_cache(maxsize=4096)

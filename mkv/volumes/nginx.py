@@ -40,7 +40,7 @@ def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | 
 
     With a secret, PUT and DELETE need the master's `X-Mkv-Secret` header (403 otherwise);
     with signed_reads, so do GET and HEAD unless their URL carries a valid secure_link
-    signature (see mkv/security.py).
+    signature (see mkv/volumes/security.py).
 
     Raises ValueError if data_dir holds a `$`: nginx expands the prefix into `root` and would read
     it as a variable, and nginx has no way to escape one.

@@ -8,7 +8,7 @@ from contextlib import aclosing
 
 from mkv.http.client import ClientResponse, VolumeError
 from mkv.placement import key2path
-from mkv.volumes import Volumes
+from mkv.volumes.replicas import Volumes
 
 
 class CopyError(Exception):

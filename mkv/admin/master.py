@@ -1,39 +1,18 @@
-"""The admin listener (`-admin_port`): `/metrics` for Prometheus and `/` the status page. It is a
-port of its own, so neither can shadow a key (a key may well be called `/metrics`).
-
-A master serves both; an offline command given `-admin_port` serves its progress as metrics
-(`Progress.families`).
-"""
+"""What a master shows on its admin port: its requests, store, volumes, S3 face and index, as
+metrics families and as the status page's snapshot (served by mkv/admin/endpoint.py)."""
 
 import time
 from collections import deque
-from collections.abc import Callable
 
+from mkv.admin.status_page import Snapshot, VolumeRow, page
 from mkv.config import Config
-from mkv.http.messages import Request, Response
-from mkv.metrics import Family, RequestMetrics, counter, gauge, render
+from mkv.metrics import Family, RequestMetrics, counter, gauge
 from mkv.ops.runs import last_runs
 from mkv.s3.face import S3
-from mkv.status_page import Snapshot, VolumeRow, page
 from mkv.store import Store
 
-METRICS_TYPE = ("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 RATE_SECONDS = 10.0  # the status page's rates: a sample this often
 RATE_SAMPLES = 31  # five minutes of them
-
-
-def admin_handler(families: Callable[[], list[Family]], status: Callable[[], bytes] | None
-          ) -> Callable[[Request], Response]:
-    """The admin handler: metrics from `families`, the page from `status` (if any)."""
-    def handle(req: Request) -> Response:
-        if req.method not in (b"GET", b"HEAD"):
-            return Response(405, [("Content-Type", "text/plain")], b"GET only\n")
-        if req.path == b"/metrics":
-            return Response(200, [METRICS_TYPE], render(families()))
-        if req.path == b"/" and status is not None:
-            return Response(200, [("Content-Type", "text/html; charset=utf-8")], status())
-        return Response(404, [("Content-Type", "text/plain")], b"/metrics, or / the status page\n")
-    return handle
 
 
 class MasterAdmin:

@@ -1,0 +1,1 @@
+"""What serves operators: the admin port's metrics and status page."""
