@@ -1,6 +1,7 @@
 """The S3 face's pure parts, pinned to published vectors: SigV4 (AWS's documented examples),
 aws-chunked with chunk and trailer signatures (the S3 streaming example, as aws-c-auth's tests
-carry it), the checksums' catalogue check values, safe XML, and which requests count as S3.
+carry it), the checksums' catalogue check values, safe XML, and which requests count as S3;
+and the inputs fuzz/ found crashing these parsers (each a 500 before its fix).
 """
 
 import asyncio
@@ -12,11 +13,15 @@ import zlib
 import pytest
 
 from mkv.http.flow import EMPTY
-from mkv.http.server import Request
-from mkv.s3.awschunked import AwsChunked, BadPayload
+from mkv.http.messages import Request
+from mkv.s3.awschunked import MAX_LINE, AwsChunked, BadPayload
 from mkv.s3.checksums import Checksum, algorithm_of
+from mkv.s3.deletes import _conditions_in_xml, conditions_of
+from mkv.s3.errors import S3Error
 from mkv.s3.face import is_s3
-from mkv.s3.sigv4 import AuthError, verify, verify_v2
+from mkv.s3.forms import Form, check_policy, check_signature
+from mkv.s3.request import parse_http_date, resolve_range, single_range
+from mkv.s3.sigv4 import AuthError, is_v2, parse_amz_date, verify, verify_v2
 from mkv.s3.xml import MalformedXML, parse_complete, parse_delete
 
 EXAMPLE_SECRETS = {"AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
@@ -264,3 +269,146 @@ def test_sigv2_examples():
         verify_v2(b"GET", b"/johnsmith/photos/puppy.jpg", query, {}, EXAMPLE_SECRETS,
                   now=1175139621)
     assert e.value.code == "AccessDenied"
+
+
+# --- inputs fuzz/ (atheris) found crashing the parsers: each was a 500 before its fix ---
+def test_v2_seen_in_a_parameter_value_is_refused():
+    # is_v2 sees "AWSAccessKeyId=" in ?prefix=…; there is no key parameter, no AWS header
+    query, headers = b"prefix=AWSAccessKeyId=x", {b"host": b"h"}
+    assert is_v2(query, headers)
+    with pytest.raises(AuthError) as e:
+        verify_v2(b"GET", b"/b", query, headers, EXAMPLE_SECRETS, now=MAY_24_2013)
+    assert e.value.code == "AccessDenied"
+
+
+@pytest.mark.parametrize("date", ["20231314T221320Z", "20230230T000000Z", "00000101T000000Z",
+                                  "20230101T250000Z"])
+def test_an_amz_date_that_is_no_date_is_refused(date):
+    with pytest.raises(AuthError) as e:
+        parse_amz_date(date)
+    assert e.value.code == "AccessDenied"
+    query = (b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F"
+             + date[:8].encode() + b"%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date="
+             + date.encode() + b"&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
+             b"&X-Amz-Signature=" + b"0" * 64)
+    with pytest.raises(AuthError):
+        verify(b"GET", b"/b/k", query, {b"host": b"h"}, EXAMPLE_SECRETS, now=MAY_24_2013)
+
+
+def test_signatures_that_are_not_ascii_do_not_match():
+    headers = {b"host": b"h", b"x-amz-content-sha256": EMPTY_SHA.encode(),
+               b"x-amz-date": b"20130524T000000Z",
+               b"authorization": example_auth("host;x-amz-content-sha256;x-amz-date",
+                                              "\xe9" * 64).replace(b"\xc3\xa9", b"\xe9")}
+    with pytest.raises(AuthError) as e:
+        verify(b"GET", b"/", b"", headers, EXAMPLE_SECRETS, now=MAY_24_2013)
+    assert e.value.code == "SignatureDoesNotMatch"
+    query = (b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F"
+             b"20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z"
+             b"&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=%E2%82%AC")
+    with pytest.raises(AuthError) as e:
+        verify(b"GET", b"/b/k", query, {b"host": b"h"}, EXAMPLE_SECRETS, now=MAY_24_2013)
+    assert e.value.code == "SignatureDoesNotMatch"
+    v2 = {b"date": b"Tue, 27 Mar 2007 19:36:42 +0000",
+          b"authorization": b"AWS AKIAIOSFODNN7EXAMPLE:G\x00\xe2\xe2\xe2"}
+    with pytest.raises(AuthError) as e:
+        verify_v2(b"GET", b"/b/k", b"", v2, EXAMPLE_SECRETS,
+                  now=calendar.timegm((2007, 3, 27, 19, 36, 42)))
+    assert e.value.code == "SignatureDoesNotMatch"
+    query = b"AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Expires=1175139620&Signature=%E2%82%AC"
+    with pytest.raises(AuthError) as e:
+        verify_v2(b"GET", b"/b/k", query, {}, EXAMPLE_SECRETS, now=1175139000)
+    assert e.value.code == "SignatureDoesNotMatch"
+
+
+def test_a_v2_date_past_any_clock_is_refused():
+    headers = {b"date": b"Tue, 14 Nov 2023 2255555555555555555555:13:20 GMT",
+               b"authorization": b"AWS AKIAIOSFODNN7EXAMPLE:c2lnbmF0dXJl"}
+    with pytest.raises(AuthError) as e:
+        verify_v2(b"GET", b"/b/k", b"", headers, EXAMPLE_SECRETS)
+    assert e.value.code == "AccessDenied"
+
+
+def test_a_presigned_signed_header_name_may_be_any_text():
+    query = (b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F"
+             b"20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z"
+             b"&X-Amz-Expires=86400&X-Amz-SignedHeaders=host%3Bx%FF%E2%82%AC"
+             b"&X-Amz-Signature=" + b"0" * 64)
+    with pytest.raises(AuthError) as e:
+        verify(b"GET", b"/b/k", query, {b"host": b"h"}, EXAMPLE_SECRETS, now=MAY_24_2013)
+    assert e.value.code == "SignatureDoesNotMatch"
+
+
+@pytest.mark.parametrize("value", [
+    b"Thu, 01 Jan 1970 00:00:00 +2352222222222222222222222222222222222222222",
+    b"Tue, 14 Nov 2023 99999999999999999999:13:20 GMT",
+    b"Tue, 14 Nov 99999999999999999999 22:13:20 GMT",
+])
+def test_http_dates_past_any_clock_are_no_dates(value):
+    assert parse_http_date(value) is None
+    assert parse_http_date(value.decode()) is None
+
+
+@pytest.mark.parametrize("header, size, span", [
+    (b"bytes=" + b"1" * 5000 + b"-", 10, None),  # int() refuses over 4,300 digits
+    (b"bytes=0-" + b"9" * 5000, 10, (0, 9)),
+    (b"bytes=-" + b"9" * 5000, 10, (0, 9)),
+    (b"bytes=" + b"0" * 5000 + b"5-" + b"0" * 5000 + b"7", 10, (5, 7)),
+    (b"bytes=" + b"9" * 19 + b"-", 10, None),
+    (b"bytes=3-" + b"0" * 30, 10, None),
+])
+def test_ranges_of_any_length_resolve(header, size, span):
+    assert resolve_range(single_range(header), size) == span
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000, 70000])
+def test_aws_chunked_line_limit_holds_however_the_body_is_cut(size):
+    # a chunk header past MAX_LINE was taken when it came in one read, refused in pieces
+    with pytest.raises(BadPayload):
+        decode(b"5;" + b"x" * 5000 + b"\r\nhello\r\n0\r\n\r\n", size=size)
+    line = b"5;" + b"x" * (MAX_LINE - 2)  # at the limit: taken, its CR and LF split or not
+    assert decode(line + b"\r\nhello\r\n0\r\n\r\n", size=size) == (b"hello", {})
+
+
+def test_a_form_boundary_over_256_bytes_is_malformed():
+    with pytest.raises(S3Error) as e:
+        Form(pieces(b"", 1), b"multipart/form-data; boundary=" + b"b" * 300)
+    assert (e.value.status, e.value.code) == (400, "MalformedPOSTRequest")
+
+
+@pytest.mark.parametrize("fields", [
+    {"x-amz-signature": "\xe9", "x-amz-algorithm": "AWS4-HMAC-SHA256", "policy": "e30=",
+     "x-amz-credential": "AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request"},
+    {"signature": "\u20ac", "awsaccesskeyid": "AKIAIOSFODNN7EXAMPLE", "policy": "e30="},
+])
+def test_a_form_signature_that_is_not_ascii_does_not_match(fields):
+    with pytest.raises(S3Error) as e:
+        check_signature(fields, EXAMPLE_SECRETS)
+    assert (e.value.status, e.value.code) == (403, "SignatureDoesNotMatch")
+
+
+@pytest.mark.parametrize("conditions", [
+    b'[["content-length-range", 1, 1e999]]',  # 1e999 is inf: int() overflows
+    b'[["content-length-range", -Infinity, 1]]',
+    b"[" * 5000 + b"]" * 5000,  # json recurses a frame a level
+])
+def test_a_policy_json_cannot_take_apart_is_invalid(conditions):
+    document = b'{"expiration": "2030-01-01T00:00:00Z", "conditions": ' + conditions + b"}"
+    with pytest.raises(S3Error) as e:
+        check_policy(base64.b64encode(document).decode(), {}, "bucket", MAY_24_2013)
+    assert (e.value.status, e.value.code) == (400, "InvalidPolicyDocument")
+
+
+@pytest.mark.parametrize("size", ["\xb311", "\xb2", "\u0663", "1" * 5000, "0" * 30 + "1" * 20])
+def test_a_size_condition_of_other_digits_is_refused(size):
+    # isdigit takes superscripts, which int() refuses; S3 takes ASCII digits only
+    headers = {b"x-amz-if-match-size": size.encode("utf-8")}
+    if size[0] == "\xb3":
+        headers[b"x-amz-if-match-size"] = size.encode("latin-1")  # as a client's byte 0xB3
+    with pytest.raises(S3Error) as e:
+        conditions_of(request(b"DELETE", b"/b/k", headers=headers))
+    assert (e.value.status, e.value.code) == (400, "InvalidArgument")
+    with pytest.raises(MalformedXML):
+        _conditions_in_xml({"Size": size})
+    assert conditions_of(request(b"DELETE", b"/b/k", headers={
+        b"x-amz-if-match-size": b" 0007 "})).size == 7

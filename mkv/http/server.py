@@ -132,6 +132,9 @@ class HTTPConnection(FlowControlled):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
+        if self.closed:  # answered and closed (an unread body, Connection: close): a request
+            # pipelined behind in the same read must not run (RFC 9112 §9.6)
+            raise httptools.HttpParserError("a request after the connection closed")
         self._in_message = True
 
     def on_url(self, url: bytes) -> None:

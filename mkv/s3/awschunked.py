@@ -61,14 +61,15 @@ class AwsChunked:
         self._pos = 0
 
     async def _line(self, limit: int) -> bytes:
+        """The next line, at most `limit` bytes however the body was cut into pieces."""
         while True:
             end = self._buf.find(b"\r\n", self._pos)
+            if end - self._pos > limit or end < 0 and len(self._buf) - self._pos > limit + 1:
+                raise _malformed("line too long")  # (+ 1: a CR whose LF is yet to come)
             if end >= 0:
                 line = self._buf[self._pos:end]
                 self._pos = end + 2
                 return line
-            if len(self._buf) - self._pos > limit:
-                raise _malformed("line too long")
             await self._more()
 
     def _chunk_header(self, line: bytes) -> tuple[int, str | None]:

@@ -22,7 +22,7 @@ from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from mkv.http.flow import Body
-from mkv.http.server import Request, Response
+from mkv.http.messages import Request, Response
 from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
@@ -204,7 +204,7 @@ def check_policy(policy: str, fields: dict[str, str], bucket: str,
     ${filename} filled in); the content-length-range it sets, (0, None) if none."""
     try:
         document = json.loads(base64.b64decode(policy, validate=True))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # [[[[… a thousand deep
         raise _invalid_policy("Invalid JSON.") from None
     if not isinstance(document, dict) or "expiration" not in document:
         raise _invalid_policy("Policy missing expiration.")
@@ -230,7 +230,7 @@ def check_policy(policy: str, fields: dict[str, str], bucket: str,
         if operator == "content-length-range":
             try:
                 length_range = (int(name), int(value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 is inf
                 raise _invalid_policy("content-length-range needs two integers.") from None
             continue
         if operator not in ("eq", "starts-with") or not isinstance(name, str) \
@@ -278,7 +278,7 @@ def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> None:
     else:
         raise S3Error(403, "AccessDenied", "Access Denied: this endpoint needs signed forms "
                       "(x-amz-signature or signature, with a policy)")
-    if not hmac.compare_digest(expected, given):
+    if not hmac.compare_digest(expected.encode(), given.encode()):  # given: any text
         raise S3Error(403, "SignatureDoesNotMatch", "The request signature we calculated does "
                       "not match the signature you provided. Check your key and signing "
                       "method.")
