@@ -16,7 +16,7 @@ import uvloop
 from mkv.admin.endpoint import admin_handler
 from mkv.admin.master import RATE_SECONDS, MasterAdmin
 from mkv.config import Config
-from mkv.http.messages import Request, Response
+from mkv.http.messages import Handler, Pending, Request, Response
 from mkv.http.server import HTTPServer
 from mkv.index import Index, IndexUnavailable, open_index
 from mkv.metrics import RequestMetrics
@@ -26,15 +26,13 @@ from mkv.store import REFUSED, Store
 from mkv.tasks import Tasks
 from mkv.volumes.replicas import Volumes
 
-Handler = Callable[[Request], Response | Awaitable[Response]]
-
 
 def faces(native: NativeAPI, s3: S3) -> Handler:
     """One handler for both faces: S3's requests to S3 (checked first: S3 also POSTs), the
     rest to the native API."""
     native_handle, s3_handle = native.handle, s3.handle
 
-    def handle(req: Request) -> Response | Awaitable[Response]:
+    def handle(req: Request) -> Response | Pending | Awaitable[Response]:
         return s3_handle(req) if is_s3(req) else native_handle(req)
     return handle
 

@@ -6,9 +6,11 @@ import re
 from mkv.http.messages import Response
 from mkv.record import State, successor
 from mkv.s3 import xml as s3xml
-from mkv.s3.errors import S3Error
+from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.request import decode_token, encode_token, int_param
+from mkv.s3.state import S3State
 from mkv.s3.xml import OWNER, XML, Node
+from mkv.store import Store
 
 # S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or
 # digit at each end, no "..", not an IP address
@@ -21,21 +23,35 @@ def valid_bucket_name(name: str) -> bool:
     return bool(_BUCKET_NAME.match(name)) and ".." not in name and not _IP_ADDRESS.match(name)
 
 
-
-
 class Buckets:
-    """Mixed into S3: buckets over `self.index` and `self.state`."""
+    """Buckets over the store's index (a bucket's live keys) and the S3 state (its marker)."""
 
-    # --- buckets ---
-    async def _bucket_has_keys(self, bucket: str) -> bool:
+    def __init__(self, store: Store, state: S3State) -> None:
+        self.index = store.index
+        self.state = state
+
+    async def _has_keys(self, bucket: str) -> bool:
         async for _, record in self.index.items(f"/{bucket}/".encode()):
             if record.state is State.LIVE:
                 return True
         return False
 
-    async def _bucket_exists(self, bucket: str) -> bool:
+    async def exists(self, bucket: str) -> bool:
         return (await self.state.bucket_created(bucket) is not None
-                or await self._bucket_has_keys(bucket))
+                or await self._has_keys(bucket))
+
+    async def head_bucket(self, bucket: str) -> Response:
+        if not await self.exists(bucket):
+            raise no_such_bucket(bucket)
+        return Response(200, [("Content-Length", "0")])
+
+    async def location(self) -> Response:
+        """GetBucketLocation: the default region, for every bucket."""
+        return Response(200, [XML], s3xml.document("LocationConstraint", []))
+
+    async def versioning(self) -> Response:
+        """GetBucketVersioning: never enabled."""
+        return Response(200, [XML], s3xml.document("VersioningConfiguration", []))
 
     async def create_bucket(self, bucket: str) -> Response:
         if not valid_bucket_name(bucket):
@@ -45,7 +61,7 @@ class Buckets:
         return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
 
     async def delete_bucket(self, bucket: str) -> Response:
-        if await self._bucket_has_keys(bucket):
+        if await self._has_keys(bucket):
             raise S3Error(409, "BucketNotEmpty", "The bucket you tried to delete is not empty",
                           BucketName=bucket)
         # a bucket that existed only through its keys is gone once they are: deleting it

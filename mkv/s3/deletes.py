@@ -13,9 +13,12 @@ from mkv.index.base import KeyBusy
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_key, object_name, precondition_failed
+from mkv.s3.objects import Objects
+from mkv.s3.payload import read_xml
 from mkv.s3.request import etag_matches, parse_http_date
 from mkv.s3.sigv4 import Signed
 from mkv.s3.xml import XML, MalformedXML, Node
+from mkv.store import Store
 
 DELETE_CONCURRENCY = 16
 
@@ -79,8 +82,12 @@ def _conditions_in_xml(found: dict[str, str]) -> Conditions:
 
 
 class Deletes:
-    """Mixed into S3: deletes over `self.store`, conditions read through `self.stat` and
-    `self.etag`."""
+    """Deletes through the store (under its key lock; unlinks under -protect), the conditions
+    checked against what the objects service reads of the value there."""
+
+    def __init__(self, store: Store, objects: Objects) -> None:
+        self.store = store
+        self.objects = objects
 
     async def delete_object(self, key: bytes, req: Request) -> Response:
         await self._delete(key, conditions_of(req))
@@ -95,7 +102,7 @@ class Deletes:
             raise busy(key) from None
 
     async def _delete_locked(self, key: bytes, conditions: Conditions) -> None:
-        record = await self.index.get(key)
+        record = await self.store.index.get(key)
         if conditions.asked:
             if record is None or record.state is not State.LIVE:
                 if conditions.etag is not None:  # If-Match of nothing, as S3 answers it
@@ -104,7 +111,7 @@ class Deletes:
             await self._check(key, record, conditions)
         if record is None:
             return
-        if self.config.protect:
+        if self.store.config.protect:
             if record.state is State.LIVE:
                 await self.store.unlink(key, record)
             return
@@ -115,9 +122,9 @@ class Deletes:
     async def _check(self, key: bytes, record: Record, conditions: Conditions) -> None:
         info = None
         if conditions.modified is not None or conditions.size is not None or not record.md5:
-            info = await self.stat(key, record)
+            info = await self.objects.stat(key, record)
         if conditions.etag is not None and not etag_matches(
-                conditions.etag.encode("latin-1"), await self.etag(key, record, info)):
+                conditions.etag.encode("latin-1"), await self.objects.etag(key, record, info)):
             raise precondition_failed("If-Match")
         if conditions.modified is not None and (
                 info is None or int(info.modified) != int(conditions.modified)):
@@ -127,7 +134,7 @@ class Deletes:
 
     async def delete_objects(self, bucket: str, req: Request,
                              signed: Signed | None) -> Response:
-        quiet, objects = s3xml.parse_delete(await self._read_xml(req, signed))
+        quiet, objects = s3xml.parse_delete(await read_xml(req, signed))
         asked = [(name, _conditions_in_xml(found)) for name, found in objects]
         limit = asyncio.Semaphore(DELETE_CONCURRENCY)
 

@@ -7,17 +7,19 @@ key prefix: it exists while it holds a live key, or after CreateBucket until Del
 Multipart uploads, bucket markers, multipart ETags and metadata are the S3 state
 (mkv/s3/state.py): in the spool beside a LevelDB index, in the database beside a PostgreSQL
 one (shared by every master), as `open_state` picks.
-Each concern has its module (objects, deletes, forms, buckets, listings, multipart); this one
-routes to them.
+Each concern is a service with its own module, built with what it needs: objects, uploads
+(multipart), buckets, listings, forms (POST Object), tagging, deletes. This module
+authenticates a request and routes it by the tables below (SPEC §5's operations), each row
+naming the service that answers.
 """
 
-import asyncio
 import hashlib
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from mkv.http.client import VolumeError
 from mkv.http.messages import Request, Response
@@ -29,9 +31,8 @@ from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
 from mkv.s3.deletes import Deletes
 from mkv.s3.errors import S3Error, no_such_bucket
-from mkv.s3.forms import PostObject
+from mkv.s3.forms import Forms
 from mkv.s3.listings import Listings
-from mkv.s3.metadata import Tagging
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
 from mkv.s3.operations import operation
@@ -39,9 +40,9 @@ from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import SHA256_HEX, AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
 from mkv.s3.state import S3State
+from mkv.s3.tagging import Tagging
 from mkv.s3.xml import XML, MalformedXML, Node
 from mkv.store import REFUSED, Store, TooFewVolumesUp
-from mkv.tasks import Tasks
 
 log = logging.getLogger("mkv")
 
@@ -52,13 +53,12 @@ _NOT_IMPLEMENTED = frozenset(
     "object-lock retention legal-hold restore select attributes versions torrent analytics "
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
-_READS = (b"GET", b"HEAD")
 _WRITES = (b"PUT", b"POST")
 
 
 def _checks_its_body(method: bytes, on_object: bool, params: dict[str, str],
                      req: Request) -> bool:
-    """Whether the operation reads its body through `Payload` (objects.py), which checks it
+    """Whether the operation reads its body through `payload_of` (payload.py), which checks it
     against the signed payload hash: object and part uploads, and the XML bodies of Complete,
     DeleteObjects and PutObjectTagging."""
     if method == b"PUT":
@@ -93,33 +93,116 @@ def open_state(store: Store) -> S3State:
     return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"))
 
 
-class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
-    """Answers S3 requests over one store."""
+class Call(NamedTuple):
+    """One S3 request on a bucket or an object, as the routes pass it to a service."""
+
+    method: bytes
+    key: bytes  # /bucket/object, or /bucket
+    bucket: str
+    params: dict[str, str]
+    req: Request
+    signed: Signed | None  # what signed chunks are checked with (SigV4 with -s3_keys)
+
+
+class Route(NamedTuple):
+    """AWS's name for an operation; the methods (None: any) and the test (None: always) a
+    request meets to be it; who answers it."""
+
+    name: str
+    methods: tuple[bytes, ...] | None
+    when: Callable[[Call], bool] | None
+    answer: Callable[["S3", Call], Awaitable[Response]]
+
+
+def has(*params: str) -> Callable[[Call], bool]:
+    return lambda c: any(param in c.params for param in params)
+
+
+def copying(c: Call) -> bool:
+    return b"x-amz-copy-source" in c.req.headers
+
+
+def refuse(status: int, code: str, message: str) -> Callable[["S3", Call], Awaitable[Response]]:
+    async def answer(s3: "S3", c: Call) -> Response:
+        raise S3Error(status, code, message)
+    return answer
+
+
+GET, HEAD, PUT, POST, DELETE = (b"GET",), (b"HEAD",), (b"PUT",), (b"POST",), (b"DELETE",)
+
+# SPEC §5 on /bucket: the first row that fits the request answers it; none, 405. (ListBuckets
+# is on /, POST Object is a form POSTed to /bucket: both before these tables, in _dispatch.)
+BUCKET_ROUTES = (
+    Route("ListMultipartUploads", GET, has("uploads"),
+          lambda s3, c: s3.uploads.list_uploads(c.bucket, c.params)),
+    Route("GetBucketLocation", GET, has("location"), lambda s3, c: s3.buckets.location()),
+    Route("GetBucketVersioning", GET, has("versioning"), lambda s3, c: s3.buckets.versioning()),
+    Route("ListObjects(V2)", GET, None, lambda s3, c: s3.listings.list_objects(c.bucket, c.params)),
+    Route("HeadBucket", HEAD, None, lambda s3, c: s3.buckets.head_bucket(c.bucket)),
+    Route("bucket tagging", None, has("tagging"),
+          refuse(501, "NotImplemented", "mkv does not implement bucket tagging")),
+    Route("bucket configuration", PUT, lambda c: bool(set(c.params) - {"x-id"}),
+          refuse(501, "NotImplemented", "mkv does not implement this bucket configuration")),
+    Route("CreateBucket", PUT, None, lambda s3, c: s3.buckets.create_bucket(c.bucket)),
+    Route("DeleteBucket", DELETE, None, lambda s3, c: s3.buckets.delete_bucket(c.bucket)),
+    Route("DeleteObjects", POST, has("delete"),
+          lambda s3, c: s3.deletes.delete_objects(c.bucket, c.req, c.signed)),
+)
+
+# SPEC §5 on /bucket/object, likewise
+OBJECT_ROUTES = (
+    Route("Get/Put/DeleteObjectTagging", None, has("tagging"),
+          lambda s3, c: s3.tagging.object_tagging(c.method, c.key, c.req, c.signed)),
+    Route("ListParts", GET, has("uploadId"),
+          lambda s3, c: s3.uploads.list_parts(c.key, c.params["uploadId"], c.params)),
+    Route("GetObject", GET, None,
+          lambda s3, c: s3.objects.get_object(c.key, c.req, c.params, head=False)),
+    Route("HeadObject", HEAD, None,
+          lambda s3, c: s3.objects.get_object(c.key, c.req, c.params, head=True)),
+    Route("UploadPart(Copy)", PUT, has("uploadId", "partNumber"),
+          lambda s3, c: s3.uploads.upload_part(c.key, c.params.get("uploadId") or "", c.params,
+                                               c.req, c.signed)),
+    Route("CopyObject", PUT, copying, lambda s3, c: s3.objects.copy_object(c.key, c.req)),
+    Route("PutObject", PUT, None, lambda s3, c: s3.objects.put_object(c.key, c.req, c.signed)),
+    Route("CreateMultipartUpload", POST, has("uploads"),
+          lambda s3, c: s3.uploads.create_upload(c.key, c.req)),
+    Route("CompleteMultipartUpload", POST, has("uploadId"),
+          lambda s3, c: s3.uploads.complete_upload(c.key, c.params["uploadId"], c.req,
+                                                   c.signed)),
+    Route("AbortMultipartUpload", DELETE, has("uploadId"),
+          lambda s3, c: s3.uploads.abort_upload(c.key, c.params["uploadId"])),
+    Route("DeleteObject", DELETE, None, lambda s3, c: s3.deletes.delete_object(c.key, c.req)),
+)
+
+
+def _not_allowed() -> S3Error:
+    return S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
+                   "this resource.")
+
+
+class S3:
+    """Answers S3 requests over one store, through one service per concern."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.config = store.config
-        self.index = store.index
-        self.volumes = store.volumes
         self.secrets = dict(store.config.s3_keys)
         self.state = open_state(store)
         store.on_change.append(self.state.forget)
         # requests answered, by operation and error code ("" for success): for the metrics
         self.answered: defaultdict[tuple[str, str], int] = defaultdict(int)
-        # one writer at a time per (upload, part number), with a count of who wants it
-        self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
-        self._sweep_timer: asyncio.TimerHandle | None = None
-        self._tasks = Tasks()  # the sweep of stale uploads, while it runs
-        self._schedule_sweep(first=True)
+        self.buckets = Buckets(store, self.state)
+        self.objects = Objects(store, self.state, self.buckets)
+        self.uploads = Uploads(store, self.state, self.objects)  # starts its sweep
+        self.listings = Listings(store, self.state, self.buckets, self.objects)
+        self.forms = Forms(self.objects, self.secrets)
+        self.tagging = Tagging(self.state, self.objects)
+        self.deletes = Deletes(store, self.objects)
 
     async def close(self) -> None:
         """Stop sweeping; close the S3 state's connections (which ends what a sweep under way
         still waits on), then await the sweep."""
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-        self._tasks.cancel()
+        self.uploads.stop_sweeping()
         await self.state.close()
-        await self._tasks.close()
+        await self.uploads.closed()
 
     # --- entry ---
     def handle(self, req: Request) -> Awaitable[Response]:
@@ -200,79 +283,30 @@ class S3(Objects, Deletes, PostObject, Buckets, Listings, Uploads, Tagging):
                           f"{sorted(unsupported)[0]} subresource")
         method = req.method
         if key == b"/" or key == b"":
-            if method == b"GET":
-                return await self.list_buckets(params)
-            raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
-                          "against this resource.")
+            if method == b"GET":  # ListBuckets
+                return await self.buckets.list_buckets(params)
+            raise _not_allowed()
         slash = key.find(b"/", 1)
         bucket = (key[1:] if slash < 0 else key[1:slash]).decode("utf-8", "replace")
         on_object = 0 < slash < len(key) - 1
         if signed is not None and not _checks_its_body(method, on_object, params, req):
             await _check_unread_body(req, signed.payload_hash)
-        if slash < 0 or slash == len(key) - 1:
+        if not on_object:
             if strict_buckets and (method == b"DELETE" or form) \
-                    and not await self._bucket_exists(bucket):
+                    and not await self.buckets.exists(bucket):
                 raise no_such_bucket(bucket)
+            if form:  # PostObject
+                return await self.forms.post_object(bucket, req)
+            routes = BUCKET_ROUTES
+        else:
             if form:
-                return await self.post_object(bucket, req)
-            return await self._bucket_request(method, bucket, params, req, signed)
-        if form:
-            raise S3Error(405, "MethodNotAllowed", "POST Object goes to the bucket's URL")
-        if strict_buckets and method in _WRITES and not await self._bucket_exists(bucket):
-            raise no_such_bucket(bucket)
-        return await self._object_request(method, key, params, req, signed)
-
-    async def _bucket_request(self, method: bytes, bucket: str, params: dict[str, str],
-                              req: Request, signed: Signed | None) -> Response:
-        if method == b"GET":
-            if "uploads" in params:
-                return await self.list_uploads(bucket, params)
-            if "location" in params:
-                return Response(200, [XML], s3xml.document("LocationConstraint", []))
-            if "versioning" in params:
-                return Response(200, [XML], s3xml.document("VersioningConfiguration", []))
-            return await self.list_objects(bucket, params)
-        if method == b"HEAD":
-            if not await self._bucket_exists(bucket):
+                raise S3Error(405, "MethodNotAllowed", "POST Object goes to the bucket's URL")
+            if strict_buckets and method in _WRITES and not await self.buckets.exists(bucket):
                 raise no_such_bucket(bucket)
-            return Response(200, [("Content-Length", "0")])
-        if "tagging" in params:
-            raise S3Error(501, "NotImplemented", "mkv does not implement bucket tagging")
-        if method == b"PUT":
-            if set(params) - {"x-id"}:
-                raise S3Error(501, "NotImplemented", "mkv does not implement this bucket "
-                              "configuration")
-            return await self.create_bucket(bucket)
-        if method == b"DELETE":
-            return await self.delete_bucket(bucket)
-        if method == b"POST" and "delete" in params:
-            return await self.delete_objects(bucket, req, signed)
-        raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
-                      "this resource.")
-
-    async def _object_request(self, method: bytes, key: bytes, params: dict[str, str],
-                              req: Request, signed: Signed | None) -> Response:
-        upload_id = params.get("uploadId")
-        if "tagging" in params:
-            return await self.object_tagging(method, key, req, signed)
-        if method in _READS:
-            if upload_id is not None and method == b"GET":
-                return await self.list_parts(key, upload_id, params)
-            return await self.get_object(key, req, params, head=method == b"HEAD")
-        if method == b"PUT":
-            if upload_id is not None or "partNumber" in params:
-                return await self.upload_part(key, upload_id or "", params, req, signed)
-            if b"x-amz-copy-source" in req.headers:
-                return await self.copy_object(key, req)
-            return await self.put_object(key, req, signed)
-        if method == b"POST":
-            if "uploads" in params:
-                return await self.create_upload(key, req)
-            if upload_id is not None:
-                return await self.complete_upload(key, upload_id, req, signed)
-        if method == b"DELETE":
-            if upload_id is not None:
-                return await self.abort_upload(key, upload_id)
-            return await self.delete_object(key, req)
-        raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against "
-                      "this resource.")
+            routes = OBJECT_ROUTES
+        call = Call(method, key, bucket, params, req, signed)
+        for route in routes:
+            if (route.methods is None or method in route.methods) \
+                    and (route.when is None or route.when(call)):
+                return await route.answer(self, call)
+        raise _not_allowed()

@@ -28,6 +28,7 @@ from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.errors import S3Error
 from mkv.s3.metadata import header_value, headers_from
+from mkv.s3.objects import Objects, check_storable
 from mkv.s3.sigv4 import ALGORITHM, signing_key
 from mkv.s3.xml import XML
 
@@ -326,8 +327,13 @@ def _answer(req: Request, redirect: str | None, fields: dict[str, str], bucket: 
     return Response(200 if status == "200" else 204, headers + [("Content-Length", "0")])
 
 
-class PostObject:
-    """Mixed into S3: POST Object over `self._locked_store`, as PutObject writes."""
+class Forms:
+    """POST Object: the form checked against the S3 keys (`secrets`, empty: unsigned forms
+    welcome), its file written through the objects service as PutObject writes."""
+
+    def __init__(self, objects: Objects, secrets: dict[str, str]) -> None:
+        self.objects = objects
+        self.secrets = secrets
 
     async def post_object(self, bucket: str, req: Request) -> Response:
         form = Form(req.body, req.headers[b"content-type"])
@@ -344,12 +350,12 @@ class PostObject:
         key = f"/{bucket}/{name}".encode()
         if isinstance(parse_key(quote(key, safe="/").encode()), str):
             raise S3Error(400, "InvalidArgument", "this key cannot be named")
-        self._check_storable(key)
+        check_storable(key)
         smallest, largest = (check_policy(fields["policy"], fields, bucket, time.time())
                              if "policy" in fields else (0, None))
         metadata = {"headers": headers_from((field.encode(), value.encode())
                                             for field, value in fields.items()), "tags": []}
         redirect = _redirect(fields)  # checked, as the metadata is, before anything is written
-        md5 = await self._locked_store(key, form.file(smallest, largest), None)
-        await self._keep_metadata(key, md5, metadata)
+        md5 = await self.objects.write(key, form.file(smallest, largest), None)
+        await self.objects.keep_metadata(key, md5, metadata)
         return _answer(req, redirect, fields, bucket, name, f'"{md5}"' if md5 else '""')

@@ -8,21 +8,31 @@ from urllib.parse import quote_plus
 from mkv.http.messages import Response
 from mkv.record import Record, State, successor
 from mkv.s3 import xml as s3xml
+from mkv.s3.buckets import Buckets
 from mkv.s3.errors import S3Error, no_such_bucket
-from mkv.s3.objects import etag_of
+from mkv.s3.objects import Objects, etag_of
 from mkv.s3.request import MAX_KEYS, decode_token, encode_token, int_param
+from mkv.s3.state import S3State
 from mkv.s3.xml import OWNER, XML, Node
+from mkv.store import Store
 
 STAT_CONCURRENCY = 32  # replicas asked at once for the sizes and dates of a listing
 
 
 class Listings:
-    """Mixed into S3: listings over `self.index`, asking replicas through `self.stat`."""
+    """Listings over the store's index, with multipart ETags from the S3 state, sizes and
+    dates asked of replicas through the objects service, NoSuchBucket from the buckets'."""
 
-    # --- listing objects ---
+    def __init__(self, store: Store, state: S3State, buckets: Buckets, objects: Objects
+                 ) -> None:
+        self.index = store.index
+        self.state = state
+        self.buckets = buckets
+        self.objects = objects
+
     async def _scan(self, bucket: str, prefix: bytes, delimiter: bytes, start: bytes,
-              after: bytes | None, limit: int
-              ) -> tuple[list[tuple[bytes, Record | None]], bytes | None]:
+                    after: bytes | None, limit: int
+                    ) -> tuple[list[tuple[bytes, Record | None]], bytes | None]:
         """Up to `limit` keys (with records) and common prefixes (record None) in order, and
         where the next page starts (None: no more). `start` is inclusive, `after` exclusive."""
         base = f"/{bucket}/".encode()
@@ -68,7 +78,7 @@ class Listings:
         async def one(name: bytes, record: Record) -> Node | None:
             key = f"/{bucket}/".encode() + name
             async with limit:
-                info = await self.stat(key, record)
+                info = await self.objects.stat(key, record)
             if info is None:
                 return None  # no replica has it: unreadable, so not listed
             nodes: list[Node] = [("Key", encode(name)),
@@ -88,7 +98,7 @@ class Listings:
 
     async def list_objects(self, bucket: str, params: dict[str, str]) -> Response:
         v2 = params.get("list-type") == "2"
-        if not await self._bucket_exists(bucket):
+        if not await self.buckets.exists(bucket):
             raise no_such_bucket(bucket)
         url = params.get("encoding-type") == "url"
         if "encoding-type" in params and not url:

@@ -1,17 +1,13 @@
 """S3 object metadata and tags: what a write asks to keep (checked as S3 checks it), the
-headers a read answers with, and Get/Put/DeleteObjectTagging. Kept in the S3 state
-(mkv/s3/state.py)."""
+headers a read answers with. Kept in the S3 state (mkv/s3/state.py); tags are read and set by
+the tagging service (mkv/s3/tagging.py)."""
 
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from mkv.http.headers import valid_name, valid_value
-from mkv.http.messages import Request, Response
-from mkv.s3 import xml as s3xml
+from mkv.http.messages import Request
 from mkv.s3.errors import S3Error
-from mkv.s3.sigv4 import Signed
-from mkv.s3.state import METADATA
-from mkv.s3.xml import XML
 
 # the headers S3 stores with an object and answers with, as S3 spells them
 STORED = {name.lower().encode(): name for name in (
@@ -105,25 +101,3 @@ def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:
     if metadata.get("tags"):
         headers.append(("x-amz-tagging-count", str(len(metadata["tags"]))))
     return headers
-
-
-class Tagging:
-    """Mixed into S3: object tags over `self.state`'s metadata, for the live value's md5."""
-
-    async def object_tagging(self, method: bytes, key: bytes, req: Request,
-                             signed: Signed | None) -> Response:
-        record = await self._live(key)
-        saved = (await self.state.kept(key, record.md5)).metadata or {"headers": [],
-                                                                         "tags": []}
-        if method == b"GET":
-            tags = [("Tag", [("Key", k), ("Value", v)]) for k, v in saved.get("tags", [])]
-            return Response(200, [XML], s3xml.document("Tagging", [("TagSet", tags)]))
-        if method == b"PUT":
-            saved["tags"] = check_tags(s3xml.parse_tagging(await self._read_xml(req, signed)))
-        elif method == b"DELETE":
-            saved["tags"] = []
-        else:
-            raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed "
-                          "against this resource.")
-        await self.state.keep(METADATA, key, record.md5, saved)
-        return Response(200 if method == b"PUT" else 204)

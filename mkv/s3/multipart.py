@@ -1,5 +1,5 @@
 """S3 multipart uploads: create, upload parts (or copy them), complete into one value through
-the store, abort, list, and the sweep of abandoned uploads."""
+the objects service, abort, list, and the sweep of abandoned uploads."""
 
 import asyncio
 import hashlib
@@ -13,24 +13,55 @@ from mkv.index import IndexUnavailable
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
-from mkv.s3.request import MAX_KEYS, int_param, range_bound, single_range
+from mkv.s3.objects import Objects, check_storable
+from mkv.s3.payload import payload_of, read_xml
+from mkv.s3.request import (
+    MAX_KEYS,
+    MAX_PART_NUMBER,
+    int_param,
+    range_bound,
+    single_range,
+)
 from mkv.s3.sigv4 import Signed
-from mkv.s3.state import ETAG, Part, UploadBusy, UploadGone
+from mkv.s3.state import ETAG, Part, S3State, UploadBusy, UploadGone
 from mkv.s3.xml import OWNER, XML, Node
+from mkv.store import Store
+from mkv.tasks import Tasks
 
 log = logging.getLogger("mkv")
 
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last, as S3 requires
-MAX_PART_NUMBER = 10_000
 
 
 class Uploads:
-    """Mixed into S3: uploads over `self.state`, completed through `self._locked_store`."""
+    """Uploads in the S3 state; a part copied from a value and a completed upload go through
+    the objects service; the store's config gives -s3_upload_ttl and its volumes stream a
+    copied part. Starts sweeping stale uploads at once (`stop_sweeping`, `closed`)."""
 
-    # --- multipart uploads ---
+    def __init__(self, store: Store, state: S3State, objects: Objects) -> None:
+        self.config = store.config
+        self.volumes = store.volumes
+        self.state = state
+        self.objects = objects
+        # one writer at a time per (upload, part number), with a count of who wants it
+        self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._tasks = Tasks()  # the sweep of stale uploads, while it runs
+        self._schedule_sweep(first=True)
+
+    def stop_sweeping(self) -> None:
+        """Cancel the next sweep and the one under way (`closed` awaits its end)."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._tasks.cancel()
+
+    async def closed(self) -> None:
+        """Await the end of a sweep `stop_sweeping` cancelled."""
+        await self._tasks.close()
+
     async def create_upload(self, key: bytes, req: Request) -> Response:
-        self._check_storable(key)
+        check_storable(key)
         upload = await self.state.create(key, of_request(req))
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         body = s3xml.document("InitiateMultipartUploadResult", [
@@ -56,7 +87,7 @@ class Uploads:
             async with lock:
                 if b"x-amz-copy-source" in req.headers:
                     return await self._upload_part_copy(upload_id, number, req)
-                payload = self._payload(req, signed)
+                payload = payload_of(req, signed)
                 try:
                     part = await self.state.write_part(upload_id, number, payload,
                                                        payload.length)
@@ -72,7 +103,7 @@ class Uploads:
         return Response(200, headers)
 
     async def _upload_part_copy(self, upload_id: str, number: int, req: Request) -> Response:
-        source = self._copy_source(req)
+        source = self.objects.copy_source(req)
         wanted = req.headers.get(b"x-amz-copy-source-range")
         header = b""
         if wanted is not None:
@@ -80,7 +111,7 @@ class Uploads:
                 raise S3Error(400, "InvalidArgument", "The x-amz-copy-source-range value "
                               "must be of the form bytes=first-last")
             header = b"Range: %s\r\n" % wanted.strip()
-        response = await self._open_source(source, header)
+        response = await self.objects.open_source(source, header)
         if wanted is not None:
             # nginx serves what it has of a range that runs past the end; S3 refuses it
             _, _, size = response.headers.get(b"content-range", b"").rpartition(b"/")
@@ -112,7 +143,7 @@ class Uploads:
         upload = await self.state.get(upload_id)
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
-        wanted = s3xml.parse_complete(await self._read_xml(req, signed))
+        wanted = s3xml.parse_complete(await read_xml(req, signed))
         numbers = [number for number, _ in wanted]
         if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
             raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending "
@@ -121,14 +152,14 @@ class Uploads:
         try:
             async with self.state.completing(upload_id) as completion:
                 parts = await self._parts_to_complete(upload_id, wanted)
-                md5 = await self._locked_store(key, self.state.read(parts),
+                md5 = await self.objects.write(key, self.state.read(parts),
                                                sum(p.size for p in parts), req)
                 combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts))
                 etag = f"{combined.hexdigest()}-{len(parts)}"
                 if md5:
                     await self.state.keep(ETAG, key, md5, {
                         "etag": etag, "parts": [p.size for p in parts]})
-                await self._keep_metadata(key, md5, upload.metadata)
+                await self.objects.keep_metadata(key, md5, upload.metadata)
                 await completion.finish(key, etag)
         except UploadBusy:
             raise busy(key) from None

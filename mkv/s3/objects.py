@@ -1,22 +1,18 @@
 """S3 objects: Get/Head (streamed from a replica, ranges, parts, conditions), Put and Copy,
-through the store."""
+through the store. The other services read values (`stat`, `etag`, `live`, `open_source`) and
+write them (`write`, `keep_metadata`) through this one."""
 
-import base64
-import binascii
 import random
-import re
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
-from mkv.http.flow import Body
 from mkv.http.messages import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
-from mkv.s3.awschunked import AwsChunked
-from mkv.s3.checksums import ALGORITHMS, algorithm_of
+from mkv.s3.buckets import Buckets
 from mkv.s3.errors import (
     NotModified,
     S3Error,
@@ -26,18 +22,19 @@ from mkv.s3.errors import (
     precondition_failed,
 )
 from mkv.s3.metadata import answer_headers, header_value, headers_of, of_request, tags_of
-from mkv.s3.multipart import MAX_PART_NUMBER
-from mkv.s3.payload import Payload
+from mkv.s3.payload import payload_of
 from mkv.s3.request import (
+    MAX_PART_NUMBER,
     etag_matches,
     http_date,
     parse_http_date,
     resolve_range,
     single_range,
 )
-from mkv.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
-from mkv.s3.state import METADATA, Kept
-from mkv.s3.xml import XML, MalformedXML
+from mkv.s3.sigv4 import Signed
+from mkv.s3.state import METADATA, Kept, S3State
+from mkv.s3.xml import XML
+from mkv.store import Store
 
 _RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type", "response-content-disposition":
@@ -60,9 +57,24 @@ def etag_of(record: Record, multipart: str | None, info: ObjectInfo | None) -> s
     return info.volume_etag if info is not None else '""'
 
 
+def check_storable(key: bytes) -> None:
+    """S3's error for a key the store cannot hold (placement.storable)."""
+    problem = storable(key)
+    if problem:
+        code = "KeyTooLongError" if "too long" in problem else "InvalidArgument"
+        raise S3Error(400, code, f"this key cannot be stored: {problem}", Key=object_name(key))
+
+
 class Objects:
-    """Mixed into S3: objects over `self.store`, `self.index`, `self.volumes` and
-    `self.state`."""
+    """Objects over the store (its index, volumes and key locks), what S3 keeps beside a value
+    in the S3 state, and the buckets (whether one exists, for NoSuchBucket)."""
+
+    def __init__(self, store: Store, state: S3State, buckets: Buckets) -> None:
+        self.store = store
+        self.index = store.index
+        self.volumes = store.volumes
+        self.state = state
+        self.buckets = buckets
 
     # --- reading values from replicas ---
     async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
@@ -96,11 +108,11 @@ class Objects:
         multipart = (await self.state.kept(key, record.md5)).multipart if record.md5 else None
         return etag_of(record, multipart["etag"] if multipart else None, info)
 
-    async def _live(self, key: bytes) -> Record:
+    async def live(self, key: bytes) -> Record:
         record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
             bucket = key.split(b"/")[1].decode("utf-8", "replace")
-            if not await self._bucket_exists(bucket):
+            if not await self.buckets.exists(bucket):
                 raise no_such_bucket(bucket)
             raise no_such_key(key)
         return record
@@ -131,7 +143,7 @@ class Objects:
                          head: bool) -> Response:
         for param in _RESPONSE_OVERRIDES.keys() & params.keys():
             header_value(param, params[param])
-        record = await self._live(key)
+        record = await self.live(key)
         kept = await self.state.kept(key, record.md5)
         wanted, part_headers = self._part_range(kept, req, params)
         try:
@@ -243,68 +255,6 @@ class Objects:
         raise S3Error(500, "InternalError", "no replica has the value of this key")
 
     # --- writing values ---
-    def _payload(self, req: Request, signed: Signed | None) -> Payload:
-        """How to read and check a request body, from its headers; errors before reading."""
-        h = req.headers
-        sha = h.get(b"x-amz-content-sha256", b"").decode("latin-1")
-        bound = signed.payload_hash if signed is not None else UNSIGNED_PAYLOAD
-        if bound not in (sha, UNSIGNED_PAYLOAD):
-            # a presigned URL's X-Amz-Content-Sha256 (a hex, as verify checked) binds the body
-            if sha:
-                raise S3Error(400, "XAmzContentSHA256Mismatch", "x-amz-content-sha256 differs "
-                              "from the X-Amz-Content-Sha256 the URL signed")
-            sha = bound
-        encoding = h.get(b"content-encoding", b"").lower()
-        if "ECDSA" in sha:
-            raise S3Error(501, "NotImplemented", "SigV4a (ECDSA) signed payloads are not "
-                          "supported")
-        chunked = None
-        if sha.startswith("STREAMING-") or b"aws-chunked" in encoding:
-            signed_chunks = sha.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
-            chunked = AwsChunked(req.body, signed if signed_chunks else None,
-                                 expect_signatures=signed_chunks)
-            source: AsyncIterator[bytes] | Body = chunked
-            decoded = h.get(b"x-amz-decoded-content-length")
-            try:
-                length = int(decoded) if decoded is not None else None
-            except ValueError:
-                raise S3Error(400, "InvalidArgument",
-                              "x-amz-decoded-content-length is not a number") from None
-        else:
-            source, length = req.body, req.body.length
-        content_md5 = None
-        if b"content-md5" in h:
-            try:
-                content_md5 = base64.b64decode(h[b"content-md5"], validate=True)
-            except (binascii.Error, ValueError):
-                content_md5 = b""
-            if len(content_md5) != 16:
-                raise S3Error(400, "InvalidDigest",
-                              "The Content-MD5 you specified was invalid.")
-        algorithm = expected = None
-        for name, value in h.items():
-            found = algorithm_of(name.decode("latin-1"))
-            if found is not None:
-                algorithm, expected = found, value.decode("latin-1").strip()
-                break
-        trailer = h.get(b"x-amz-trailer")
-        if algorithm is None and trailer is not None:
-            algorithm = algorithm_of(trailer.decode("latin-1").strip())
-            if algorithm is None:
-                raise S3Error(400, "InvalidRequest", f"unsupported trailer {trailer!r}: "
-                              f"checksums supported are {', '.join(ALGORITHMS)}")
-            if chunked is None:
-                raise S3Error(400, "InvalidRequest", "x-amz-trailer needs an aws-chunked body")
-        payload_sha = sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None
-        return Payload(source, length, content_md5, payload_sha, algorithm, expected, chunked)
-
-    def _check_storable(self, key: bytes) -> None:
-        problem = storable(key)
-        if problem:
-            code = "KeyTooLongError" if "too long" in problem else "InvalidArgument"
-            raise S3Error(400, code, f"this key cannot be stored: {problem}",
-                          Key=object_name(key))
-
     async def _store(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                      req: Request | None) -> str | None:
         """Write a value under the key's lock, replacing a live one as S3 does; its md5.
@@ -315,15 +265,16 @@ class Objects:
             await self._write_conditions(req, key, old)
         return await self.store.write(key, chunks, length, old)
 
-    async def _keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
+    async def keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
         """Remember a value's metadata and tags (the store forgot the old value's)."""
         if metadata.get("headers") or metadata.get("tags"):
             await self.state.keep(METADATA, key, md5, metadata)
         else:
             await self.state.drop(METADATA, key)
 
-    async def _locked_store(self, key: bytes, chunks: AsyncIterator[bytes],
-                            length: int | None, req: Request | None = None) -> str | None:
+    async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
+                    req: Request | None = None) -> str | None:
+        """`_store` under the key's lock, waiting its turn: every S3 write of a value."""
         async with self.store.locks.hold(key, wait=True):
             return await self._store(key, chunks, length, req)
 
@@ -345,26 +296,26 @@ class Objects:
                 raise precondition_failed("If-Match")
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
-        self._check_storable(key)
-        payload = self._payload(req, signed)
+        check_storable(key)
+        payload = payload_of(req, signed)
         metadata = of_request(req)
-        md5 = await self._locked_store(key, payload, payload.length, req)
-        await self._keep_metadata(key, md5, metadata)
+        md5 = await self.write(key, payload, payload.length, req)
+        await self.keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
         return Response(200, headers)
 
-    def _copy_source(self, req: Request) -> bytes:
+    def copy_source(self, req: Request) -> bytes:
         source = req.headers[b"x-amz-copy-source"].split(b"?", 1)[0]
         key = b"/" + unquote_to_bytes(source).lstrip(b"/")
         if key.count(b"/") < 2 or key.endswith(b"/") and key.count(b"/") == 2:
             raise S3Error(400, "InvalidArgument", "x-amz-copy-source must be bucket/key")
         return key
 
-    async def _open_source(self, key: bytes, range_header: bytes = b"") -> ClientResponse:
+    async def open_source(self, key: bytes, range_header: bytes = b"") -> ClientResponse:
         """A streamed GET of a copy source from a replica that has it."""
-        return await self._open(key, await self._live(key), range_header)
+        return await self._open(key, await self.live(key), range_header)
 
     async def _copy_metadata(self, req: Request, source: bytes, record: Record) -> dict:
         """The copy's metadata: the source's, or the request's under MetadataDirective
@@ -398,9 +349,9 @@ class Objects:
                 response.body.abort()  # type: ignore[union-attr]
 
     async def copy_object(self, key: bytes, req: Request) -> Response:
-        self._check_storable(key)
-        source = self._copy_source(req)
-        record = await self._live(source)
+        check_storable(key)
+        source = self.copy_source(req)
+        record = await self.live(source)
         metadata = await self._copy_metadata(req, source, record)
         if source == key:
             if req.headers.get(b"x-amz-metadata-directive", b"").upper() != b"REPLACE":
@@ -416,19 +367,8 @@ class Objects:
             # a write of the key in flight goes first, then the copy, as on S3
             async with self.store.locks.hold(key, wait=True):
                 md5 = await self._copy(source, record, key, req)
-        await self._keep_metadata(key, md5, metadata)
-        etag = await self.etag(key, await self._live(key), None) if md5 else '""'
+        await self.keep_metadata(key, md5, metadata)
+        etag = await self.etag(key, await self.live(key), None) if md5 else '""'
         body = s3xml.document("CopyObjectResult", [("LastModified", s3xml.now_timestamp()),
                                                    ("ETag", etag)])
         return Response(200, [XML], body)
-
-    async def _read_xml(self, req: Request, signed: Signed | None) -> bytes:
-        """A request's (small) XML body, checked as any payload is."""
-        if req.body.length is not None and req.body.length > s3xml.MAX_XML_BODY:
-            raise MalformedXML("the XML body is too large")
-        data = bytearray()
-        async for chunk in self._payload(req, signed):
-            data += chunk
-            if len(data) > s3xml.MAX_XML_BODY:
-                raise MalformedXML("the XML body is too large")
-        return bytes(data)

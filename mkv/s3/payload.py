@@ -1,11 +1,21 @@
-"""A request body as it will be stored, checked on the way through (lengths, digests, checksums)."""
+"""A request body as it will be stored, checked on the way through (lengths, digests,
+checksums): `payload_of` reads how from the request's headers, `read_xml` reads a small XML
+body so. Every service that takes a body uses these two."""
 
+import base64
+import binascii
 import hashlib
+import re
 from collections.abc import AsyncIterator
 
 from mkv.http.flow import Body
+from mkv.http.messages import Request
+from mkv.s3 import xml as s3xml
 from mkv.s3.awschunked import AwsChunked, BadPayload
-from mkv.s3.checksums import Checksum
+from mkv.s3.checksums import ALGORITHMS, Checksum, algorithm_of
+from mkv.s3.errors import S3Error
+from mkv.s3.sigv4 import UNSIGNED_PAYLOAD, Signed
+from mkv.s3.xml import MalformedXML
 
 
 class Payload:
@@ -69,3 +79,71 @@ class Payload:
             self.checksum = (header, expected)
         if held is not None:
             yield held
+
+
+def payload_of(req: Request, signed: Signed | None) -> Payload:
+    """How to read and check a request body, from its headers; errors before reading."""
+    h = req.headers
+    sha = h.get(b"x-amz-content-sha256", b"").decode("latin-1")
+    bound = signed.payload_hash if signed is not None else UNSIGNED_PAYLOAD
+    if bound not in (sha, UNSIGNED_PAYLOAD):
+        # a presigned URL's X-Amz-Content-Sha256 (a hex, as verify checked) binds the body
+        if sha:
+            raise S3Error(400, "XAmzContentSHA256Mismatch", "x-amz-content-sha256 differs "
+                          "from the X-Amz-Content-Sha256 the URL signed")
+        sha = bound
+    encoding = h.get(b"content-encoding", b"").lower()
+    if "ECDSA" in sha:
+        raise S3Error(501, "NotImplemented", "SigV4a (ECDSA) signed payloads are not "
+                      "supported")
+    chunked = None
+    if sha.startswith("STREAMING-") or b"aws-chunked" in encoding:
+        signed_chunks = sha.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        chunked = AwsChunked(req.body, signed if signed_chunks else None,
+                             expect_signatures=signed_chunks)
+        source: AsyncIterator[bytes] | Body = chunked
+        decoded = h.get(b"x-amz-decoded-content-length")
+        try:
+            length = int(decoded) if decoded is not None else None
+        except ValueError:
+            raise S3Error(400, "InvalidArgument",
+                          "x-amz-decoded-content-length is not a number") from None
+    else:
+        source, length = req.body, req.body.length
+    content_md5 = None
+    if b"content-md5" in h:
+        try:
+            content_md5 = base64.b64decode(h[b"content-md5"], validate=True)
+        except (binascii.Error, ValueError):
+            content_md5 = b""
+        if len(content_md5) != 16:
+            raise S3Error(400, "InvalidDigest",
+                          "The Content-MD5 you specified was invalid.")
+    algorithm = expected = None
+    for name, value in h.items():
+        found = algorithm_of(name.decode("latin-1"))
+        if found is not None:
+            algorithm, expected = found, value.decode("latin-1").strip()
+            break
+    trailer = h.get(b"x-amz-trailer")
+    if algorithm is None and trailer is not None:
+        algorithm = algorithm_of(trailer.decode("latin-1").strip())
+        if algorithm is None:
+            raise S3Error(400, "InvalidRequest", f"unsupported trailer {trailer!r}: "
+                          f"checksums supported are {', '.join(ALGORITHMS)}")
+        if chunked is None:
+            raise S3Error(400, "InvalidRequest", "x-amz-trailer needs an aws-chunked body")
+    payload_sha = sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+    return Payload(source, length, content_md5, payload_sha, algorithm, expected, chunked)
+
+
+async def read_xml(req: Request, signed: Signed | None) -> bytes:
+    """A request's (small) XML body, checked as any payload is."""
+    if req.body.length is not None and req.body.length > s3xml.MAX_XML_BODY:
+        raise MalformedXML("the XML body is too large")
+    data = bytearray()
+    async for chunk in payload_of(req, signed):
+        data += chunk
+        if len(data) > s3xml.MAX_XML_BODY:
+            raise MalformedXML("the XML body is too large")
+    return bytes(data)

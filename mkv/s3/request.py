@@ -10,6 +10,7 @@ from mkv.http.messages import Request
 from mkv.s3.errors import S3Error
 
 MAX_KEYS = 1000  # the most keys, parts or uploads one listing page holds
+MAX_PART_NUMBER = 10_000  # a multipart upload's parts are numbered 1 to this, as on S3
 S3_QUERY = frozenset(
     b"list-type uploads uploadId partNumber delete x-id location versioning prefix delimiter "
     b"max-buckets bucket-region "
