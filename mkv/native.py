@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 from mkv.http.client import VolumeError
 from mkv.http.flow import Body
 from mkv.http.headers import valid_value
-from mkv.http.messages import Pending, Request, Response, refusal
+from mkv.http.messages import INTERNAL_ERROR, Pending, Request, Response, refusal
 from mkv.http.target import parse_key
 from mkv.placement import storable
 from mkv.record import Record, State
@@ -34,8 +34,6 @@ def text(status: int, reason: str = "") -> Response:
     """A short plain answer; the body says why when the status alone does not."""
     body = f"{reason}\n".encode() if reason else b""
     return Response(status, [("Content-Type", "text/plain")] if body else [], body)
-
-
 
 
 def _keys_json(keys: list[bytes]) -> bytes:
@@ -103,7 +101,7 @@ class _Read:
         self.ask()
 
     def failed(self, error: Exception) -> None:
-        self.answer.resolve(refusal(error, REFUSED) or Response(500, body=b"internal error\n"))
+        self.answer.resolve(refusal(error, REFUSED) or INTERNAL_ERROR)
 
     def ask(self) -> None:
         self.replica = self.order.pop()
@@ -120,7 +118,7 @@ class _Read:
                 self.answer.resolve(GONE)
         except Exception:  # called by the HEAD checker, which cannot answer for this request
             log.exception("GET %r failed", self.key)
-            self.answer.resolve(Response(500, body=b"internal error\n"))
+            self.answer.resolve(INTERNAL_ERROR)
 
 
 class NativeAPI:

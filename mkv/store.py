@@ -98,11 +98,11 @@ class Store:
         key). With too few volumes up (TooFewVolumesUp) nothing is written.
         """
         replicas = await self.write_placement(key)
+        stale: list[str] = []  # the old value's replicas the new one leaves
         if old is not None and old.state is not State.LIVE:
             await self._clear_dead_value(key, old)
-            stale: list[str] = []
-        else:
-            stale = [r for r in old.replicas if r not in replicas] if old else []
+        elif old is not None:
+            stale = [r for r in old.replicas if r not in replicas]
         # crash safety: INIT first, so a cut-off write is never live. A live key being
         # replaced stays live (nginx renames each replica into place whole, so a reader gets
         # the old or the new value) but loses its md5 meanwhile: cut off, its replicas may
@@ -117,7 +117,7 @@ class Store:
                                            self.config.md5sum)
         except BaseException as e:  # a replica, the client, the body's checks, a cancel
             log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
-            await self._undo_write(key, replicas, stale, old, source.may_be_whole,
+            await self._undo_write(key, replicas, old, source.may_be_whole,
                                    isinstance(e, VolumeError))
             raise
         told = self._changing(key)
@@ -137,8 +137,8 @@ class Store:
             raise VolumeError(f"the earlier value's file on {', '.join(failed)} could not be "
                               "deleted; nothing was written")
 
-    async def _undo_write(self, key: bytes, replicas: list[str], stale: list[str],
-                          old: Record | None, may_be_whole: bool, replica_failed: bool) -> None:
+    async def _undo_write(self, key: bytes, replicas: list[str], old: Record | None,
+                          may_be_whole: bool, replica_failed: bool) -> None:
         """Put the key right after a write that did not finish.
 
         `may_be_whole`: every byte of the value was sent, so a replica may have taken the new
@@ -153,9 +153,9 @@ class Store:
             if fresh:
                 await self.delete_files([r for r in fresh if volume_of(r) not in down], key)
             return
-        # nothing live was here: unlinked with every replica that may hold a file, so a
-        # later DELETE cleans up
-        await self.index.put(key, Record(tuple(replicas + stale), State.UNLINKED))
+        # nothing live was here (an unlinked value's files went first): unlinked with every
+        # replica that may hold a file, so a later DELETE cleans up
+        await self.index.put(key, Record(tuple(replicas), State.UNLINKED))
         # files nobody can read (volumes down are left to a later DELETE, not waited for)
         reachable = [r for r in replicas if volume_of(r) not in down]
         failed = await self.delete_files(reachable, key)

@@ -79,6 +79,9 @@ class Pending:
 Handler = Callable[[Request], "Response | Pending | Awaitable[Response]"]
 
 
+INTERNAL_ERROR = Response(500, body=b"internal error\n")  # a bug's answer (its traceback logged)
+
+
 # error types a handler may let out, and the status each answers (isinstance: subclasses too)
 Refusals = Mapping[type[Exception], int]
 

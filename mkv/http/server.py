@@ -24,7 +24,15 @@ import httptools
 
 from mkv.http.flow import EMPTY, Body, BrokenBody, ClientGone, FlowControlled
 from mkv.http.headers import STATUS_LINES, BadHeader
-from mkv.http.messages import Handler, Pending, Refusals, Request, Response, refusal
+from mkv.http.messages import (
+    INTERNAL_ERROR,
+    Handler,
+    Pending,
+    Refusals,
+    Request,
+    Response,
+    refusal,
+)
 from mkv.metrics import RequestMetrics
 
 log = logging.getLogger("mkv")
@@ -275,7 +283,7 @@ class HTTPConnection(FlowControlled):
             response.encoded_head()
         except BadHeader as e:
             log.error("%s %r: answered 500, as %s", request.method.decode(), request.path, e)
-            return Response(500, body=b"internal error\n")
+            return INTERNAL_ERROR
         return response
 
     def _respond(self, request: Request, response: Response) -> None:
@@ -414,7 +422,7 @@ class HTTPServer:
         if answer is None:
             log.exception("handler failed for %s %r", request.method, request.path,
                           exc_info=error)
-            answer = Response(500, body=b"internal error\n")
+            answer = INTERNAL_ERROR
         return answer
 
     async def start(self, host: str | None, port: int, reuse_port: bool = False) -> None:
