@@ -31,7 +31,8 @@ from test_postgres import pg_master  # noqa: F401  (a fixture: a master over Pos
 from bench.gomkv import peer_source
 from mkv.config import Config
 from mkv.index import open_index
-from mkv.s3.pgstate import PARTS, PostgresState
+from mkv.s3.parts import PARTS, PartFiles
+from mkv.s3.pgstate import PostgresState
 from mkv.s3.state import UploadGone
 from mkv.store import Store
 from mkv.volumes.replicas import Volumes
@@ -270,7 +271,8 @@ def _run(pg_url: str, vols: list[Volume], work, masters: int = 1) -> object:
     async def run() -> object:
         index = await open_index(pg_url)
         volumes = Volumes.for_config(config)
-        states = [PostgresState(Store(config, index, volumes)) for _ in range(masters)]
+        states = [PostgresState(pg_url, PartFiles(Store(config, index, volumes)))
+                  for _ in range(masters)]
         try:
             return await work(*states)
         finally:

@@ -87,9 +87,10 @@ def open_state(store: Store) -> S3State:
     connections opened on first use), else the spool directory (`-s3_spool`, by default
     `<db>.s3`)."""
     if is_postgres_url(store.config.db):
+        from mkv.s3.parts import PartFiles
         from mkv.s3.pgstate import PostgresState  # asyncpg only loaded when used
 
-        return PostgresState(store)
+        return PostgresState(store.config.db, PartFiles(store))
     return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"))
 
 

@@ -13,11 +13,8 @@ master over the database shares it. Its tables, created when missing:
 Documents are JSON text, not jsonb: metadata keeps header bytes that are not UTF-8 as
 surrogate escapes, which jsonb refuses.
 
-A part's bytes are on the volumes, never on a master's disk:
-`http://<replica>/s3-parts/<upload id>/<n>.<token>` on -replicas volumes, placed as a key
-named `s3-parts/<upload id>/<n>` would be (around volumes down), streamed as a key's value is.
-No key's path is there (a key's is `[/svXX]/<2 hex>/<2 hex>/<base64>`), and rebuild, verify,
-repair and rebalance, ours and Go mkv's, walk only those directories.
+A part's bytes are on the volumes (mkv/s3/parts.py, which this state is given), never on a
+master's disk; its row says where.
 
 Row locks order what masters do to one upload. A part's row is written holding the upload's
 row FOR SHARE NOWAIT: while an abort, the sweep or a Complete holds it, the part fails as
@@ -32,12 +29,11 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
 
-from mkv.http.client import VolumeError
 from mkv.index.base import ANSWER_SECONDS, IndexUnavailable
 from mkv.index.postgres import (
     CLOSE_TIMEOUT,
@@ -47,15 +43,12 @@ from mkv.index.postgres import (
     UNAVAILABLE,
 )
 from mkv.record import successor
-from mkv.s3.request import parse_http_date
+from mkv.s3.parts import PartFiles, location, part_path
 from mkv.s3.state import ETAG, METADATA, Kept, Part, Upload, UploadBusy, UploadGone
-from mkv.store import Store
 from mkv.tasks import Tasks, settle
-from mkv.volumes.health import asked_last, volume_of
 
 log = logging.getLogger("mkv")
 
-PARTS = "s3-parts"  # the volumes' directory of parts, beside the layout's
 POOL_SIZE = 8  # connections per process (a Complete holds one while it runs)
 ABORT_WAIT = "1s"  # an abort waits this long for the upload's row, then is busy
 
@@ -86,18 +79,12 @@ _STALE = (
     "mkv_s3_parts p WHERE p.upload_id = u.id)) < $1 FOR UPDATE SKIP LOCKED")
 
 
-def part_path(upload_id: str, file: str = "") -> str:
-    """Where a part's file (or, without `file`, an upload's directory) is on a replica."""
-    return f"/{PARTS}/{upload_id}/{file}"
-
-
 class PostgresState:
     """The S3 state in the index's database; a pool of its own, opened on first use."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.volumes = store.volumes
-        self.url = store.config.db
+    def __init__(self, url: str, files: PartFiles) -> None:
+        self.url = url
+        self.files = files
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         # this turn's forgotten keys, their writers, and when the first was asked
@@ -168,27 +155,22 @@ class PostgresState:
     async def parts(self, upload_id: str) -> dict[int, Part]:
         rows = await self._fetch("SELECT number, md5, size, modified, replicas, file FROM "
                                  "mkv_s3_parts WHERE upload_id = $1", upload_id)
-        return {row[0]: Part(row[0], row[1], row[2], row[3], _location(
+        return {row[0]: Part(row[0], row[1], row[2], row[3], location(
             row[4].split(","), part_path(upload_id, row[5]))) for row in rows}
 
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
                          length: int | None) -> Part:
-        """Stream the part to its replicas, then its row (replacing an earlier one, whose
-        files then go). Files that no row names are deleted: a replica that took the whole
-        part before another failed, or an upload gone meanwhile."""
-        replicas = await self.store.write_placement(f"{PARTS}/{upload_id}/{number}".encode())
-        file = f"{number}.{secrets.token_hex(8)}"
-        path = part_path(upload_id, file)
-        counted = _Counted(chunks)
+        """Stream the part's file, then its row (replacing an earlier one, whose files then
+        go). Files that no row names are deleted: an upload gone meanwhile."""
+        written = await self.files.write(upload_id, number, chunks, length)
+        part = Part(number, written.md5, written.size, time.time(), written.location)
         try:
-            md5 = await self.volumes.write(replicas, path, counted, length, md5=True)
-            part = Part(number, md5 or "", counted.size, time.time(), _location(replicas, path))
-            old = await self._insert_part(upload_id, part, replicas, file)
+            old = await self._insert_part(upload_id, part, written.replicas, written.file)
         except BaseException:
-            await self._delete_files(replicas, path)
+            await self.files.delete(written.replicas, written.path)
             raise
         if old is not None:
-            await self._delete_files(old[0].split(","), part_path(upload_id, old[1]))
+            await self.files.delete(old[0].split(","), part_path(upload_id, old[1]))
         return part
 
     async def _insert_part(self, upload_id: str, part: Part, replicas: list[str],
@@ -236,7 +218,7 @@ class PostgresState:
             raise IndexUnavailable(f"the PostgreSQL index is unavailable: {e}") from None
         finally:
             await _let_go(self._pool, connection, transaction)
-        await self._remove_files(upload_id, completion.replicas)
+        await self.files.remove_upload(upload_id, completion.replicas)
 
     async def remove(self, upload_id: str) -> bool:
         async with self._transaction() as connection:
@@ -250,7 +232,7 @@ class PostgresState:
                 return False
             replicas = await _replicas_of(connection, [upload_id])
             await connection.execute("DELETE FROM mkv_s3_uploads WHERE id = $1", upload_id)
-        await self._remove_files(upload_id, replicas.get(upload_id, set()))
+        await self.files.remove_upload(upload_id, replicas.get(upload_id, set()))
         return True
 
     async def completed(self, upload_id: str) -> tuple[bytes, str] | None:
@@ -258,32 +240,8 @@ class PostgresState:
                                    upload_id)
         return None if row is None else (row[0], row[1])
 
-    async def read(self, parts: list[Part]) -> AsyncIterator[bytes]:
-        """Each part from the first of its replicas that answers (those on volumes down
-        last); a replica that fails before its first byte gives way to the next."""
-        for part in parts:
-            async with aclosing(self._read_part(part)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-
-    async def _read_part(self, part: Part) -> AsyncIterator[bytes]:
-        located = dict(_located(part.location))
-        problems = []
-        for replica in asked_last(list(located), self.volumes.health.down):
-            try:
-                response = await self.volumes.get_at(replica, located[replica])
-            except VolumeError as e:
-                problems.append(str(e))
-                continue
-            if response.status != 200:
-                response.body.abort()  # type: ignore[union-attr]
-                problems.append(f"{replica}: status {response.status}")
-                continue
-            async with aclosing(self.volumes.chunks(response)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        raise VolumeError(f"no replica gave part {part.number}: {'; '.join(problems)}")
+    def read(self, parts: list[Part]) -> AsyncIterator[bytes]:
+        return self.files.read([part.location for part in parts])
 
     async def sweep(self, ttl: float, now: float) -> list[str]:
         """Stale uploads (each removed by one master), old answers, and directories of parts
@@ -295,61 +253,19 @@ class PostgresState:
             await connection.execute("DELETE FROM mkv_s3_uploads WHERE id = ANY($1)", stale)
             await connection.execute("DELETE FROM mkv_s3_completed WHERE at < $1", now - ttl)
         for upload_id in stale:
-            await self._remove_files(upload_id, replicas.get(upload_id, set()))
+            await self.files.remove_upload(upload_id, replicas.get(upload_id, set()))
         return stale + await self._sweep_unknown(ttl, now)
 
     async def _sweep_unknown(self, ttl: float, now: float) -> list[str]:
-        found: dict[str, list[str]] = {}
-        for replica in await self._replicas():
-            hostport, _, subvolume = replica.partition("/")
-            prefix = f"/{subvolume}" if subvolume else ""
-            for entry in await self.volumes.list_dir(hostport, f"{prefix}/{PARTS}/"):
-                modified = parse_http_date(entry.get("mtime")) or now
-                if entry.get("type") == "directory" and now - modified > ttl:
-                    found.setdefault(entry["name"], []).append(replica)
+        found = await self.files.uploads_older_than(ttl, now)
         if not found:
             return []
         known = {row[0] for row in await self._fetch(
             "SELECT id FROM mkv_s3_uploads WHERE id = ANY($1)", list(found))}
         unknown = [upload_id for upload_id in found if upload_id not in known]
         for upload_id in unknown:
-            await self._remove_files(upload_id, set(found[upload_id]))
+            await self.files.remove_upload(upload_id, set(found[upload_id]))
         return unknown
-
-    async def _replicas(self) -> list[str]:
-        """Every volume and subvolume directory there is (parts may be in any)."""
-        replicas = []
-        for volume in self.store.config.volumes:
-            if volume in self.volumes.health.down:
-                continue
-            replicas.append(volume)
-            try:
-                top = await self.volumes.list_dir(volume, "/")
-            except VolumeError:
-                continue
-            replicas += [f"{volume}/{e['name']}" for e in top if e.get("type") == "directory"
-                         and e["name"].startswith("sv")]
-        return replicas
-
-    async def _remove_files(self, upload_id: str, replicas: set[str]) -> None:
-        """Delete the upload's directory of parts on each replica (a directory's DELETE
-        takes all below it); one that fails is left to the sweep."""
-        for replica in replicas:
-            try:
-                await self.volumes.delete_path(replica, part_path(upload_id))
-            except VolumeError as e:
-                log.warning("S3: deleting the parts of upload %s from %s failed: %s",
-                            upload_id, replica, e)
-
-    async def _delete_files(self, replicas: list[str], path: str) -> None:
-        down = self.volumes.health.down
-        for replica in replicas:
-            if volume_of(replica) in down:
-                continue  # left to the sweep
-            try:
-                await self.volumes.delete_path(replica, path)
-            except VolumeError as e:
-                log.warning("S3: deleting the part %s from %s failed: %s", path, replica, e)
 
     # --- buckets ---
     async def make_bucket(self, name: str) -> None:
@@ -483,29 +399,3 @@ async def _replicas_of(connection: asyncpg.Connection,
     for upload_id, replicas in rows:
         found.setdefault(upload_id, set()).update(replicas.split(","))
     return found
-
-
-def _location(replicas: list[str], path: str) -> str:
-    return " ".join(replica + path for replica in replicas)
-
-
-def _located(location: str) -> list[tuple[str, str]]:
-    """(replica, path) of each copy a Part's location names."""
-    found = []
-    for url in location.split(" "):
-        replica, _, rest = url.partition(f"/{PARTS}/")
-        found.append((replica, f"/{PARTS}/{rest}"))
-    return found
-
-
-class _Counted:
-    """The chunks passed through, their bytes counted."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self.chunks = chunks
-        self.size = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.chunks:
-            self.size += len(chunk)
-            yield chunk
