@@ -451,12 +451,27 @@ def s3master(tmp_path_factory, volumes):
         factory.stop_all()
 
 
-def client(port: int, retries: int | None = None, **kw):
+def keyed_master(tmp_path_factory, volumes, *keys: tuple[str, str]) -> Iterator[Master]:
+    """A module fixture's master whose S3 face accepts only `keys` (access, secret), from a
+    -s3_keyfile (with a comment line, as operators write them); stopped afterwards."""
+    tmp = tmp_path_factory.mktemp("keyed")
+    keyfile = tmp / "keys"
+    keyfile.write_text("# S3 keys\n" + "".join(f"{access}:{secret}\n" for access, secret in keys))
+    factory = MasterFactory(tmp, volumes)
+    try:
+        yield factory("-s3_keyfile", str(keyfile))
+    finally:
+        factory.stop_all()
+
+
+def client(port: int, retries: int | None = None, key: str = "test", secret: str = "test",
+           signature_version: str | None = None, **kw):
+    """boto3 for the master on `port`, path-style, signing with `key`."""
     config = Config(s3={"addressing_style": "path"},
-                    retries={"max_attempts": retries} if retries else None)
+                    retries={"max_attempts": retries} if retries else None,
+                    signature_version=signature_version)
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                        aws_access_key_id=kw.pop("key", "test"),
-                        aws_secret_access_key=kw.pop("secret", "test"), config=config, **kw)
+                        aws_access_key_id=key, aws_secret_access_key=secret, config=config, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from cluster import free_port
 from conftest import MasterFactory, request
+from conftest import client as s3_client
 from pyarrow import fs
 from test_s3_clients import aws
 
@@ -147,9 +148,7 @@ def test_the_s3_port_refuses_unsigned_requests_under_s3_keys(make_master):
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
     plain = request(port, "GET", "/kept/k")
     assert plain.status == 403 and b"<Code>AccessDenied</Code>" in plain.body
-    signed = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="ak", aws_secret_access_key="sk",
-                          config=Config(s3={"addressing_style": "path"}))
+    signed = s3_client(port, key="ak", secret="sk")
     assert signed.get_object(Bucket="kept", Key="k")["Body"].read() == b"v"
 
 

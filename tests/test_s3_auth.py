@@ -14,13 +14,11 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from botocore.config import Config
-from botocore.exceptions import ClientError
-from conftest import MasterFactory, fetch, request
+from conftest import client as s3_client
+from conftest import error_of, fetch, keyed_master, request
 from pyarrow import fs
 
 from mkv.cli import parse_args
@@ -32,30 +30,12 @@ EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory, volumes):
-    tmp = tmp_path_factory.mktemp("s3auth")
-    keyfile = tmp / "keys"
-    keyfile.write_text(f"# S3 keys\n{ACCESS}:{SECRET}\n{OTHER_ACCESS}:{OTHER_SECRET}\n")
-    factory = MasterFactory(tmp, volumes)
-    try:
-        yield factory("-s3_keyfile", str(keyfile))
-    finally:
-        factory.stop_all()
+    yield from keyed_master(tmp_path_factory, volumes, (ACCESS, SECRET),
+                            (OTHER_ACCESS, OTHER_SECRET))
 
 
 def client(master, access=ACCESS, secret=SECRET, signature_version=None):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{master.port}",
-                        region_name="us-east-1", aws_access_key_id=access,
-                        aws_secret_access_key=secret,
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1},
-                                      signature_version=signature_version))
-
-
-def error_of(call, *args, **kw) -> tuple[str, int]:
-    with pytest.raises(ClientError) as e:
-        call(*args, **kw)
-    return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"][
-        "HTTPStatusCode"]
+    return s3_client(master.port, 1, access, secret, signature_version)
 
 
 def test_the_flags_parse(tmp_path):

@@ -11,11 +11,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
-import boto3
 import pytest
 import requests
-from botocore.config import Config
 from conftest import MasterFactory, md5hex, request
+from conftest import client as s3_client
 
 ACCESS, SECRET = "FORMKEY", "form/secret+1"
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -34,11 +33,7 @@ def signed(tmp_path_factory, volumes):
 
 def signer(master, version: str | None):
     """boto3 with the master's key; its default presigns forms with V2, "s3v4" with SigV4."""
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{master.port}",
-                        region_name="us-east-1", aws_access_key_id=ACCESS,
-                        aws_secret_access_key=SECRET,
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1}, signature_version=version))
+    return s3_client(master.port, 1, ACCESS, SECRET, version)
 
 
 def new_bucket(s3) -> str:

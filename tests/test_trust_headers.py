@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
-import boto3
 import pytest
-from botocore.config import Config
-from conftest import Master, MasterFactory, Reply, request, write_records
+from conftest import Master, Reply, keyed_master, request, write_records
+from conftest import client as s3_client
 
 from mkv.index import open_index
 from mkv.record import Record
@@ -120,14 +119,7 @@ def test_the_native_fallback_location_is_the_request_path(make_master):
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, volumes) -> Iterator[Master]:
-    tmp = tmp_path_factory.mktemp("trust")
-    keyfile = tmp / "keys"
-    keyfile.write_text(f"{ACCESS}:{SECRET}\n")
-    factory = MasterFactory(tmp, volumes)
-    try:
-        yield factory("-s3_keyfile", str(keyfile))
-    finally:
-        factory.stop_all()
+    yield from keyed_master(tmp_path_factory, volumes, (ACCESS, SECRET))
 
 
 def post_raw(port: int, path: str, content_type: str, body: bytes) -> tuple[int, bytes]:
@@ -163,10 +155,7 @@ def post_raw(port: int, path: str, content_type: str, body: bytes) -> tuple[int,
 
 
 def keyed_bucket(master: Master) -> str:
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{master.port}",
-                      region_name="us-east-1", aws_access_key_id=ACCESS,
-                      aws_secret_access_key=SECRET,
-                      config=Config(s3={"addressing_style": "path"}))
+    s3 = s3_client(master.port, key=ACCESS, secret=SECRET)
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
     return bucket

@@ -9,14 +9,13 @@ import hashlib
 import uuid
 from urllib.parse import quote, urlsplit
 
-import boto3
 import pytest
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import MasterFactory, request
+from conftest import client as s3_client
+from conftest import keyed_master, request
 
 from mkv.s3.sigv4 import AuthError, unsigned_headers, verify
 
@@ -26,23 +25,11 @@ SECRET_VALUE = b"the secret value"
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory, volumes):
-    tmp = tmp_path_factory.mktemp("trust")
-    keyfile = tmp / "keys"
-    keyfile.write_text(f"{ACCESS}:{SECRET}\n")
-    factory = MasterFactory(tmp, volumes)
-    try:
-        yield factory("-s3_keyfile", str(keyfile))
-    finally:
-        factory.stop_all()
+    yield from keyed_master(tmp_path_factory, volumes, (ACCESS, SECRET))
 
 
 def client(master, signature_version: str = "s3v4"):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{master.port}",
-                        region_name="us-east-1", aws_access_key_id=ACCESS,
-                        aws_secret_access_key=SECRET,
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"max_attempts": 1},
-                                      signature_version=signature_version))
+    return s3_client(master.port, 1, ACCESS, SECRET, signature_version)
 
 
 @pytest.fixture
