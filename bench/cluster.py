@@ -77,6 +77,52 @@ def processes() -> Iterator[tuple[int, list[str]]]:
                 continue
 
 
+def wait_listening(port: int, popen: subprocess.Popen, timeout: float = 15.0,
+                   name: str = "process") -> None:
+    """Until something listens on `port`; RuntimeError when `popen` exits first, TimeoutError
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{name} exited with {popen.returncode} before listening on "
+                               f"{port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{name}: nothing listening on {port} after {timeout}s")
+
+
+def stop_process(popen: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int:
+    """`sig`, then SIGKILL after `timeout` seconds; the exit status."""
+    if popen.poll() is None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return popen.returncode
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A memory figure (VmHWM, VmRSS) of a process from /proc, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its RSS now (Linux clear_refs 5); False where not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether a process of the group is still running (zombies aside)."""
     return any(int(f[2]) == pgid and f[0] != "Z" for _, f in processes())
@@ -106,28 +152,16 @@ class Proc:
             return ""
 
     def wait_listening(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode} before "
-                                   f"listening on {self.port}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError(f"{self.name}: nothing listening on {self.port} after {timeout}s")
+        try:
+            wait_listening(self.port, self.popen, timeout, self.name)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}:\n{self.log_tail()}") from None
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.group:
             self._stop_group(timeout)
-        elif self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        else:
+            stop_process(self.popen, timeout)
 
     def _stop_group(self, timeout: float) -> None:
         """SIGTERM to the whole group, SIGKILL to what is left of it after `timeout`."""
@@ -147,19 +181,10 @@ class Proc:
         return self.popen.poll() is None or _group_alive(self.popen.pid)
 
     def status_kib(self, field: str) -> int:
-        """A memory figure (VmHWM, VmRSS) of the process from /proc, in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no {field} in /proc/{self.pid}/status")
+        return status_kib(self.pid, field)
 
     def reset_peak_rss(self) -> bool:
-        """Reset VmHWM to the current RSS (Linux clear_refs 5); False where not allowed."""
-        try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-            return True
-        except OSError:
-            return False
+        return reset_peak_rss(self.pid)
 
 
 def _open_to_nginx_workers(workdir: Path, own: bool) -> None:

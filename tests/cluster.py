@@ -1,38 +1,22 @@
-"""Real processes for tests: nginx volumes and the master, on free loopback ports in temp dirs."""
+"""Real processes for tests: nginx volumes and the master, on free loopback ports in temp dirs
+(the process plumbing is bench/cluster.py's, shared with the benchmarks)."""
 
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
-
-
-def mkv_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mkv", *args]
+from bench.cluster import (
+    free_port,
+    mkv_command,
+    reset_peak_rss,
+    status_kib,
+    stop_process,
+    wait_listening,
+)
 
 
 @dataclass
@@ -49,30 +33,17 @@ class Process:
         return f"http://{self.addr}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout, sig)
 
     def peak_rss_kib(self) -> int:
         """VmHWM of the process: its peak resident memory so far."""
-        return self._status_kib("VmHWM")
+        return status_kib(self.proc.pid, "VmHWM")
 
     def reset_peak_rss(self) -> int:
-        """Start VmHWM again from the resident memory now (Linux's clear_refs 5); that, in
-        KiB."""
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-        return self._status_kib("VmRSS")
-
-    def _status_kib(self, name: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no {name}")
+        """Start VmHWM again from the resident memory now; that, in KiB."""
+        if not reset_peak_rss(self.proc.pid):
+            raise RuntimeError("this kernel does not let VmHWM be reset")
+        return status_kib(self.proc.pid, "VmRSS")
 
 
 @dataclass
