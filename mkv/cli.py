@@ -100,8 +100,8 @@ FLAGS: dict[str, Flag] = {
                         "signed (needs the secret)"),
     "signexpiry": Flag("signexpiry", parse_duration,
                        "How long a signed read URL works (default 1m)"),
-    "workers": Flag("workers", _positive, "Master processes on one port (SO_REUSEPORT); "
-                    "more than 1 needs a postgresql:// -db (default 1)"),
+    "workers": Flag("workers", _positive, "Master processes serving one port (SO_REUSEPORT); "
+                    "over LevelDB, one more process owns the index (default 1)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
     "strict_placement": Flag("strict_placement", None, "PUT only to today's placement, failing "
@@ -214,7 +214,7 @@ def _volume(config: Config, positional: list[str], given: set[str]) -> int:
 
 def _checkpoint(config: Config) -> int:
     """Open the index (LevelDB replays what a crash left in its journal) and close it cleanly."""
-    from mkv.index import open_index
+    from mkv.index import LevelDBIndex
 
     if not config.db:
         print("mkv checkpoint: -db is required: the path of the LevelDB index", file=sys.stderr)
@@ -223,7 +223,7 @@ def _checkpoint(config: Config) -> int:
         print(f"mkv checkpoint: no LevelDB index at {config.db}", file=sys.stderr)
         return 1
     async def checkpoint() -> None:
-        await (await open_index(config.db)).close()
+        await LevelDBIndex(config.db).close()  # itself: a serving master's would not do
 
     asyncio.run(checkpoint())
     print(f"mkv checkpoint: {config.db} is closed cleanly; Go mkv reads every record",
@@ -232,13 +232,8 @@ def _checkpoint(config: Config) -> int:
 
 
 def _server(config: Config) -> int:
-    from mkv.index import is_postgres_url
     from mkv.master import serve
 
-    if config.workers > 1 and not is_postgres_url(config.db):
-        print("mkv: -workers above 1 needs a postgresql:// -db: a LevelDB index admits one "
-              "process", file=sys.stderr)
-        return 2
     return serve(config)
 
 
@@ -283,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run_on_index(command, positional, config)
     except IndexLocked as e:
-        print(f"mkv: {e}; stop the master (or other mkv command) first", file=sys.stderr)
+        print(f"mkv: {e} (Go mkv's master, or another mkv command, which serve no index to "
+              "commands); stop it first", file=sys.stderr)
         return 1
     except IndexUnavailable as e:
         print(f"mkv: {e}", file=sys.stderr)

@@ -45,7 +45,7 @@ class Config:
     readtimeout: float = 30.0
     verbose: bool = False
     vdir_colocation: bool = False
-    workers: int = 1  # master processes on one port (SO_REUSEPORT); more than 1 needs PostgreSQL
+    workers: int = 1  # master processes serving one port (SO_REUSEPORT)
     strict_placement: bool = False  # Go mkv's writes: today's placement even with a volume down
     # the S3 face (mkv/s3/)
     admin_port: int = 0  # /metrics and the status page; 0: none

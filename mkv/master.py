@@ -1,28 +1,43 @@
 """The master process: one store, its two faces (the native API and S3) on one HTTP server
 (and S3 alone on `-s3_port` when given), and the lifecycle: serve until SIGTERM or SIGINT, let
-requests in flight finish, close the index. With `-workers N` (a shared index: PostgreSQL), N
-such processes forked on one port, and this one waiting on them."""
+requests in flight finish, close the index. A master over a LevelDB index also serves the index
+to the offline commands run meanwhile (mkv/index/owner.py). With `-workers N`, N such
+processes on one port, and for LevelDB the owner of the index apart, under mkv/supervisor.py."""
 
 import asyncio
 import logging
 import os
 import signal
 import sys
+import tempfile
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import NamedTuple
 
 import uvloop
 
 from mkv.admin.endpoint import admin_handler
 from mkv.admin.master import RATE_SECONDS, MasterAdmin
+from mkv.admin.workers import SHARE_SECONDS, SharedFigures
 from mkv.config import Config
 from mkv.http.messages import Handler, Pending, Request, Response
 from mkv.http.server import HTTPServer
-from mkv.index import Index, IndexUnavailable, open_index
+from mkv.index import (
+    Index,
+    IndexLocked,
+    IndexUnavailable,
+    LevelDBIndex,
+    is_postgres_url,
+    open_index,
+)
+from mkv.index.owner import IndexOwner, socket_path
+from mkv.index.remote import RemoteIndex
 from mkv.metrics import RequestMetrics
 from mkv.native import EXTRA_METHODS, NativeAPI
 from mkv.s3.face import S3, is_s3
 from mkv.store import REFUSED, Store
+from mkv.supervisor import Supervisor
 from mkv.tasks import Tasks
 from mkv.volumes.replicas import Volumes
 
@@ -42,45 +57,27 @@ def serve(config: Config) -> int:
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if config.verbose else logging.WARNING)
     if config.workers > 1:
-        return _serve_workers(config)
+        own = None if is_postgres_url(config.db) else (lambda told: _child(_own(config, told)))
+        with tempfile.TemporaryDirectory(prefix="mkv-workers-") as figures:
+            def work(slot: int) -> int:
+                return _child(_serve(config, Worker(slot, Path(figures))))
+            return Supervisor(config.workers, work, own).run()
     uvloop.run(_serve(config))
     return 0
 
 
-def _serve_workers(config: Config) -> int:
-    """Fork the workers (before any event loop or thread exists), pass SIGTERM and SIGINT on to
-    them, and when one exits stop the rest: a supervisor restarts the whole."""
-    workers = []
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(_worker(config))
-        workers.append(pid)
-    stopping = False
+class Worker(NamedTuple):
+    """Where a worker of -workers N is: its slot (1..N), and the directory of their figures."""
 
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in workers:
-            os.kill(pid, signal.SIGTERM)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-    status = 0
-    while workers:
-        pid, code = os.wait()
-        workers.remove(pid)
-        if os.waitstatus_to_exitcode(code) and not stopping:
-            print(f"mkv: worker {pid} exited ({os.waitstatus_to_exitcode(code)}); stopping the "
-                  "others", file=sys.stderr, flush=True)
-            stop(signal.SIGTERM, None)
-            status = 1
-    return status
+    slot: int
+    figures: Path
 
 
-def _worker(config: Config) -> int:
+def _child(life: Coroutine[None, None, None]) -> int:
+    """A forked process's life on a loop of its own: its exit status."""
     try:
-        uvloop.run(_serve(config))
-    except IndexUnavailable as e:
+        uvloop.run(life)
+    except (IndexLocked, IndexUnavailable) as e:
         print(f"mkv: {e}", file=sys.stderr, flush=True)
         return 1
     except BaseException:
@@ -89,25 +86,58 @@ def _worker(config: Config) -> int:
     return 0
 
 
+def _stop_event() -> asyncio.Event:
+    """Set on SIGTERM or SIGINT. Installed before a port opens: whoever sees it open may stop
+    us at once."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _own(config: Config, told: int) -> None:
+    """The index's owner among -workers: open LevelDB, serve it on its socket, say so on
+    `told`, and close it cleanly when stopped."""
+    stop = _stop_event()
+    index = LevelDBIndex(config.db)
+    owner = IndexOwner(index, config.db)
+    try:
+        await owner.start()
+        os.write(told, b"1")
+        os.close(told)
+        await stop.wait()
+    finally:
+        await owner.close()
+        await index.close()
+
+
 async def _every(seconds: float, call: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(seconds)
         call()
 
 
-async def _serve(config: Config) -> None:
-    # before the port opens: whoever sees it open may stop us at once
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    index = await open_index(config.db, serving=True)
+async def _serve(config: Config, worker: Worker | None = None) -> None:
+    stop = _stop_event()
+    index: Index
+    owner = None
+    if worker is not None and not is_postgres_url(config.db):
+        index = RemoteIndex(socket_path(config.db))  # connects on first use
+    else:
+        index = await open_index(config.db, serving=True)
+    if isinstance(index, LevelDBIndex):  # served to the offline commands run meanwhile
+        owner = IndexOwner(index, config.db)
+        await owner.start()
     try:
-        await _serve_until_stopped(config, index, stop)
+        await _serve_until_stopped(config, index, stop, worker)
     finally:
+        if owner is not None:
+            await owner.close()
         await index.close()
 
 
-async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event) -> None:
+async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event,
+                               worker: Worker | None) -> None:
     volumes = Volumes.for_config(config)
     volumes.health.watch(config.volumes)
     store = Store(config, index, volumes)
@@ -119,19 +149,25 @@ async def _serve_until_stopped(config: Config, index: Index, stop: asyncio.Event
     tasks = Tasks()  # the admin's sampler
     servers = [HTTPServer(faces(NativeAPI(store), s3), extra_methods=EXTRA_METHODS,
                           metrics=requests, **options)]
-    shared = config.workers > 1
-    await servers[0].start(None, config.port, reuse_port=shared)
+    reuse_port = worker is not None
+    await servers[0].start(None, config.port, reuse_port=reuse_port)
     also = ""
     if config.s3_port:
         servers.append(HTTPServer(s3.handle_own_port, metrics=requests, **options))
-        await servers[-1].start(None, config.s3_port, reuse_port=shared)
+        await servers[-1].start(None, config.s3_port, reuse_port=reuse_port)
         also += f", S3 on :{config.s3_port}"
     if config.admin_port:
         admin = MasterAdmin(config, store, s3, requests)  # type: ignore[arg-type]
         admin.sample()
         tasks.start(_every(RATE_SECONDS, admin.sample))
-        servers.append(HTTPServer(admin_handler(admin.families, admin.status), **options))
-        await servers[-1].start(None, config.admin_port, reuse_port=shared)  # a worker answers
+        families, status = admin.families, admin.status
+        if worker is not None:  # whichever worker answers shows them all
+            shared = SharedFigures(worker.figures, worker.slot, admin.families, admin.snapshot)
+            shared.publish()
+            tasks.start(_every(SHARE_SECONDS, shared.publish))
+            families, status = shared.families, shared.status
+        servers.append(HTTPServer(admin_handler(families, status), **options))
+        await servers[-1].start(None, config.admin_port, reuse_port=reuse_port)  # a worker answers
         also += f", admin on :{config.admin_port}"
     print(f"mkv master listening on :{config.port}{also}, volumes "
           f"{','.join(config.volumes)}, {config.replicas} replicas, {config.subvolumes} "

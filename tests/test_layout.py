@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mkv.locks", "mkv.store"),
     ("mkv.ops",),
     ("mkv.native", "mkv.s3"),  # the faces
-    ("mkv.master", "mkv.admin"),
+    ("mkv.master", "mkv.supervisor", "mkv.admin"),
     ("mkv.cli", "mkv.__main__"),
 ]
 

@@ -239,10 +239,3 @@ def test_workers_serve_one_port_over_postgres(pg_url: str, make_master) -> None:
     assert master.listing(b"/w-", limit="100")["keys"] == sorted(k.decode() for k in keys)
     assert master.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
-
-
-def test_workers_need_a_shared_index(tmp_path: Path) -> None:
-    result = subprocess.run(mkv_command("-db", str(tmp_path / "db"), "-volumes", "127.0.0.1:1",
-                                        "-replicas", "1", "-workers", "2", "server"),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "-workers above 1 needs a postgresql://" in result.stderr

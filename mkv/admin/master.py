@@ -4,7 +4,7 @@ metrics families and as the status page's snapshot (served by mkv/admin/endpoint
 import time
 from collections import deque
 
-from mkv.admin.status_page import Snapshot, VolumeRow, page
+from mkv.admin.status_page import Snapshot, VolumeRow, page, rates
 from mkv.config import Config
 from mkv.metrics import Family, RequestMetrics, counter, gauge
 from mkv.ops.runs import last_runs
@@ -67,7 +67,10 @@ class MasterAdmin:
                           None if v in health.down else health.latency.get(v), errors.get(v, 0))
                 for v in self.config.volumes]
         stats = self.store.index.stats()
-        return Snapshot(volumes=rows, index=stats, rates=list(self.rates),
+        per_second, errors_per_second = rates(list(self.rates))
+        window = self.rates[-1][0] - self.rates[0][0] if len(self.rates) > 1 else 0.0
+        return Snapshot(volumes=rows, index=stats, per_second=per_second,
+                        errors_per_second=errors_per_second, window=window,
                         answers=dict(self.requests.answers), started=self.requests.started,
                         busy=len(self.store.locks.busy), runs=last_runs(self.config.db),
                         replicas=self.config.replicas, port=self.config.port)

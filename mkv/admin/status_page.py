@@ -18,13 +18,16 @@ class VolumeRow:
 class Snapshot:
     volumes: list[VolumeRow]
     index: dict[str, str | float]
-    rates: list[tuple[float, int, int]]  # (unix time, requests so far, 5xx so far), oldest first
+    per_second: float  # requests answered, over the last `window` seconds
+    errors_per_second: float  # 5xx answers, the same
+    window: float
     answers: dict[tuple[str, int], int]  # (method, status) → requests
     started: float
     busy: int
     runs: list[dict] = field(default_factory=list)  # newest first (mkv/ops/runs.py)
     replicas: int = 3
     port: int = 3000
+    workers: int = 1  # processes whose figures these are (-workers)
 
 
 STYLE = """
@@ -62,16 +65,17 @@ def page(snap: Snapshot, now: float | None = None) -> bytes:
     now = time.time() if now is None else now
     e = html.escape
     up = sum(row.up for row in snap.volumes)
-    per_second, errors_per_second = rates(snap.rates)
-    window = _ago(snap.rates[-1][0] - snap.rates[0][0]) if len(snap.rates) > 1 else "—"
+    window = _ago(snap.window) if snap.window else "—"
     total = sum(snap.answers.values())
     index_size = (f"{float(snap.index['bytes']) / 1e6:,.1f} MB"
                   if "bytes" in snap.index else "—")
     cards = [("volumes up", f"{up} of {len(snap.volumes)}"),
-             ("requests/s", f"{per_second:,.1f}"), ("5xx/s", f"{errors_per_second:,.2f}"),
+             ("requests/s", f"{snap.per_second:,.1f}"),
+             ("5xx/s", f"{snap.errors_per_second:,.2f}"),
              ("requests", f"{total:,}"), ("keys busy", f"{snap.busy:,}"),
              ("index", f"{snap.index.get('engine', '?')}, {index_size}"),
-             ("up for", _ago(now - snap.started))]
+             ("up for", _ago(now - snap.started)),
+             *([("workers", f"{snap.workers}")] if snap.workers > 1 else [])]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width,initial-scale=1">',

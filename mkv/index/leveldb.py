@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import plyvel
 
-from mkv.index.base import Answer, Failure, IndexLocked
+from mkv.index.base import Answer, Failure, IndexLocked, KeyLocks
 from mkv.record import Record, State
 
 CLEAR_BATCH = 100_000
@@ -24,9 +24,10 @@ NO_KEY = b"\x00"
 class LevelDBIndex:
     """Every call answers at once: a LevelDB read costs 0.1-0.4 µs, less than a suspension."""
 
-    locks = None  # one process holds the index: the store's in-process lock is the whole lock
-
     def __init__(self, path: str) -> None:
+        # None: no other process uses the index, and the store's in-process lock is the whole
+        # lock; the owner's lock table once it serves others (mkv/index/owner.py)
+        self.locks: KeyLocks | None = None
         try:
             self.db = plyvel.DB(path, create_if_missing=True, bloom_filter_bits=10)
         except plyvel.IOError as e:
@@ -61,9 +62,12 @@ class LevelDBIndex:
                 return
             yield key, Record.decode(raw)
 
-    async def page(
-        self, prefix: bytes, state: State, start: bytes, limit: int
-    ) -> tuple[list[bytes], bytes | None]:
+    async def page(self, prefix: bytes, state: State, start: bytes,
+                   limit: int) -> tuple[list[bytes], bytes | None]:
+        return self.page_now(prefix, state, start, limit)
+
+    def page_now(self, prefix: bytes, state: State, start: bytes,
+                 limit: int) -> tuple[list[bytes], bytes | None]:
         """Up to `limit` keys in `state`, and the first key in `state` after them, if any."""
         keys: list[bytes] = []
         for key, raw in self.db.iterator(start=max(prefix, start)):
@@ -82,6 +86,9 @@ class LevelDBIndex:
         return sum(1 for _ in self.db.iterator(include_value=False))
 
     async def clear(self) -> None:
+        self.clear_now()
+
+    def clear_now(self) -> None:
         """Delete every record, in batches: one batch for a billion keys would not fit memory."""
         while True:
             with self.db.write_batch() as batch:

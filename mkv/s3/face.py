@@ -91,7 +91,8 @@ def open_state(store: Store) -> S3State:
         from mkv.s3.pgstate import PostgresState  # asyncpg only loaded when used
 
         return PostgresState(store.config.db, PartFiles(store))
-    return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"))
+    return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"),
+                 shared=store.config.workers > 1)
 
 
 class Call(NamedTuple):

@@ -20,6 +20,7 @@ or mkv's native face, which also drops them through the store) does not inherit 
 """
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -41,10 +42,12 @@ _PART_FILE = re.compile(r"^(\d+)\.([0-9a-f]{32})$")
 
 class PerKey:
     """Small JSON documents, one per key, each valid while the key's value has the md5 it was
-    saved with. Which keys have one is read once, so a key without costs a set lookup."""
+    saved with. In a master of one process, which keys have one is read once, so a key without
+    costs a set lookup; among -workers, who may each write one, every load opens its file."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: bool) -> None:
         self.root = root
+        self.shared = shared
         self._names: set[str] | None = None
 
     @staticmethod
@@ -68,7 +71,7 @@ class PerKey:
     def load(self, key: bytes, md5: str | None) -> dict | None:
         """The key's document, if its value is still the one it was saved with."""
         name = self._name(key)
-        if name not in self._known():
+        if not self.shared and name not in self._known():
             return None
         try:
             saved = json.loads((self.root / name).read_bytes())
@@ -78,22 +81,22 @@ class PerKey:
 
     def forget(self, key: bytes) -> None:
         name = self._name(key)
-        if name in self._known():
+        if self.shared or name in self._known():
             (self.root / name).unlink(missing_ok=True)
             self._known().discard(name)
 
 
 class Spool:
-    """The S3 state in a directory (one master's)."""
+    """The S3 state in a directory: one master's, shared by its -workers (`shared`). A
+    Complete holds its upload's directory locked (flock), which parts and aborts check."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: bool = False) -> None:
         self.root = root
         self.uploads_dir = root / "uploads"
         self.buckets_dir = root / "buckets"
         self.completed_dir = root / "completed"
-        self.etags = PerKey(root / "etags")
-        self.metadata = PerKey(root / "metadata")
-        self._completing: set[str] = set()  # upload ids whose Complete is running
+        self.etags = PerKey(root / "etags", shared)
+        self.metadata = PerKey(root / "metadata", shared)
 
     # --- multipart uploads ---
     def _upload_dir(self, upload_id: str) -> Path | None:
@@ -149,7 +152,7 @@ class Spool:
         name; a part sent again replaces the earlier one. The caller serialises writes of
         one part number."""
         path = self._upload_dir(upload_id)
-        if path is None or not path.is_dir() or upload_id in self._completing:
+        if path is None or not path.is_dir() or _completing(path):
             raise UploadGone(upload_id)
         tmp = path / f".tmp-{number}-{secrets.token_hex(4)}"
         digest = hashlib.md5()
@@ -173,19 +176,26 @@ class Spool:
 
     @asynccontextmanager
     async def completing(self, upload_id: str) -> AsyncIterator["SpoolCompletion"]:
-        if upload_id in self._completing:
-            raise UploadBusy(upload_id)
-        if self._get(upload_id) is None:
+        path = self._upload_dir(upload_id)
+        if path is None or self._get(upload_id) is None:
             raise UploadGone(upload_id)
-        self._completing.add(upload_id)
         try:
+            held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise UploadGone(upload_id) from None
+        try:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy(upload_id) from None
             yield SpoolCompletion(self, upload_id)
         finally:
-            self._completing.discard(upload_id)
+            os.close(held)  # and the lock with it
 
     async def remove(self, upload_id: str) -> bool:
         """Drop an upload and its parts (abort); False if unknown."""
-        if upload_id in self._completing:
+        path = self._upload_dir(upload_id)
+        if path is not None and _completing(path):
             raise UploadBusy(upload_id)
         return self._remove(upload_id)
 
@@ -307,6 +317,21 @@ class SpoolCompletion:
 
     async def finish(self, key: bytes, etag: str) -> None:
         self.spool.finish(self.upload_id, key, etag)
+
+
+def _completing(upload: Path) -> bool:
+    """Whether a Complete (of any process) holds the upload's directory."""
+    try:
+        fd = os.open(upload, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

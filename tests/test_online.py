@@ -1,6 +1,8 @@
-"""`repair` and `rebuild` online: over a PostgreSQL index, run while two masters take 16
-writers' PUTs and a churn of PUT+DELETE pairs, on volumes of the test's own. Afterwards every
-acknowledged key reads back its value and `verify -checksum` exits 0.
+"""`repair` and `rebuild` online, run while masters take 16 writers' PUTs and a churn of
+PUT+DELETE pairs, on volumes of the test's own: over a PostgreSQL index with two masters, and
+over a LevelDB index with its master serving it to the commands (mkv/index/owner.py), of one
+process or of `-workers 2`. Afterwards every acknowledged key reads back its value and
+`verify -checksum` exits 0. The tests reach the records as the commands do: `open_index`.
 
 The figures each test measures are printed (`pytest -s` shows them).
 """
@@ -13,34 +15,37 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import asyncpg
 import pytest
 import uvloop
 from cluster import mkv_command
 from conftest import Master, replica_file
 from test_postgres_faults import Writers, assert_readable
 
-from mkv.index.postgres import TABLE
+from mkv.index import Index, open_index
 from mkv.record import Record, State
 
 FLAGS = ("-replicas", "2", "-subvolumes", "3")
 OLD = 100  # keys written before the command runs
 
 
-def sql(url: str, query: str, *args: object) -> list:
-    async def run() -> list:
-        connection = await asyncpg.connect(url)
+def on_index(db: str, work) -> object:
+    """`await work(index)` on the index at `db`, as a command opens it."""
+    async def run() -> object:
+        index: Index = await open_index(db)
         try:
-            return await connection.fetch(query, *args)
+            return await work(index)
         finally:
-            await connection.close()
+            await index.close()
 
     return uvloop.run(run())
 
 
-def record_of(url: str, key: bytes) -> Record | None:
-    rows = sql(url, f"SELECT r FROM {TABLE} WHERE k = $1", key)
-    return Record.decode(rows[0][0]) if rows else None
+def record_of(db: str, key: bytes) -> Record | None:
+    return on_index(db, lambda index: index.get(key))
+
+
+def set_record(db: str, key: bytes, record: Record | None) -> None:
+    on_index(db, lambda index: index.put(key, record) if record else index.delete(key))
 
 
 @dataclass
@@ -115,14 +120,20 @@ class Online:
         print(verify.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def online(pg_url: str, make_volumes, make_master) -> Iterator[Online]:
+@pytest.fixture(params=["postgres", "leveldb", "leveldb -workers 2"])
+def online(request, make_volumes, make_master) -> Iterator[Online]:
     vols = make_volumes(3)  # of this test alone: verify finds no other test's files
-    masters = [make_master(*FLAGS, db=pg_url, volumes=vols) for _ in range(2)]
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        masters = [make_master(*FLAGS, db=url, volumes=vols) for _ in range(2)]
+    else:
+        workers = ("-workers", "2") if "workers" in request.param else ()
+        master = make_master(*FLAGS, *workers, volumes=vols)
+        url, masters = str(master.db), [master, master]  # LevelDB admits one master
     old = {f"/old/{i}".encode(): b"old value %d" % i for i in range(OLD)}
     for key, value in old.items():
         assert masters[0].put(key, value).status == 201
-    yield Online(pg_url, vols, masters, old)
+    yield Online(url, vols, masters, old)
 
 
 def files(online: Online, key: bytes) -> list:
@@ -138,7 +149,7 @@ def plant_orphans(online: Online, count: int) -> list:
         key = f"/orphan/{i}".encode()
         assert online.masters[0].put(key, b"x").status == 201  # placed as any key is
         paths = files(online, key)
-        sql(online.url, f"DELETE FROM {TABLE} WHERE k = $1", key)
+        set_record(online.url, key, None)
         hour_ago = time.time() - 3600
         for path in paths:
             os.utime(path, (hour_ago, hour_ago))
@@ -155,8 +166,7 @@ def test_repair_online_while_masters_write(online: Online) -> None:
         path.write_bytes(b"X" * path.stat().st_size)
     cut_off = keys[15]  # a write cut off after its files: INIT, every replica complete
     record = record_of(online.url, cut_off)
-    sql(online.url, f"UPDATE {TABLE} SET r = $2 WHERE k = $1", cut_off,
-        Record(record.replicas, State.WRITING).encode())
+    set_record(online.url, cut_off, Record(record.replicas, State.WRITING))
     orphans = plant_orphans(online, 5)  # 10 files: 2 replicas each
 
     result, outcomes, _ = online.run_while_writing("-checksum", "-orphans", "delete",
@@ -178,13 +188,12 @@ def test_rebuild_online_while_masters_write(online: Online) -> None:
     keys = list(online.old)
     before = {key: record_of(online.url, key) for key in keys}
     for key in keys[:10]:  # lost
-        sql(online.url, f"DELETE FROM {TABLE} WHERE k = $1", key)
+        set_record(online.url, key, None)
     addrs = [v.addr for v in online.vols]
     for key in keys[10:15]:  # naming a replica that never had the file
         wrong = next(f"{v}/sv00" for v in addrs
                      if not any(r.startswith(v) for r in before[key].replicas))
-        sql(online.url, f"UPDATE {TABLE} SET r = $2 WHERE k = $1", key,
-            Record((wrong,), State.LIVE, before[key].md5).encode())
+        set_record(online.url, key, Record((wrong,), State.LIVE, before[key].md5))
     unlinked = keys[20]
     assert online.masters[0].call("UNLINK", unlinked).status == 204
     ghosts = [f"/ghost/{i}".encode() for i in range(5)]  # records whose files are gone
