@@ -123,6 +123,12 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """The running (not zombie) children of a process, in pid order."""
+    return sorted(child for child, fields in processes()
+                  if int(fields[1]) == pid and fields[0] != "Z")
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether a process of the group is still running (zombies aside)."""
     return any(int(f[2]) == pgid and f[0] != "Z" for _, f in processes())

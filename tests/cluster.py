@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bench.cluster import (
+from bench.cluster import (  # noqa: F401  (children: for the tests, from here)
+    children,
     free_port,
     mkv_command,
     reset_peak_rss,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_index import check_engine
 
 from mkv.index import LevelDBIndex, open_index
 from mkv.index.base import IndexUnavailable
@@ -61,28 +62,13 @@ def test_the_engine_through_its_owner(tmp_path: Path) -> None:
         local, owner = await served(tmp_path / "db")
         index = await open_index(str(tmp_path / "db"))  # a command: the master's, remotely
         assert isinstance(index, RemoteIndex)
-        for key in (b"/a/1", b"/a/2", b"/a/3", b"/b/1", b"/ab"):
-            await index.put(key, LIVE)
-        await index.put(b"/a/2", LIVE.with_state(State.UNLINKED))
-        assert await index.get(b"/a/2") == LIVE.with_state(State.UNLINKED)
-        assert await local.get(b"/a/2") == LIVE.with_state(State.UNLINKED)
-        assert await index.get(b"/none") is None
+        await check_engine(index)
+        assert await local.get(b"/a/2") == LIVE.with_state(State.UNLINKED)  # the owner's
         answers: list[Record | None] = []
         index.lookup(b"/a/1", answers.append)
-        index.lookup(b"/none", answers.append)
         assert answers == []  # answered with the turn's frame
         await index.get(b"/a/1")
-        assert answers == [LIVE, None]
-        assert [k async for k, _ in index.items(b"/a/")] == [b"/a/1", b"/a/2", b"/a/3"]
-        assert [k async for k, _ in index.items(b"/a/", b"/a/2")] == [b"/a/2", b"/a/3"]
-        assert [k async for k, _ in index.items(b"/a")] == [b"/a/1", b"/a/2", b"/a/3", b"/ab"]
-        assert await index.page(b"/a/", State.LIVE, b"", 1) == ([b"/a/1"], b"/a/3")
-        assert await index.page(b"/a/", State.LIVE, b"/a/2", 5) == ([b"/a/3"], None)
-        await index.put_many([(b"/m/1", LIVE), (b"/m/2", LIVE.with_state(State.WRITING))])
-        assert [r.state async for _, r in index.items(b"/m/")] == [State.LIVE, State.WRITING]
-        for key in (b"/m/1", b"/m/2", b"/b/1", b"/never"):
-            await index.delete(key)
-        assert await index.count() == 4
+        assert answers == [LIVE]
         many = [(b"/z/%05d" % n, LIVE) for n in range(2500)]  # items pages past 1,000
         await index.put_many(many)
         assert [k async for k, _ in index.items(b"/z/")] == [k for k, _ in many]

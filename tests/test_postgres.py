@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import test_api
 import uvloop
-from cluster import exchange, free_port, mkv_command
+from cluster import children, exchange, free_port, mkv_command
 from conftest import Master, MasterFactory, read_records, unique_key, write_records
 from golang import assert_same_through_both, memtable_flushed
 
@@ -215,21 +215,9 @@ def test_copy_leveldb_to_postgres_and_back_is_byte_exact(pg_url: str, tmp_path: 
     assert _pg_rows(pg_url) == records
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_workers_serve_one_port_over_postgres(pg_url: str, make_master) -> None:
     master = make_master("-workers", "2", db=pg_url)
-    workers = _children(master.process.proc.pid)
+    workers = children(master.process.proc.pid)
     assert len(workers) == 2
     keys = [unique_key("w") for _ in range(40)]
     for key in keys:  # a connection each: the kernel spreads them over the workers

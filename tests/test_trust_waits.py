@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
-from cluster import exchange, free_port, mkv_command, wait_listening
+from cluster import children, exchange, free_port, mkv_command, wait_listening
 from conftest import client, unique_key
 from pgserver import PostgresServer, running_postgres
 
@@ -50,23 +50,11 @@ STOP_MESSAGES = ("Task was destroyed but it is pending", "Task exception was nev
                  "Traceback")
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @contextmanager
 def frozen(server: PostgresServer) -> Iterator[None]:
     """Every process of the server stopped: its sockets stay open, nothing answers."""
     postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
-    stopped = [postmaster, *_children(postmaster)]
+    stopped = [postmaster, *children(postmaster)]
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -18,6 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from busy import assert_acknowledged
+from cluster import children, free_port
 from conftest import Master, fetch, unique_key
 from golang import assert_same_through_both
 from test_admin import scrape, value, wait_for
@@ -26,18 +27,6 @@ from test_postgres_faults import Writers, assert_readable
 from mkv.index.owner import SOCKET_NAME
 
 WORKERS = ("-workers", "2")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return sorted(found)
 
 
 def roles(master: Master) -> tuple[int, list[int]]:
@@ -57,8 +46,9 @@ def roles(master: Master) -> tuple[int, list[int]]:
     return owner, workers
 
 
-def settled(master: Master, workers: int = 2) -> tuple[int, list[int]]:
-    """The roles once the owner and every worker are running (and the workers listening)."""
+def settled(master: Master, workers: int = 2, gone: int = 0) -> tuple[int, list[int]]:
+    """The roles once the owner and every worker are running, the process `gone` not among
+    them."""
     found: list = []
 
     def ready() -> bool:
@@ -66,7 +56,8 @@ def settled(master: Master, workers: int = 2) -> tuple[int, list[int]]:
             found[:] = [roles(master)]
         except (AssertionError, OSError):
             return False
-        return len(found[0][1]) == workers
+        owner, now = found[0]
+        return len(now) == workers and gone not in (owner, *now)
     wait_for(ready, timeout=30)
     return found[0]
 
@@ -136,7 +127,6 @@ def test_the_admin_port_shows_the_whole_master(make_master, free_admin_port):
 
 @pytest.fixture
 def free_admin_port() -> int:
-    from cluster import free_port
     return free_port()
 
 
@@ -149,8 +139,8 @@ def test_a_worker_killed_under_16_writers_is_replaced(make_master, ldbdump):
         time.sleep(0.5)
         os.kill(workers[0], signal.SIGKILL)
         killed = time.monotonic()
-        _, now = settled(master)
-        assert workers[0] not in now and workers[1] in now
+        _, now = settled(master, gone=workers[0])
+        assert workers[1] in now
         replaced = time.monotonic() - killed
         writers.wait_for(201, after=time.monotonic())
         time.sleep(0.5)

@@ -20,23 +20,9 @@ import logging
 import os
 import socket
 
+import mkv.index.wire as wire
 from mkv.index.leveldb import LevelDBIndex
-from mkv.index.wire import (
-    CLEAR,
-    COUNT,
-    DELETE,
-    GET,
-    ITEMS,
-    LOCK,
-    PAGE,
-    PUT,
-    PUT_MANY,
-    STATS,
-    UNLOCK,
-    FrameError,
-    Frames,
-    frame,
-)
+from mkv.index.wire import FrameError, Frames, frame
 from mkv.record import State
 
 log = logging.getLogger("mkv")
@@ -138,10 +124,10 @@ class IndexOwner:
         batch = None  # consecutive record writes, written together
         for request in requests:
             op = request[0]
-            if op == PUT or op == DELETE:
+            if op == wire.PUT or op == wire.DELETE:
                 if batch is None:
                     batch = db.write_batch()
-                if op == PUT:
+                if op == wire.PUT:
                     batch.put(request[1], request[2])
                 else:
                     batch.delete(request[1])
@@ -159,19 +145,19 @@ class IndexOwner:
 
     def _answer(self, op: int, request: tuple, holder: object) -> object:
         db = self.index.db
-        if op == GET:
+        if op == wire.GET:
             return db.get(request[1])
-        if op == LOCK:
+        if op == wire.LOCK:
             return self.locks.take(request[1], holder)
-        if op == UNLOCK:
+        if op == wire.UNLOCK:
             self.locks.give_back(request[1], holder)
             return None
-        if op == PUT_MANY:
+        if op == wire.PUT_MANY:
             with db.write_batch() as batch:
                 for key, raw in request[1]:
                     batch.put(key, raw)
             return None
-        if op == ITEMS:
+        if op == wire.ITEMS:
             _, prefix, start, limit = request
             found = []
             for key, raw in db.iterator(start=max(prefix, start)):
@@ -179,15 +165,15 @@ class IndexOwner:
                     break
                 found.append((key, raw))
             return found
-        if op == PAGE:
+        if op == wire.PAGE:
             _, prefix, state, start, limit = request
             return self.index.page_now(prefix, State[state], start, limit)
-        if op == COUNT:
+        if op == wire.COUNT:
             return sum(1 for _ in db.iterator(include_value=False))
-        if op == CLEAR:
+        if op == wire.CLEAR:
             self.index.clear_now()
             return None
-        if op == STATS:
+        if op == wire.STATS:
             return self.index.stats()
         raise FrameError(f"unknown request {op!r}")
 

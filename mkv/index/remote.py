@@ -18,25 +18,10 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import mkv.index.wire as wire
 from mkv.index.base import ANSWER_SECONDS, Answer, Failure, IndexUnavailable
 from mkv.index.owner import SOCKET_NAME, socket_path
-from mkv.index.wire import (
-    CLEAR,
-    COUNT,
-    DELETE,
-    GET,
-    ITEMS,
-    LOCK,
-    PAGE,
-    PUT,
-    PUT_MANY,
-    STATS,
-    UNLOCK,
-    WRITES,
-    FrameError,
-    Frames,
-    frame,
-)
+from mkv.index.wire import FrameError, Frames, frame
 from mkv.record import Record, State
 
 log = logging.getLogger("mkv")
@@ -123,7 +108,7 @@ class RemoteIndex:
         batch, self.queue = self.queue, []
         requests, callbacks = [], []
         for request, callback in batch:
-            if request[0] in WRITES and self.held.get(request[1],
+            if request[0] in wire.WRITES and self.held.get(request[1],
                                                       self.generation) != self.generation:
                 callback(None, IndexUnavailable(_LOST_LOCK))
                 continue
@@ -153,26 +138,26 @@ class RemoteIndex:
                 answer(None if raw is None else Record.decode(raw))  # type: ignore[arg-type]
             elif failed is not None:
                 failed(error)
-        self.send((GET, key), got)
+        self.send((wire.GET, key), got)
 
     async def get(self, key: bytes) -> Record | None:
-        raw = await self.ask((GET, key))
+        raw = await self.ask((wire.GET, key))
         return None if raw is None else Record.decode(raw)
 
     async def put(self, key: bytes, record: Record) -> None:
-        await self.ask((PUT, key, record.encode()))
+        await self.ask((wire.PUT, key, record.encode()))
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
-        await self.ask((PUT_MANY, [(key, record.encode()) for key, record in records]))
+        await self.ask((wire.PUT_MANY, [(key, record.encode()) for key, record in records]))
 
     async def delete(self, key: bytes) -> None:
-        await self.ask((DELETE, key))
+        await self.ask((wire.DELETE, key))
 
     async def items(self, prefix: bytes = b"",
                     start: bytes = b"") -> AsyncIterator[tuple[bytes, Record]]:
         start = max(prefix, start)
         while True:
-            rows = await self.ask((ITEMS, prefix, start, ITEMS_PAGE))
+            rows = await self.ask((wire.ITEMS, prefix, start, ITEMS_PAGE))
             for key, raw in rows:
                 yield key, Record.decode(raw)
             if len(rows) < ITEMS_PAGE:
@@ -181,7 +166,7 @@ class RemoteIndex:
 
     async def page(self, prefix: bytes, state: State, start: bytes,
                    limit: int) -> tuple[list[bytes], bytes | None]:
-        keys, after = await self.ask((PAGE, prefix, state.name, start, limit))
+        keys, after = await self.ask((wire.PAGE, prefix, state.name, start, limit))
         return list(keys), after
 
     def stats(self) -> dict[str, str | float]:
@@ -190,14 +175,14 @@ class RemoteIndex:
             if error is None:
                 self._stats = stats  # type: ignore[assignment]
         if not self.closed:
-            self.send((STATS,), got)
+            self.send((wire.STATS,), got)
         return dict(self._stats)
 
     async def count(self) -> int:
-        return await self.ask((COUNT,))
+        return await self.ask((wire.COUNT,))
 
     async def clear(self) -> None:
-        await self.ask((CLEAR,))
+        await self.ask((wire.CLEAR,))
 
     async def close(self) -> None:
         """Fail what waits, and leave the owner (which frees this process's keys)."""
@@ -233,13 +218,13 @@ class RemoteLocks:
                     return
             if not future.done():
                 future.set_result(bool(ours))
-        index.send((LOCK, key), got)
+        index.send((wire.LOCK, key), got)
         return future
 
     def release(self, key: bytes) -> None:
         index = self.index
         if index.held.pop(key, None) == index.generation and not index.closed:
-            index.send((UNLOCK, key), _ignore)
+            index.send((wire.UNLOCK, key), _ignore)
 
 
 def _ignore(answer: object, error: Exception | None) -> None:
