@@ -237,3 +237,25 @@ def test_a_socket_left_by_a_dead_owner_is_no_master(tmp_path: Path) -> None:
         await owner.close()
         await index.close()
     run(check)
+
+
+def test_an_idle_owner_leaves_an_empty_journal(tmp_path: Path, monkeypatch) -> None:
+    """Writes, then quiet: the memtable goes to a table, so goleveldb reading the directory
+    meanwhile sees every record (test_go_mkv runs Go mkv's leveldb_compare so)."""
+    monkeypatch.setattr("mkv.index.owner.IDLE_FLUSH", 0.1)
+
+    def journal(db: Path) -> int:
+        return max(db.glob("[0-9]*.log"), key=lambda p: int(p.stem)).stat().st_size
+
+    async def check() -> None:
+        local, owner = await served(tmp_path / "db")
+        index = RemoteIndex(socket_path(str(tmp_path / "db")))
+        await index.put(b"/k", LIVE)
+        await local.put(b"/own", LIVE)
+        assert journal(tmp_path / "db") > 0
+        while journal(tmp_path / "db") > 0:
+            await asyncio.sleep(0.05)
+        assert any((tmp_path / "db").glob("*.ldb"))
+        for closing in (index, owner, local):
+            await closing.close()
+    run(check)

@@ -28,6 +28,7 @@ class LevelDBIndex:
         # None: no other process uses the index, and the store's in-process lock is the whole
         # lock; the owner's lock table once it serves others (mkv/index/owner.py)
         self.locks: KeyLocks | None = None
+        self.changes = 0  # writes so far: the owner flushes once they stop (owner.py)
         try:
             self.db = plyvel.DB(path, create_if_missing=True, bloom_filter_bits=10)
         except plyvel.IOError as e:
@@ -45,14 +46,17 @@ class LevelDBIndex:
 
     async def put(self, key: bytes, record: Record) -> None:
         self.db.put(key, record.encode())
+        self.changes += 1
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
         with self.db.write_batch() as batch:  # one journal write, not one per record
             for key, record in records:
                 batch.put(key, record.encode())
+        self.changes += 1
 
     async def delete(self, key: bytes) -> None:
         self.db.delete(key)
+        self.changes += 1
 
     async def items(self, prefix: bytes = b"",
                     start: bytes = b"") -> AsyncIterator[tuple[bytes, Record]]:
@@ -90,6 +94,7 @@ class LevelDBIndex:
 
     def clear_now(self) -> None:
         """Delete every record, in batches: one batch for a billion keys would not fit memory."""
+        self.changes += 1
         while True:
             with self.db.write_batch() as batch:
                 count = 0

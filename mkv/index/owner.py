@@ -12,6 +12,11 @@ master's writes are.
 A key's lock belongs to a connection, or to the owner's own master (`OwnerLocks`), and dies with
 it: a worker or command that exits or is killed frees its keys when the kernel closes its
 socket; a write it sent whole before it died is applied, one it did not is not.
+
+Once writes stop for IDLE_FLUSH seconds the owner writes the memtable to a table, as `close`
+does (mkv/index/leveldb.py): the journal left is empty, so goleveldb reading the directory
+read-only meanwhile (Go mkv's tools/leveldb_compare.go) sees every record. A busy index is not
+flushed: what goleveldb reads of a journal being written is not promised.
 """
 
 import asyncio
@@ -24,10 +29,12 @@ import mkv.index.wire as wire
 from mkv.index.leveldb import LevelDBIndex
 from mkv.index.wire import FrameError, Frames, frame
 from mkv.record import State
+from mkv.tasks import Tasks
 
 log = logging.getLogger("mkv")
 
 SOCKET_NAME = "mkv.sock"
+IDLE_FLUSH = 1.0  # seconds without a write before the memtable goes to a table
 _PATH_MAX = 107  # a Unix socket address's longest path (sun_path, less its NUL)
 
 
@@ -88,6 +95,7 @@ class IndexOwner:
         self.requests = 0
         self._server: asyncio.Server | None = None
         self._path = ""
+        self._tasks = Tasks()
 
     async def start(self) -> None:
         """Listen on the socket. A socket left by an owner that died is replaced: holding the
@@ -104,11 +112,23 @@ class IndexOwner:
             raise
         self._server = await asyncio.get_running_loop().create_unix_server(
             lambda: OwnerConnection(self), sock=sock, backlog=128)
+        self._tasks.start(self._flush_when_idle())
+
+    async def _flush_when_idle(self) -> None:
+        flushed = seen = self.index.changes
+        while True:
+            await asyncio.sleep(IDLE_FLUSH)
+            changes = self.index.changes
+            if changes == seen and changes != flushed:
+                self.index.flush()
+                flushed = changes
+            seen = changes
 
     async def close(self) -> None:
         """Stop listening and drop every connection (their locks go with them)."""
         if self._server is None:
             return
+        await self._tasks.close()
         self._server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)
@@ -127,6 +147,7 @@ class IndexOwner:
             if op == wire.PUT or op == wire.DELETE:
                 if batch is None:
                     batch = db.write_batch()
+                    self.index.changes += 1
                 if op == wire.PUT:
                     batch.put(request[1], request[2])
                 else:
@@ -156,6 +177,7 @@ class IndexOwner:
             with db.write_batch() as batch:
                 for key, raw in request[1]:
                     batch.put(key, raw)
+            self.index.changes += 1
             return None
         if op == wire.ITEMS:
             _, prefix, start, limit = request
