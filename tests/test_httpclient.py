@@ -107,6 +107,28 @@ def test_keep_alive_reuse(volume) -> None:
 
 
 @needs_nginx
+def test_aborting_a_body_that_arrived_whole_leaves_its_reused_connection_alone(volume) -> None:
+    """A streamed 404 whose body came with its head is back in the pool when its reader gives
+    up on it: another exchange may already have it (repair's copy after a replica's 404 was
+    cut off so, 'closed the connection', under load)."""
+    vol, _ = volume
+
+    async def main() -> None:
+        pool = Pool()
+        missing = await pool.request(vol.addr, b"GET", b"/missing", stream=True, timeout=5)
+        assert missing.status == 404
+        while not missing.body.arrived:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        reused = await pool.connection(vol.addr)  # the same connection, for the next exchange
+        answer = reused.send(b"GET", b"/small", b"", timeout=5)
+        missing.body.abort()  # type: ignore[union-attr]
+        assert (await answer).body == b"hello"
+        pool.close()
+
+    run(main())
+
+
+@needs_nginx
 def test_streamed_get_of_a_large_file(volume) -> None:
     vol, big = volume
 

@@ -171,8 +171,11 @@ class Body:
         self._conn.resume_reading(self)
 
     def abort(self) -> None:
-        """Close the connection this body arrives on: its reader will not finish it."""
-        self._conn.close()
+        """Close the connection this body arrives on: its reader will not finish it. A body
+        already whole has let its connection go back to the pool, maybe to another exchange
+        by now: that one is not touched."""
+        if not self.arrived:
+            self._conn.close()
 
 
 
