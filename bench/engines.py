@@ -1,6 +1,7 @@
 """Index engines compared in one run: GET of a missing and of an existing key (wrk) and the
-thrasher, against a master over LevelDB, over PostgreSQL with one worker and with two, on the
-same three volumes and a throwaway PostgreSQL server (bench/postgres.py) on the same machine.
+thrasher, against a master over LevelDB with one process and with `-workers 2` (the index's
+owner and two workers), over PostgreSQL with one worker and with two, on the same three volumes
+and a throwaway PostgreSQL server (bench/postgres.py) on the same machine.
 
     python -m bench.engines [--duration 5] [--count 4000]
 """
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         database.start()
         with LocalCluster(with_master=False) as cluster:
-            engines = {"LevelDB": (None, ()), "PostgreSQL, 1 worker": (database.new_database(), ()),
+            engines = {"LevelDB": (None, ()), "LevelDB, 2 workers": (None, ("-workers", "2")),
+                       "PostgreSQL, 1 worker": (database.new_database(), ()),
                        "PostgreSQL, 2 workers": (database.new_database(), ("-workers", "2"))}
             baseline: dict[str, float] = {}
             for name, (url, flags) in engines.items():

@@ -13,13 +13,22 @@ own index. Every measurement runs ours, Go, ours, Go, ... (`--rounds` each) and 
 - the offline commands on keys written straight into the volumes (bench/ops.py's fill):
   rebuild and rebalance 3 -> 4 -> 3 volumes for both, our verify and repair beside them.
 
+`--workers 1,2` makes ours a side per count for the GETs and the thrasher: `mkv` (one process)
+and `mkv -workers 2` (a supervisor forking the LevelDB index's owner and two HTTP workers),
+each a master of its own, in turn with Go's in every round (mkv, mkv -workers 2, Go, mkv, ...),
+each with its own ratio to Go. The large PUTs and the offline commands are ours with one
+process only (`-workers` does not change them: a PUT is one worker's, an offline command is a
+process of its own).
+
 CPU per operation is utime + stime from /proc/PID/stat over exactly the measured interval (for
-an offline command, its own rusage), divided by the operations done in it: for each master and
-for the volumes' nginx processes together.
+an offline command, its own rusage), divided by the operations done in it: for each process of
+each master (a `-workers N` master's supervisor, owner and each worker apart, and all of them
+together) and for the volumes' nginx processes together.
 
     python -m bench.vs_go                         # full: 3 rounds; 100,000 and 1,000,000 keys
     python -m bench.vs_go --quick                 # tiny sizes, 1 round: checks that it runs
     python -m bench.vs_go --only get,thrasher     # a subset
+    python -m bench.vs_go --only get,thrasher --workers 1,2   # ours with 1 and with 2 workers
 """
 
 import argparse
@@ -33,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +53,15 @@ import plyvel
 
 from bench import large, ops, redirect, thrasher
 from bench.client import HTTPFailure
-from bench.cluster import LocalCluster, Proc, Target, mkv_command, processes, stat_fields
+from bench.cluster import (
+    LocalCluster,
+    Proc,
+    Target,
+    children,
+    mkv_command,
+    processes,
+    stat_fields,
+)
 from bench.common import BenchFailure, fmt, fmt_s, markdown_table
 from bench.gomkv import GoUnavailable, go_build, peer_candidate, peer_source
 
@@ -54,7 +71,7 @@ OPS_COMMANDS = ("rebuild", "rebalance", "verify", "repair")  # rebuild always ru
 FULL = {"rounds": 3, "duration": 10.0, "count": 10_000, "sizes": "256M,1G",
         "ops_keys": "100000,1000000"}
 QUICK = {"rounds": 1, "duration": 1.0, "count": 200, "sizes": "1M,3M", "ops_keys": "2000"}
-SIDES = {"ours": "mkv", "go": "Go mkv"}
+PAIR = ("ours", "go")  # the sides of the large PUTs and the offline commands: one process each
 SERVED = 3  # the masters serve the first three volumes; the fourth joins in the rebalance
 TICK = os.sysconf("SC_CLK_TCK")
 # what Go mkv's rebuild and rebalance print when a key or listing fails (they exit 0 anyway)
@@ -72,6 +89,59 @@ def build_go(source: Path, cache: Path) -> Path:
         return binary
     print(f"building Go mkv from {source} into {binary}", flush=True)
     return go_build(source / "src", binary, cache / "gocache")
+
+
+# --- the sides ---
+
+
+@dataclass(frozen=True)
+class Side:
+    """A master measured: its name in the table, the command before its flags, its -workers."""
+    label: str
+    program: list[str]
+    workers: int = 1
+
+
+def make_sides(workers: Sequence[int], go: Path) -> dict[str, Side]:
+    """Ours with one process ("ours", which the large PUTs and the offline commands use), ours
+    with each other count of `workers` ("ours-wN"), and Go's ("go"), in that order."""
+    ours = {"ours": Side("mkv", mkv_command())}
+    ours |= {side_name(n): Side(f"mkv -workers {n}", mkv_command("-workers", str(n)), n)
+             for n in workers if n > 1}
+    return {**ours, "go": Side("Go mkv", [str(go)])}
+
+
+def side_name(workers: int) -> str:
+    return "ours" if workers == 1 else f"ours-w{workers}"
+
+
+def holds(pid: int, path: str) -> bool:
+    """Whether a process has `path` open."""
+    try:
+        return any(os.readlink(fd) == path for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def roles(master: Proc, db: Path, workers: int, timeout: float = 30.0) -> dict[str, list[int]]:
+    """A master's processes by role, each a group of one: the master alone ("master"), or for
+    `-workers N` the supervisor, the index's owner (the child holding `db/LOCK` open) and each
+    worker ("worker 1", ...), once all are running."""
+    if workers == 1:
+        return {"master": [master.pid]}
+    lock = str(db.resolve() / "LOCK")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = children(master.pid)
+        owners = [pid for pid in found if holds(pid, lock)]
+        if len(found) == workers + 1 and len(owners) == 1:
+            rest = [pid for pid in found if pid not in owners]
+            return {"supervisor": [master.pid], "owner": owners,
+                    **{f"worker {i}": [pid] for i, pid in enumerate(rest, 1)}}
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"{master.name}: no owner and {workers} workers after "
+                               f"{timeout:g} s (children {found}, holding the index {owners})")
+        time.sleep(0.05)
 
 
 # --- CPU of processes over an interval ---
@@ -106,7 +176,10 @@ class CpuMeter:
         self.spent: dict[str, dict[str, float]] = {}
 
     def _read(self) -> dict[str, float]:
-        return {g: sum(cpu_seconds(pid) for pid in pids) for g, pids in self.groups.items()}
+        try:
+            return {g: sum(cpu_seconds(pid) for pid in pids) for g, pids in self.groups.items()}
+        except OSError as e:  # a worker replaced meanwhile: the master lost a process
+            raise BenchFailure(f"a measured process is gone: {e}") from None
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -123,45 +196,70 @@ class CpuMeter:
 
 @dataclass
 class Row:
-    """One measure, round by round: for each side its figure, its own CPU seconds per
-    operation, and the nginx volumes' CPU seconds per operation during its runs."""
+    """One measure, round by round: for each side its figure and, per operation, the CPU
+    seconds of its master ("cpu": all the master's processes together), of each of the
+    master's processes when it has more than one (by role: "supervisor", "owner", "worker 1",
+    ...) and of the nginx volumes ("nginx") during its runs."""
     measure: str
     kind: str  # "rate" (higher is better), "time" or "memory" (lower is better)
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def add(self, side: str, figure: float, spent: dict[str, float] | None = None,
             ops_done: int = 1) -> None:
-        series = self.samples.setdefault(side, {"figure": [], "cpu": [], "nginx": []})
+        """`spent`: CPU seconds over the run by group of processes, "nginx" and the master's
+        (a CpuMeter's, or "master" alone)."""
+        series = self.samples.setdefault(side, {"figure": []})
         series["figure"].append(figure)
         if spent is not None:
-            series["cpu"].append(spent[side] / ops_done)
-            series["nginx"].append(spent["nginx"] / ops_done)
+            own = {group: s / ops_done for group, s in spent.items() if group != "nginx"}
+            per_op = {"cpu": sum(own.values()), "nginx": spent["nginx"] / ops_done,
+                      **(own if len(own) > 1 else {})}
+            for name, value in per_op.items():
+                series.setdefault(name, []).append(value)
 
     def median(self, side: str, series: str = "figure") -> float | None:
         values = self.samples.get(side, {}).get(series)
         return statistics.median(values) if values else None
 
-    def advantage(self) -> float | None:
-        """How many times better ours is than Go's: ours/Go for rates, Go/ours otherwise."""
-        ours, go = self.median("ours"), self.median("go")
+    def processes(self, side: str) -> list[str]:
+        """The roles of a master of more than one process measured apart (else none)."""
+        return [name for name in self.samples.get(side, {})
+                if name not in ("figure", "cpu", "nginx")]
+
+    def advantage(self, side: str = "ours") -> float | None:
+        """How many times better that side is than Go's: side/Go for rates, Go/side otherwise."""
+        ours, go = self.median(side), self.median("go")
         if not ours or not go:
             return None
         return ours / go if self.kind == "rate" else go / ours
 
     def as_dict(self) -> dict:
+        """Every round's figures and the medians; "advantage" is one-process mkv's over Go's,
+        each of ours' sides has its own."""
         return {"measure": self.measure, "kind": self.kind, "advantage": self.advantage(),
                 "sides": {side: {**series, "median": self.median(side),
+                                 **({} if side == "go" else {"advantage": self.advantage(side)}),
                                  "cpu_per_op_s": self.median(side, "cpu"),
-                                 "nginx_cpu_per_op_s": self.median(side, "nginx")}
+                                 "nginx_cpu_per_op_s": self.median(side, "nginx"),
+                                 "cpu_per_op_s_by_process": self.by_process(side)}
                           for side, series in self.samples.items()}}
+
+    def by_process(self, side: str) -> dict[str, float | None]:
+        """Median CPU seconds per operation of each process group: the master's (by role when
+        it has several) and the volumes' nginx; empty when not measured."""
+        if "cpu" not in self.samples[side]:
+            return {}
+        own = self.processes(side) or ["cpu"]
+        return {("master" if name == "cpu" else name): self.median(side, name)
+                for name in [*own, "nginx"]}
 
 
 def fmt_cpu(seconds: float | None) -> str:
-    """CPU time per operation: µs under a millisecond, then ms, then s."""
+    """CPU time per operation: µs under 10 ms, then ms, then s."""
     if seconds is None:
         return "—"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs" if seconds < 1e-5 else f"{seconds * 1e6:.0f} µs"
+    if seconds < 1e-2:
+        return f"{seconds * 1e6:.1f} µs" if seconds < 1e-5 else f"{seconds * 1e6:,.0f} µs"
     return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
@@ -171,62 +269,107 @@ def fmt_figure(row: Row, value: float | None) -> str:
     return fmt_s(value) if row.kind == "time" else fmt(value)
 
 
-def targets(rows: dict[str, Row]) -> dict[str, list[tuple[str, bool | None]]]:
-    """Issue 10's targets, each with whether it is met (None: a figure is missing)."""
+def _at_least(x: float | None, bound: float) -> bool | None:
+    return None if x is None else x >= bound
 
-    def at_least(x: float | None, bound: float) -> bool | None:
-        return None if x is None else x >= bound
 
-    def at_most(x: float | None, bound: float | None) -> bool | None:
-        return None if x is None or bound is None else x <= bound
+def _at_most(x: float | None, bound: float | None) -> bool | None:
+    return None if x is None or bound is None else x <= bound
 
-    def scaled(x: float | None, by: float) -> float | None:
-        return None if x is None else x * by
 
-    found: dict[str, list[tuple[str, bool | None]]] = {}
+def _scaled(x: float | None, by: float) -> float | None:
+    return None if x is None else x * by
+
+
+def targets(rows: dict[str, Row],
+            sides: dict[str, Side]) -> dict[tuple[str, str], list[tuple[str, bool | None]]]:
+    """Issue 10's targets for one-process mkv and those of -workers 2, by (row, side), each
+    with whether it is met (None: a figure is missing)."""
+    found: dict[tuple[str, str], list[tuple[str, bool | None]]] = {}
     for name, row in rows.items():
-        if name == "missing":
-            nginx_404 = rows["nginx 404"].samples
-            per_404 = [x for series in nginx_404.values() for x in series["nginx"]]
-            found[name] = [("≥ 1.0× Go", at_least(row.advantage(), 1.0)),
-                           ("CPU/req ≤ 1.3× nginx's per 404",
-                            at_most(row.median("ours", "cpu"),
-                                    scaled(statistics.median(per_404), 1.3) if per_404 else None))]
-        elif name == "existing":
-            found[name] = [("≥ 1.5× Go", at_least(row.advantage(), 1.5))]
-        elif name == "thrasher":
-            found[name] = [("≥ 1.2× Go", at_least(row.advantage(), 1.2)),
-                           ("CPU/cycle ≤ 0.7× Go's", at_most(row.median("ours", "cpu"),
-                                                             scaled(row.median("go", "cpu"), 0.7)))]
-        elif name == f"put {1 << 30}":
-            found[name] = [("≤ 0.5× Go's time", at_least(row.advantage(), 2.0))]
-        elif name == f"rss {1 << 30}":
-            rss = row.median("ours")
-            found[name] = [("< 100 MB", None if rss is None else rss * 1.048576 < 100)]
-        elif name.startswith(("rebuild", "rebalance")):
-            found[name] = [("≥ 1.5× Go", at_least(row.advantage(), 1.5))]
+        for side in row.samples:
+            if side == "go" or sides[side].workers > 2:
+                continue
+            goals = (_targets(name, row, rows) if sides[side].workers == 1
+                     else _workers_targets(name, row, side))
+            if goals:
+                found[name, side] = goals
     return found
 
 
-def table(rows: dict[str, Row], verdicts: bool) -> str:
-    header = ["measure", "mkv", "Go mkv", "mkv vs Go (>1: mkv better)", "mkv CPU/op",
-              "Go CPU/op", "nginx CPU/op (mkv / Go runs)", "target"]
-    goals = targets(rows)
+def _targets(name: str, row: Row, rows: dict[str, Row]) -> list[tuple[str, bool | None]]:
+    """One-process mkv's."""
+    if name == "missing":
+        nginx_404 = rows["nginx 404"].samples
+        per_404 = [x for series in nginx_404.values() for x in series["nginx"]]
+        return [("≥ 1.0× Go", _at_least(row.advantage(), 1.0)),
+                ("CPU/req ≤ 1.3× nginx's per 404",
+                 _at_most(row.median("ours", "cpu"),
+                          _scaled(statistics.median(per_404), 1.3) if per_404 else None))]
+    if name == "existing" or name.startswith(("rebuild", "rebalance")):
+        return [("≥ 1.5× Go", _at_least(row.advantage(), 1.5))]
+    if name == "thrasher":
+        return [("≥ 1.2× Go", _at_least(row.advantage(), 1.2)),
+                ("CPU/cycle ≤ 0.7× Go's", _at_most(row.median("ours", "cpu"),
+                                                   _scaled(row.median("go", "cpu"), 0.7)))]
+    if name == f"put {1 << 30}":
+        return [("≤ 0.5× Go's time", _at_least(row.advantage(), 2.0))]
+    if name == f"rss {1 << 30}":
+        rss = row.median("ours")
+        return [("< 100 MB", None if rss is None else rss * 1.048576 < 100)]
+    return []
+
+
+def _workers_targets(name: str, row: Row, side: str) -> list[tuple[str, bool | None]]:
+    """mkv -workers 2's."""
+    bound = {"missing": 1.1, "thrasher": 1.2}.get(name)
+    return [] if bound is None else [(f"≥ {bound}× Go", _at_least(row.advantage(side), bound))]
+
+
+def table(rows: dict[str, Row], sides: dict[str, Side], verdicts: bool) -> str:
+    """A line per measure and side of ours, against Go's in the same rounds."""
+    header = ["measure", "side", "figure", "Go mkv", "vs Go (>1: mkv better)",
+              "CPU/op (all its processes)", "Go CPU/op", "nginx CPU/op (this side's / Go's runs)",
+              "target"]
+    goals = targets(rows, sides)
     lines = []
     for name, row in rows.items():
-        advantage = row.advantage()
         direction = "mkv/Go" if row.kind == "rate" else f"Go/mkv {row.kind}"
-        nginx = " / ".join(fmt_cpu(row.median(side, "nginx")) for side in SIDES
-                           if side in row.samples)
-        goal = "; ".join(text if met is None or not verdicts
-                         else f"{text} ({'met' if met else 'NOT met'})"
-                         for text, met in goals.get(name, []))
-        lines.append([row.measure, fmt_figure(row, row.median("ours")),
-                      fmt_figure(row, row.median("go")),
-                      "—" if advantage is None else f"{advantage:.2f}× ({direction})",
-                      fmt_cpu(row.median("ours", "cpu")), fmt_cpu(row.median("go", "cpu")),
-                      nginx or "—", goal or "—"])
+        for side in row.samples:
+            if side == "go":
+                continue
+            advantage = row.advantage(side)
+            nginx = " / ".join(fmt_cpu(row.median(s, "nginx")) for s in (side, "go")
+                               if s in row.samples)
+            goal = "; ".join(text if met is None or not verdicts
+                             else f"{text} ({'met' if met else 'NOT met'})"
+                             for text, met in goals.get((name, side), []))
+            lines.append([row.measure, sides[side].label, fmt_figure(row, row.median(side)),
+                          fmt_figure(row, row.median("go")),
+                          "—" if advantage is None else f"{advantage:.2f}× ({direction})",
+                          fmt_cpu(row.median(side, "cpu")), fmt_cpu(row.median("go", "cpu")),
+                          nginx or "—", goal or "—"])
     return markdown_table(header, lines)
+
+
+def process_table(rows: dict[str, Row], sides: dict[str, Side]) -> str | None:
+    """CPU per operation of every process, for the measures where a master of ours has more
+    than one: a line per side (None when there are no such measures)."""
+    header = ["measure", "side", "master, all its processes", "supervisor", "owner",
+              "workers (each)", "nginx (volumes)"]
+    lines = []
+    for row in rows.values():
+        if not any(row.processes(side) for side in row.samples):
+            continue
+        for side in row.samples:
+            apart = row.processes(side)
+            workers = " / ".join(fmt_cpu(row.median(side, p)) for p in apart
+                                 if p.startswith("worker"))
+            lines.append([row.measure, sides[side].label, fmt_cpu(row.median(side, "cpu")),
+                          *(fmt_cpu(row.median(side, p)) if p in apart else "—"
+                            for p in ("supervisor", "owner")),
+                          workers or "—", fmt_cpu(row.median(side, "nginx"))])
+    return markdown_table(header, lines) if lines else None
 
 
 # --- the measurements ---
@@ -234,43 +377,54 @@ def table(rows: dict[str, Row], verdicts: bool) -> str:
 
 @dataclass
 class Bench:
-    """What every measurement needs: the cluster, each side's program and running master, the
-    options, the volumes' nginx processes, the rows so far."""
+    """What every measurement needs: the cluster, the sides, the options, the volumes' nginx
+    processes, each side's running master and its processes by role, the rows so far."""
     cluster: LocalCluster
-    programs: dict[str, list[str]]  # side -> the command before the flags
+    sides: dict[str, Side]
     args: argparse.Namespace
     nginx: list[int]
-    masters: dict[str, Proc] = field(default_factory=dict)
+    masters: dict[str, tuple[Proc, dict[str, list[int]]]] = field(default_factory=dict)
     rows: dict[str, Row] = field(default_factory=dict)
+    started: int = 0
 
-    def start_master(self, side: str) -> Proc:
-        """A master of that side, with a fresh index, on the first three volumes."""
-        return self.cluster.start_master(program=self.programs[side], serving=SERVED)
+    def compared(self) -> list[str]:
+        """The sides of the GETs and the thrasher: ours with each --workers count, then Go."""
+        return [*(side_name(n) for n in self.args.workers), "go"]
 
-    def master(self, side: str, fresh: bool) -> contextlib.AbstractContextManager[Proc]:
-        """That side's running master, or, when `fresh`, one started as `start_master` does
-        and stopped after."""
-        if fresh:
-            return self.cluster.own_master(program=self.programs[side], serving=SERVED)
-        return contextlib.nullcontext(self.masters[side])
+    @contextlib.contextmanager
+    def start_master(self, side: str) -> Iterator[tuple[Proc, dict[str, list[int]]]]:
+        """A master of that side, with a fresh index, on the first three volumes, and its
+        processes by role; stopped after."""
+        self.started += 1
+        db = self.cluster.dir / f"index-{side}-{self.started}"
+        with self.cluster.own_master(db, program=self.sides[side].program,
+                                     serving=SERVED) as master:
+            yield master, roles(master, db, self.sides[side].workers)
+
+    def master(self, side: str,
+               fresh: bool) -> contextlib.AbstractContextManager[tuple[Proc, dict[str, list[int]]]]:
+        """That side's running master and its processes, or, when `fresh`, one started as
+        `start_master` does."""
+        return self.start_master(side) if fresh else contextlib.nullcontext(self.masters[side])
 
     def row(self, name: str, measure: str, kind: str = "rate") -> Row:
         return self.rows.setdefault(name, Row(measure, kind))
 
-    def meter(self, masters: dict[str, Proc] | None = None) -> CpuMeter:
-        """A meter of each master's CPU and of the volumes' nginx."""
-        return CpuMeter({**{side: [m.pid] for side, m in (masters or {}).items()},
-                         "nginx": self.nginx})
+    def meter(self, groups: dict[str, list[int]] | None = None) -> CpuMeter:
+        """A meter of the groups of processes (a master's, by role) and of the volumes' nginx."""
+        return CpuMeter({**(groups or {}), "nginx": self.nginx})
 
     def alternate(self, what: str, one: Callable[[str, Target, CpuMeter], str],
-                  fresh: bool = False) -> None:
-        """`one(side, target, meter)` for ours, Go, ours, Go, ... (each time on a master just
-        started when `fresh`); it returns a line to print."""
+                  sides: Sequence[str], fresh: bool = False) -> None:
+        """`one(side, target, meter)` for each of `sides` in turn, `--rounds` times (each time
+        on a master just started when `fresh`); it returns a line to print."""
+        width = max(len(self.sides[side].label) for side in sides)
         for r in range(self.args.rounds):
-            for side in SIDES:
-                with self.master(side, fresh) as master:
-                    line = one(side, self.cluster.target(master), self.meter({side: master}))
-                print(f"  {what} round {r + 1} {SIDES[side]:7} {line}", flush=True)
+            for side in sides:
+                with self.master(side, fresh) as (master, groups):
+                    line = one(side, self.cluster.target(master), self.meter(groups))
+                print(f"  {what} round {r + 1} {self.sides[side].label:{width}} {line}",
+                      flush=True)
 
 
 def measure_get(bench: Bench) -> None:
@@ -287,7 +441,7 @@ def measure_get(bench: Bench) -> None:
                 f"{fmt(report.master_existing.rate)} req/s, nginx 404 "
                 f"{fmt(report.nginx_missing.rate)} req/s")
 
-    bench.alternate("GET", one)
+    bench.alternate("GET", one, bench.compared())
 
 
 def measure_thrasher(bench: Bench) -> None:
@@ -298,14 +452,14 @@ def measure_thrasher(bench: Bench) -> None:
         row.add(side, report.master.rate, meter.spent["master"], report.master.cycles)
         return f"{fmt(report.master.rate)} cycles/s"
 
-    bench.alternate("thrasher", one)
+    bench.alternate("thrasher", one, bench.compared())
 
 
 def measure_large(bench: Bench) -> None:
     """Each PUT on a master just started: Go's keeps the memory of an earlier value."""
     for size in (large.parse_size(s) for s in bench.args.sizes.split(",") if s):
         bench.alternate(f"large {large.size_name(size)}",
-                        functools.partial(_large_put, bench, size), fresh=True)
+                        functools.partial(_large_put, bench, size), PAIR, fresh=True)
 
 
 def _large_put(bench: Bench, size: int, side: str, target: Target, meter: CpuMeter) -> str:
@@ -338,19 +492,19 @@ def measure_ops(bench: Bench, keys: int) -> None:
         """`step` is the command, with what tells its runs apart after a dash."""
         meter, log = bench.meter(), work / f"{side}-{step}.log"
         with meter(step):
-            ran = ops.run_command([*bench.programs[side], "-db", str(db), "-volumes", volumes,
-                                   step.split("-")[0]], log)
+            ran = ops.run_command([*bench.sides[side].program, "-db", str(db), "-volumes",
+                                   volumes, step.split("-")[0]], log)
         if side == "go" and any(word in line for line in log.read_text().splitlines()
                                 for word in GO_TROUBLE):
             raise BenchFailure(f"Go mkv {step} reported errors: see {log}")
         row = bench.row(f"{step} {keys}", f"{measure} ({label}), keys/s")
-        row.add(side, keys / ran.seconds, {side: ran.cpu_s, **meter.spent[step]}, keys)
-        print(f"  ops {label} {SIDES[side]:7} {step:15} {ran.seconds:7.2f} s "
+        row.add(side, keys / ran.seconds, {"master": ran.cpu_s, **meter.spent[step]}, keys)
+        print(f"  ops {label} {bench.sides[side].label:7} {step:15} {ran.seconds:7.2f} s "
               f"{fmt(keys / ran.seconds):>8} keys/s   {ran.line[:100]}", flush=True)
 
     for r in range(bench.args.ops_rounds):
         print(f"  ops {label} round {r + 1}", flush=True)
-        rebuilt = {side: work / f"{side}-rebuilt-{r}" for side in SIDES}
+        rebuilt = {side: work / f"{side}-rebuilt-{r}" for side in PAIR}
         for side, db in rebuilt.items():
             command(side, db, three, "rebuild", "rebuild")
         ours, go = ops.records(rebuilt["ours"]), ops.records(rebuilt["go"])
@@ -393,6 +547,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tiny sizes, 1 round: only checks that everything runs")
     parser.add_argument("--only", default=",".join(MEASUREMENTS),
                         help=f"comma-separated subset of {','.join(MEASUREMENTS)}")
+    parser.add_argument("--workers", default="1",
+                        help="ours with each of these -workers counts, comma-separated, as sides "
+                             "of their own in the GETs and the thrasher (%(default)s)")
     parser.add_argument("--rounds", type=int, help="rounds of each side (3; quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (10; quick 1)")
     parser.add_argument("--count", type=int, help="thrasher cycles a round (10,000; quick 200)")
@@ -421,6 +578,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.ops_rounds = args.rounds
     if min(args.rounds, args.ops_rounds) < 1:
         parser.error("--rounds and --ops-rounds must be at least 1")
+    try:
+        args.workers = list(dict.fromkeys(int(n) for n in args.workers.split(",") if n))
+    except ValueError:
+        parser.error(f"--workers: not a list of counts: {args.workers}")
+    if not args.workers or min(args.workers) < 1:
+        parser.error("--workers: counts of at least 1")
     return args
 
 
@@ -451,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     version = describe()
-    title = (f"mkv {version} vs Go mkv ({source}), {date}, {'quick' if args.quick else 'full'}, "
+    title = (f"mkv {version} (-workers {','.join(map(str, args.workers))}) vs Go mkv "
+             f"({source}), {date}, {'quick' if args.quick else 'full'}, "
              f"{args.rounds} round(s) each ({args.ops_rounds} of the offline commands), medians; "
              f"load average "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cpus")
@@ -462,13 +626,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"vs_go: {e}", file=sys.stderr)
         return 2
-    with cluster:
+    with cluster, contextlib.ExitStack() as running:
         nginx = [pid for data in cluster.volume_dirs for pid in nginx_pids(data)]
-        bench = Bench(cluster, {"ours": mkv_command(), "go": [str(go)]}, args, nginx)
-        bench.masters = {side: bench.start_master(side) for side in SIDES}
+        bench = Bench(cluster, make_sides(args.workers, go), args, nginx)
+        if {"get", "thrasher"} & set(args.only):  # the others start masters of their own
+            bench.masters = {side: running.enter_context(bench.start_master(side))
+                             for side in bench.compared()}
+        masters = ", ".join(f"{bench.sides[side].label} {master.addr}"
+                            for side, (master, _) in bench.masters.items())
         print(f"volumes {', '.join(v.addr for v in cluster.volumes)} (Go mkv's launcher); "
-              f"masters: mkv {bench.masters['ours'].addr}, Go mkv {bench.masters['go'].addr}; "
-              f"in {cluster.dir}", flush=True)
+              f"masters: {masters or 'each started for its run'}; in {cluster.dir}", flush=True)
         steps: list[tuple[str, Callable[[Bench], None]]] = [
             (name, step) for name, step in (("get", measure_get), ("thrasher", measure_thrasher),
                                             ("large", measure_large)) if name in args.only]
@@ -484,26 +651,32 @@ def main(argv: list[str] | None = None) -> int:
                 failures[name] = str(e)
                 print(f"{name} FAILED: {e}", file=sys.stderr, flush=True)
             print(f"  ({time.monotonic() - t0:.0f} s)", flush=True)
-        report(args, bench.rows, failures, title=title, date=date, mkv=version,
+        report(args, bench.rows, bench.sides, failures, title=title, date=date, mkv=version,
                go_source=str(source))
         print(f"\n({time.monotonic() - started:.0f} s in all; stopping and cleaning up)",
               flush=True)
     return 1 if failures else 0
 
 
-def report(args: argparse.Namespace, rows: dict[str, Row], failures: dict[str, str],
-           **about: str) -> None:
-    """The table, the failures, and with --json every figure."""
-    print(f"\n{about['title']}\n\n{table(rows, verdicts=not args.quick)}")
+def report(args: argparse.Namespace, rows: dict[str, Row], sides: dict[str, Side],
+           failures: dict[str, str], **about: str) -> None:
+    """The tables, the failures, and with --json every figure."""
+    print(f"\n{about['title']}\n\n{table(rows, sides, verdicts=not args.quick)}")
+    by_process = process_table(rows, sides)
+    if by_process:
+        print(f"\nCPU per operation of each process (medians):\n\n{by_process}")
     for name, why in failures.items():
         print(f"\nFAILED {name}: {why}")
     if args.json:
-        goals = targets(rows)
+        goals = targets(rows, sides)
         args.json.write_text(json.dumps({
             **about, "quick": args.quick, "rounds": args.rounds, "ops_rounds": args.ops_rounds,
-            "ops_size": args.ops_size, "failures": failures,
-            "rows": {name: {**row.as_dict(), "targets": [{"target": text, "met": met}
-                                                         for text, met in goals.get(name, [])]}
+            "ops_size": args.ops_size, "workers": args.workers, "failures": failures,
+            "sides": {side: {"label": s.label, "workers": s.workers} for side, s in sides.items()},
+            "rows": {name: {**row.as_dict(),
+                            "targets": {side: [{"target": text, "met": met}
+                                               for text, met in goals.get((name, side), [])]
+                                        for side in row.samples if side != "go"}}
                      for name, row in rows.items()}}, indent=2) + "\n")
 
 
