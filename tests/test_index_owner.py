@@ -133,7 +133,7 @@ def test_a_write_under_a_lock_lost_with_its_connection_fails(tmp_path: Path) -> 
         for connection in list(owner.connections):
             connection.drop()  # the owner restarted, say: the lock is gone
         with pytest.raises(IndexUnavailable):
-            await index.get(b"/k")  # in flight as the connection went
+            await index.get(b"/other")  # in flight as the connection went
         other = RemoteIndex(socket_path(str(tmp_path / "db")))
         assert await other.locks.acquire(b"/k")
         with pytest.raises(IndexUnavailable, match="lock was lost"):

@@ -173,8 +173,9 @@ class IndexOwner:
 
     def _answer(self, op: int, request: tuple, holder: object) -> object:
         db = self.index.db
-        if op == wire.LOCK:
-            return self.locks.take(request[1], holder)
+        if op == wire.LOCK:  # with the record: its taker reads it next, and nobody else can
+            ours = self.locks.take(request[1], holder)
+            return ours, db.get(request[1]) if ours else None
         if op == wire.UNLOCK:
             self.locks.give_back(request[1], holder)
             return None

@@ -9,7 +9,9 @@ its requests fail at once, and the next request connects again.
 
 A key's lock dies with the connection it was taken on (the owner frees it). So a key locked on
 a connection since lost is never written under again: its record writes fail, as the
-PostgreSQL engine's do (mkv/index/pglock.py).
+PostgreSQL engine's do (mkv/index/pglock.py). Taking a lock brings the key's record along:
+whoever changes a key reads its record right after taking its lock (mkv/store.py), and while
+the lock is held no other process can change it, so that read costs no second round trip.
 """
 
 import asyncio
@@ -45,6 +47,7 @@ class RemoteIndex:
         self.connection: _Connection | None = None
         self.generation = 0  # of the connection: +1 each time one is made
         self.held: dict[bytes, int] = {}  # keys this process holds, by generation
+        self.read_with_lock: dict[bytes, bytes | None] = {}  # held keys' records, unread yet
         self.frames = 0  # frames sent, and the requests they carried: the batching figure
         self.requests = 0
         self.closed = False
@@ -141,16 +144,23 @@ class RemoteIndex:
         self.send((wire.GET, key), got)
 
     async def get(self, key: bytes) -> Record | None:
-        raw = await self.ask((wire.GET, key))
+        if key in self.read_with_lock:
+            raw = self.read_with_lock.pop(key)
+        else:
+            raw = await self.ask((wire.GET, key))
         return None if raw is None else Record.decode(raw)
 
     async def put(self, key: bytes, record: Record) -> None:
+        self.read_with_lock.pop(key, None)
         await self.ask((wire.PUT, key, record.encode()))
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
+        for key, _ in records:
+            self.read_with_lock.pop(key, None)
         await self.ask((wire.PUT_MANY, [(key, record.encode()) for key, record in records]))
 
     async def delete(self, key: bytes) -> None:
+        self.read_with_lock.pop(key, None)
         await self.ask((wire.DELETE, key))
 
     async def items(self, prefix: bytes = b"",
@@ -206,16 +216,18 @@ class RemoteLocks:
         index = self.index
         future = asyncio.get_running_loop().create_future()
 
-        def got(ours: object, error: Exception | None) -> None:
+        def got(answer: object, error: Exception | None) -> None:
             if error is not None:
                 if not future.done():
                     future.set_exception(error)
                 return
+            ours, record = answer  # type: ignore[misc]
             if ours:
                 index.held[key] = index.generation  # answered on the current connection
                 if future.done():  # its taker gave up waiting: let it go again
                     self.release(key)
                     return
+                index.read_with_lock[key] = record
             if not future.done():
                 future.set_result(bool(ours))
         index.send((wire.LOCK, key), got)
@@ -223,6 +235,7 @@ class RemoteLocks:
 
     def release(self, key: bytes) -> None:
         index = self.index
+        index.read_with_lock.pop(key, None)
         if index.held.pop(key, None) == index.generation and not index.closed:
             index.send((wire.UNLOCK, key), _ignore)
 
@@ -303,6 +316,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: IndexUnavailable) -> None:
         self.lost = True
+        if self.index.connection is self:  # the locks went with it, and what they read
+            self.index.read_with_lock.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
