@@ -45,6 +45,34 @@ def _positive(text: str) -> int:
     return value
 
 
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """`volume=value,…`, each volume once."""
+    pairs = []
+    for item in text.split(","):
+        if not item:
+            continue
+        volume, eq, value = item.partition("=")
+        if not eq or not volume or not value:
+            raise ValueError(f"{item!r} is not volume=value")
+        if any(volume == seen for seen, _ in pairs):
+            raise ValueError(f"{volume} is named twice")
+        pairs.append((volume, value))
+    return pairs
+
+
+def _domains(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(_pairs(text))
+
+
+def _weights(text: str) -> tuple[tuple[str, int], ...]:
+    weights = []
+    for volume, value in _pairs(text):
+        if not value.isdigit() or not 1 <= int(value) <= 100:
+            raise ValueError(f"{volume}'s weight {value!r} is not a whole number from 1 to 100")
+        weights.append((volume, int(value)))
+    return tuple(weights)
+
+
 def _s3_keys(text: str) -> tuple[tuple[str, str], ...]:
     pairs = []
     for item in text.split(","):
@@ -104,6 +132,11 @@ FLAGS: dict[str, Flag] = {
                     "over LevelDB, one more process owns the index (default 1)"),
     "v": Flag("verbose", None, "Verbose output"),
     "vdir_colocation": Flag("vdir_colocation", None, "Place a key by its directory"),
+    "domains": Flag("domains", _domains, "Failure domains: volume=domain,… (a volume not named "
+                    "is a domain of its own); no two replicas of a key in one domain while "
+                    "there are enough domains"),
+    "weights": Flag("weights", _weights, "Volume weights 1-100: volume=N,… (default 1); a "
+                    "volume of weight N is first for N/ΣN of the keys"),
     "strict_placement": Flag("strict_placement", None, "PUT only to today's placement, failing "
                              "while one of its volumes is down, as Go mkv does (default: the "
                              "next healthy volumes in rank take a down volume's place)"),
@@ -189,6 +222,10 @@ def _check_cluster(config: Config) -> str | None:
         return f"-replicas {config.replicas} must be between 1 and the volume count ({count})"
     if config.subvolumes < 1:
         return "-subvolumes must be at least 1"
+    for flag, pairs in (("-domains", config.domains), ("-weights", config.weights)):
+        unknown = [volume for volume, _ in pairs if volume not in config.volumes]
+        if unknown:
+            return f"{flag} names {', '.join(unknown)}, not among -volumes"
     return None
 
 

@@ -1,9 +1,11 @@
 """The master's settings, as Go mkv's flags name them, and Go-style duration parsing."""
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 
-from mkv.placement import key2ranking, key2volume, placement_key
+from mkv.placement import key2volume, place, placement_key
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
                    "m": 60.0, "h": 3600.0}  # micro: Go takes both the micro sign and Greek mu
@@ -47,6 +49,8 @@ class Config:
     vdir_colocation: bool = False
     workers: int = 1  # master processes serving one port (SO_REUSEPORT)
     strict_placement: bool = False  # Go mkv's writes: today's placement even with a volume down
+    domains: tuple[tuple[str, str], ...] = ()  # (volume, failure domain), SPEC §6
+    weights: tuple[tuple[str, int], ...] = ()  # (volume, weight 1-100), SPEC §6
     # the S3 face (mkv/s3/)
     admin_port: int = 0  # /metrics and the status page; 0: none
     s3_port: int = 0  # a port where every request is S3's, signed or not; 0: none
@@ -61,12 +65,23 @@ class Config:
 
     def placement(self, key: bytes) -> list[str]:
         """Today's replicas for `key`."""
-        return key2volume(
-            placement_key(key, self.vdir_colocation), list(self.volumes),
-            self.replicas, self.subvolumes,
-        )
+        pk = placement_key(key, self.vdir_colocation)
+        if not self.domains and not self.weights:
+            return key2volume(pk, list(self.volumes), self.replicas, self.subvolumes)
+        return place(pk, list(self.volumes), self.replicas, self.subvolumes,
+                     self.domain_of, self.weight_of)
 
-    def ranking(self, key: bytes) -> list[str]:
-        """Every volume as a replica of `key`, today's placement first (a PUT skips those down)."""
-        return key2ranking(placement_key(key, self.vdir_colocation), list(self.volumes),
-                           self.subvolumes)
+    def placement_around(self, key: bytes, down: Collection[str]) -> list[str]:
+        """Where `key` goes with the volumes `down` skipped by the same walk (SPEC §4, §6):
+        fewer than -replicas when too few are up."""
+        return place(placement_key(key, self.vdir_colocation), list(self.volumes),
+                     self.replicas, self.subvolumes, self.domain_of, self.weight_of, down)
+
+    @cached_property
+    def domain_of(self) -> dict[str, str]:
+        """Each volume's failure domain (itself when -domains names none)."""
+        return {volume: volume for volume in self.volumes} | dict(self.domains)
+
+    @cached_property
+    def weight_of(self) -> dict[str, int]:
+        return dict(self.weights)

@@ -18,7 +18,7 @@ from mkv.index.base import IndexUnavailable, KeyBusy
 from mkv.locks import Locks
 from mkv.placement import key2path
 from mkv.record import Record, State
-from mkv.volumes.health import place_on_healthy, volume_of
+from mkv.volumes.health import volume_of
 from mkv.volumes.replicas import Volumes
 from mkv.volumes.transfer import CopyError, copy_value
 
@@ -177,12 +177,12 @@ class Store:
         if self.config.strict_placement or not down or not any(
                 volume_of(r) in down for r in today):
             return today
-        ranking = self.config.ranking(key)
-        chosen = place_on_healthy(ranking, down, self.config.replicas)
-        if chosen is None:
+        replicas = self.config.replicas
+        chosen = self.config.placement_around(key, down)
+        if len(chosen) < replicas:
             await self.volumes.health.recheck(list(down))
-            chosen = place_on_healthy(ranking, down, self.config.replicas)
-        if chosen is None:
+            chosen = self.config.placement_around(key, down)
+        if len(chosen) < replicas:
             up = sum(1 for v in self.config.volumes if v not in down)
             raise TooFewVolumesUp(f"{up} of {len(self.config.volumes)} volumes are up, "
                                   f"-replicas {self.config.replicas} needs "

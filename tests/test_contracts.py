@@ -8,7 +8,7 @@ import pytest
 
 from mkv.config import parse_duration
 from mkv.http.target import parse_key
-from mkv.placement import key2path, key2volume, placement_key, storable
+from mkv.placement import key2path, key2volume, place, placement_key, storable
 from mkv.record import Record, State
 
 STOOGES = ["larry", "moe", "curly"]
@@ -55,6 +55,35 @@ def test_key2volume_full_outputs(key: bytes, replicas: list[str]) -> None:
     # fewer replicas: a prefix of the same order (the order is the replica order)
     assert key2volume(key, STOOGES, 2, 3) == replicas[:2]
     assert key2volume(key, STOOGES, 1, 3) == replicas[:1]
+
+
+# --- failure domains and weights (SPEC §6) ---
+
+FOUR = ["larry", "moe", "curly", "shemp"]
+RACKS = {"larry": "rack1", "moe": "rack1", "curly": "rack2", "shemp": "rack2"}
+
+
+@pytest.mark.parametrize("key, replicas, without", [
+    (b"hello", ["shemp", "larry"], ["shemp", "larry"]),
+    (b"helloworld", ["curly", "larry"], ["curly", "shemp"]),
+    (b"world", ["moe", "curly"], ["moe", "curly"]),
+    (b"blah", ["curly", "larry"], ["curly", "shemp"]),
+])
+def test_domain_vectors(key: bytes, replicas: list[str], without: list[str]) -> None:
+    assert place(key, FOUR, 2, 1, RACKS) == replicas
+    assert key2volume(key, FOUR, 2, 1) == without == place(key, FOUR, 2, 1)
+
+
+@pytest.mark.parametrize("key, replicas, without", [
+    (b"a", ["shemp", "larry"], ["larry", "moe"]),
+    (b"b", ["moe", "shemp"], None),
+    (b"key2", ["shemp", "curly"], None),
+    (b"hello", ["shemp", "larry"], ["shemp", "larry"]),
+])
+def test_weight_vectors(key: bytes, replicas: list[str], without: list[str] | None) -> None:
+    assert place(key, FOUR, 2, 1, weights={"shemp": 3}) == replicas
+    if without is not None:
+        assert key2volume(key, FOUR, 2, 1) == without
 
 
 def test_key2volume_one_subvolume_is_the_bare_volume() -> None:

@@ -6,12 +6,11 @@ import hashlib
 
 import pytest
 
-from mkv.placement import key2ranking, key2volume
+from mkv.placement import key2ranking, key2volume, place
 from mkv.volumes.health import (
     DOWN_AFTER_PROBES,
     VolumeState,
     asked_last,
-    place_on_healthy,
     volume_of,
 )
 
@@ -44,24 +43,23 @@ def test_spec_example_ranking() -> None:
         assert key2ranking(key, stooges, 1)[0] == first
 
 
-def test_place_on_healthy_skips_volumes_down_keeping_subvolumes() -> None:
+def test_placement_around_volumes_down_keeps_subvolumes() -> None:
     key = b"/skip"
     ranking = key2ranking(key, VOLUMES, 10)
     today = key2volume(key, VOLUMES, 3, 10)
-    assert place_on_healthy(ranking, set(), 3) == today
+    assert place(key, VOLUMES, 3, 10, down=set()) == today
     second = today[1].partition("/")[0]
-    placed = place_on_healthy(ranking, {second}, 3)
+    placed = place(key, VOLUMES, 3, 10, down={second})
     # the down volume's place goes to the next in rank, with that volume's own subvolume
     assert placed == [today[0], today[2], ranking[3]]
-    assert place_on_healthy(ranking, set(VOLUMES) - {volume_of(today[0])}, 1) == today[:1]
-    assert place_on_healthy(ranking, set(VOLUMES) - {volume_of(r) for r in today}, 3) == today
+    assert place(key, VOLUMES, 1, 10, down=set(VOLUMES) - {volume_of(today[0])}) == today[:1]
+    assert place(key, VOLUMES, 3, 10, down=set(VOLUMES) - {volume_of(r) for r in today}) == today
 
 
-def test_place_on_healthy_refuses_when_too_few_are_up() -> None:
-    ranking = key2ranking(b"/few", VOLUMES, 10)
-    assert place_on_healthy(ranking, set(VOLUMES[:3]), 3) is None
-    assert place_on_healthy(ranking, set(VOLUMES[:3]), 2) is not None
-    assert place_on_healthy(ranking, set(VOLUMES), 1) is None
+def test_placement_around_is_short_when_too_few_are_up() -> None:
+    assert len(place(b"/few", VOLUMES, 3, 10, down=set(VOLUMES[:3]))) == 2
+    assert len(place(b"/few", VOLUMES, 2, 10, down=set(VOLUMES[:3]))) == 2
+    assert place(b"/few", VOLUMES, 1, 10, down=set(VOLUMES)) == []
 
 
 def test_asked_last_moves_replicas_on_volumes_down_to_the_end() -> None:

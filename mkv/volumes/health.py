@@ -51,14 +51,6 @@ def volume_of(replica: str) -> str:
     return replica.partition("/")[0]
 
 
-def place_on_healthy(ranking: Iterable[str], down: Collection[str],
-                     replicas: int) -> list[str] | None:
-    """The first `replicas` of a key's ranking (mkv.placement.key2ranking) whose volume is not
-    down; None when fewer than `replicas` volumes are up."""
-    chosen = [r for r in ranking if volume_of(r) not in down][:replicas]
-    return chosen if len(chosen) == replicas else None
-
-
 def asked_last(replicas: list[str], down: Collection[str]) -> list[str]:
     """The replicas in their order, those on volumes down moved to the end."""
     return ([r for r in replicas if volume_of(r) not in down]
