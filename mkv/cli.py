@@ -15,6 +15,7 @@ Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
        mkv -db PATH checkpoint      (recover the index after a crash and leave it for Go mkv)
        mkv -db SRC copy DEST        (every record into an empty index: LevelDB path or
                                     postgresql:// URL, either way; masters stopped)
+       mkv -volumes V [-db D] where KEY   (a key's placement, today's and recorded)
        mkv put|get|ls|rm ...        (the client: `mkv put --help`; masters from --master)
 """
 
@@ -212,8 +213,8 @@ def parse_args(argv: list[str]) -> tuple[Config, list[str], set[str]]:
     return config, positional, given
 
 
-def _check_cluster(config: Config) -> str | None:
-    if not config.db:
+def _check_cluster(config: Config, needs_db: bool = True) -> str | None:
+    if needs_db and not config.db:
         return "-db is required: the path of the LevelDB index, or a postgresql:// URL"
     if not config.volumes:
         return "-volumes is required: volume servers, comma separated (e.g. localhost:3001)"
@@ -326,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run_on_index(command: str, positional: list[str], config: Config) -> int:
     if command == "checkpoint" and len(positional) == 1:
         return _checkpoint(config)
+    if command == "where" and len(positional) == 2:
+        problem = _check_cluster(config, needs_db=False)
+        if problem:
+            print(f"mkv: {problem}", file=sys.stderr)
+            return 2
+        return importlib.import_module("mkv.ops.where").main(config, positional[1])
     if command == "copy" and len(positional) == 2:
         if not config.db:
             print("mkv copy: -db is required: the index to copy from", file=sys.stderr)

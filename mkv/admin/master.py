@@ -63,8 +63,13 @@ class MasterAdmin:
     def snapshot(self) -> Snapshot:
         health = self.volumes.health
         errors = self.volumes.pool.errors
+        runs = last_runs(self.config.db)
+        counted = next((run["keys_per_volume"] for run in runs
+                        if run.get("command") == "verify" and "keys_per_volume" in run), {})
         rows = [VolumeRow(v, v not in health.down,
-                          None if v in health.down else health.latency.get(v), errors.get(v, 0))
+                          None if v in health.down else health.latency.get(v), errors.get(v, 0),
+                          self.config.domain_of.get(v, v), self.config.weight_of.get(v, 1),
+                          counted.get(v))
                 for v in self.config.volumes]
         stats = self.store.index.stats()
         per_second, errors_per_second = rates(list(self.rates))
@@ -72,7 +77,7 @@ class MasterAdmin:
         return Snapshot(volumes=rows, index=stats, per_second=per_second,
                         errors_per_second=errors_per_second, window=window,
                         answers=dict(self.requests.answers), started=self.requests.started,
-                        busy=len(self.store.locks.busy), runs=last_runs(self.config.db),
+                        busy=len(self.store.locks.busy), runs=runs,
                         replicas=self.config.replicas, port=self.config.port)
 
     def status(self) -> bytes:

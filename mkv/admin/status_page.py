@@ -12,6 +12,9 @@ class VolumeRow:
     up: bool
     probe_seconds: float | None  # the last answered health probe's round trip
     errors: int  # failed exchanges since the master started
+    domain: str = ""  # its failure domain (-domains; itself when none is named)
+    weight: int = 1  # -weights
+    keys: int | None = None  # live keys with a replica on it, as the last verify counted
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,16 @@ def page(snap: Snapshot, now: float | None = None) -> bytes:
         *(f'<div class=card>{e(name)}<b>{e(value)}</b></div>' for name, value in cards),
         "</div>",
         "<h2>Volumes</h2><div class=wrap><table id=volumes>",
-        "<tr><th>volume</th><th>health</th><th>probe</th><th>errors</th></tr>",
+        "<tr><th>volume</th><th>health</th><th>probe</th><th>errors</th><th>domain</th>"
+        "<th>weight</th><th>keys (last verify)</th></tr>",
     ]
     for row in snap.volumes:
         probe = f"{row.probe_seconds * 1000:.1f} ms" if row.probe_seconds is not None else "—"
         state = '<span class=up>up</span>' if row.up else '<span class=down>down</span>'
+        keys = "—" if row.keys is None else f"{row.keys:,}"
         parts.append(f"<tr><td>{e(row.volume)}</td><td>{state}</td><td>{probe}</td>"
-                     f"<td>{row.errors:,}</td></tr>")
+                     f"<td>{row.errors:,}</td><td>{e(row.domain)}</td><td>{row.weight}</td>"
+                     f"<td>{keys}</td></tr>")
     parts += ["</table></div>", "<h2>Answers</h2><div class=wrap><table id=answers>",
               "<tr><th>method</th><th>status</th><th>requests</th></tr>"]
     for (method, status), n in sorted(snap.answers.items()):

@@ -80,6 +80,7 @@ class Progress:
         self.err = err or sys.stderr
         self.tty = self.err.isatty()
         self.counts: Counter[str] = Counter()
+        self.figures: dict = {}  # noted with the run (e.g. verify's keys per volume)
         self.problems = 0
         self.started = time.monotonic()
         self.phase(command, "keys")
@@ -212,5 +213,5 @@ def run_offline(config: Config,
     summary = progress.summary()
     print(summary, file=progress.out, flush=True)
     status = 1 if progress.problems else 0
-    note_run(config.db, command, started, status, summary)
+    note_run(config.db, command, started, status, summary, progress.figures)
     return status

@@ -13,13 +13,14 @@ def runs_file(db: str) -> Path | None:
     return None if "://" in db else Path(f"{db.rstrip('/')}.runs")
 
 
-def note_run(db: str, command: str, started: float, exit_status: int, summary: str) -> None:
+def note_run(db: str, command: str, started: float, exit_status: int, summary: str,
+             figures: dict | None = None) -> None:
     """Append one offline run to the runs file the status page shows (best effort)."""
     path = runs_file(db)
     if path is None:
         return
     line = json.dumps({"command": command, "started": started, "seconds": time.time() - started,
-                       "exit": exit_status, "summary": summary})
+                       "exit": exit_status, "summary": summary, **(figures or {})})
     try:
         with path.open("a") as f:
             f.write(line + "\n")

@@ -2,11 +2,14 @@
 
 Every live key's replicas must hold its file (a HEAD each; with -checksum a streamed GET
 whose md5 must equal the record's), and every file on the volumes must be claimed by a
-record (else it is an orphan). One line per problem, a summary, exit 0 only when healthy.
-Unlinked and INIT records are counted, not checked: their files may rightly be gone.
+record (else it is an orphan). With -domains, a live key with two replicas in one failure
+domain while there are enough domains to spread them is `crowded` (`rebalance` spreads it).
+One line per problem, a summary, exit 0 only when healthy. Unlinked and INIT records are
+counted, not checked: their files may rightly be gone.
 """
 
 import asyncio
+from collections import Counter
 from typing import NamedTuple
 
 from mkv.config import Config
@@ -15,6 +18,7 @@ from mkv.index import Index
 from mkv.ops.progress import Progress, for_each, run_offline, shown
 from mkv.ops.walk import VolumeFile, Walk
 from mkv.record import Record, State
+from mkv.volumes.health import volume_of
 from mkv.volumes.replicas import Volumes
 from mkv.volumes.transfer import read_md5
 
@@ -80,8 +84,20 @@ def describe(file: VolumeFile) -> str:
     return f"{file.url} ({what})"
 
 
+def crowding(replicas: tuple[str, ...], domain_of: dict[str, str], domains: int) -> str:
+    """Which failure domain holds two of the replicas although `domains` could spread them;
+    "" when none does."""
+    seen = Counter(domain_of.get(volume_of(r), volume_of(r)) for r in replicas)
+    if len(seen) >= min(len(replicas), domains):
+        return ""
+    return ", ".join(f"{n} replicas in {domain}" for domain, n in seen.items() if n > 1)
+
+
 async def verify(config: Config, index: Index, volumes: Volumes, progress: Progress) -> None:
     progress.phase("verify: checking keys", "keys", total=await index.count())
+    spread = len(set(config.domain_of.values())) if config.domains else 0
+    per_volume: Counter[str] = Counter()  # live keys with a replica there: the status page's
+    progress.figures["keys_per_volume"] = per_volume
 
     async def one(item: tuple[bytes, Record]) -> None:
         key, record = item
@@ -91,6 +107,11 @@ async def verify(config: Config, index: Index, volumes: Volumes, progress: Progr
             progress.count("unlinked" if record.state is State.UNLINKED else "writing")
             return
         progress.count("live")
+        per_volume.update(volume_of(r) for r in record.replicas)
+        if spread:
+            crowded = crowding(record.replicas, config.domain_of, spread)
+            if crowded:
+                progress.problem("crowded", f"{shown(key)}: {crowded}")
         for checked in await check_replicas(config, volumes, key, record):
             if checked.fault:
                 progress.problem(checked.fault, problem_line(key, checked))
