@@ -71,3 +71,19 @@ def test_weights_share_the_first_replica_as_they_say():
         share = first[v] / len(keys)
         print(f"{v} weight {n}: first for {share:.2%} of keys (predicted {n / 10:.0%})")
         assert abs(share - n / 10) <= 0.02
+
+
+def test_with_colocation_a_directory_shares_its_spread_placement():
+    from mkv.config import Config
+
+    volumes = tuple(f"v{n}:3001" for n in range(6))
+    racks = tuple((v, f"rack{n // 2}") for n, v in enumerate(volumes))
+    config = Config(volumes=volumes, replicas=3, subvolumes=4, vdir_colocation=True,
+                    domains=racks, weights=((volumes[0], 5),))
+    for directory in range(200):
+        placed = {tuple(config.placement(b"/d%d/file-%d" % (directory, n))) for n in range(5)}
+        assert len(placed) == 1  # every file of the directory on the same replicas
+        [replicas] = placed
+        assert len({dict(racks)[r.partition("/")[0]] for r in replicas}) == 3
+        assert list(replicas) == place(b"/d%d" % directory, list(volumes), 3, 4, dict(racks),
+                                       {volumes[0]: 5})
