@@ -1,6 +1,7 @@
 """The benchmarks keep working: `python -m bench --quick` runs every one of them on its own
-cluster, and `python -m bench.vs_go --quick` ours against Go mkv; each reports sane (non-zero)
-figures and leaves no process behind. No time is asserted."""
+cluster, `python -m bench.vs_go --quick` ours against Go mkv and `python -m bench.dataplane
+--quick` the data path against its floors; each reports sane (non-zero) figures and leaves no
+process behind. No time is asserted."""
 
 import json
 import os
@@ -109,6 +110,39 @@ def test_vs_go_quick_run_reports_both_masters(tmp_path):
             assert row["advantage"] > 0, name
 
 
+def test_dataplane_quick_run_reports_every_path(tmp_path):
+    out = tmp_path / "figures.json"
+    workdir = tmp_path / "cluster"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.dataplane", "--quick", "--json", str(out),
+         "--dir", str(workdir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert processes_mentioning(str(workdir)) == []  # every volume and the master stopped
+    assert "| path" in done.stdout  # the table
+
+    report = json.loads(out.read_text())
+    assert report["failure"] is None and report["rounds"] == 1
+    assert set(report["hashing_cpu_s_per_gib"]) == {"md5", "sha256", "crc32"}
+    assert all(cost > 0 for cost in report["hashing_cpu_s_per_gib"].values())
+    rows = report["rows"]
+    floors = {"fanout", "nginx_get", "nginx_ranged"}
+    assert set(rows) == floors | {"native_put", "native_get", "s3_put", "s3_multipart",
+                                  "s3_multipart_4", "s3_get", "s3_ranged", "s3_copy",
+                                  "s3_part_copy"}
+    for name, row in rows.items():
+        assert row["mb_per_s"] > 0, name
+        assert 0 < row["master_peak_rss_mib"] * 1.048576 < 100, name  # MB
+        assert set(row["ratios"]) == set(row["floors"]), name
+        assert all(r > 0 for r in row["ratios"].values()), name
+        assert (name in floors) == (not row["floors"]), name
+    assert rows["s3_ranged"]["floors"] == ["s3_get", "nginx_ranged"]
+    assert len(rows["fanout"]["rounds"]) == 6  # a floor beside each of the six writes
+    for name in ("native_put", "s3_put", "s3_multipart", "s3_copy"):  # the master did the work
+        assert rows[name]["master_cpu_s_per_gib"] > 0, name
+        assert rows[name]["nginx_cpu_s_per_gib"] > 0, name
+
+
 def test_wrk_missing_is_reported_not_crashed(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     try:
@@ -176,3 +210,15 @@ def test_thrasher_fails_loudly_on_a_wrong_answer(volumes):
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "thrasher FAILED" in done.stderr and "expected 302, got 200" in done.stderr
+
+
+def test_fsspec_read_quick_run_reports_every_road():
+    done = subprocess.run([sys.executable, "-m", "bench.fsspec_read", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    rows = [line for line in done.stdout.splitlines()
+            if line.startswith("| ") and "MB/s" not in line]
+    assert len(rows) == 6, done.stdout
+    for row in rows:
+        rate = float(row.split("|")[3].replace(",", ""))
+        assert rate > 0, row

@@ -91,10 +91,17 @@ class AsyncClient:
     async def get(self, key: str | bytes, start: int = 0, end: int | None = None) -> bytes:
         return b"".join([chunk async for chunk in self.stream(key, start, end)])
 
-    async def stream(self, key: str | bytes, start: int = 0,
-                     end: int | None = None) -> AsyncIterator[bytes]:
+    async def locate(self, key: str | bytes) -> httpx.Response:
+        """The master's redirect for `key` (its 302, `Location` and `Key-Volumes`); NotFound
+        when it has no such key."""
+        return await self._ask("GET", key)
+
+    async def stream(self, key: str | bytes, start: int = 0, end: int | None = None,
+                     redirect: httpx.Response | None = None) -> AsyncIterator[bytes]:
+        """The value's bytes `start`..`end` (inclusive) from its replicas, the master asked
+        where they are unless `redirect` (an earlier `locate`'s answer) says."""
         key = core.key_bytes(key)
-        read = core.ReplicaRead(key, start, end, await self._ask("GET", key))
+        read = core.ReplicaRead(key, start, end, redirect or await self.locate(key))
         for request in read.requests():
             try:
                 async with self.http.stream(request.method, request.url,
