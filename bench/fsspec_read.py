@@ -17,10 +17,13 @@ Rounds alternate the three (`--rounds`).
 import argparse
 import concurrent.futures
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import fsspec
 import httpx
@@ -60,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="4 files of 1 MiB, 16 MiB, 1 round")
+    parser.add_argument("--dir", type=Path, help="work dir (default: one on /dev/shm, tmpfs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.files, args.file_mib, args.big_mib, args.rounds = 4, 1, 16, 1
-    with LocalCluster() as cluster:
+    shm = Path("/dev/shm")
+    workdir = args.dir or (Path(tempfile.mkdtemp(prefix="mkv-fsspec-", dir=shm))
+                           if shm.is_dir() else None)
+    with LocalCluster(workdir) as cluster:
         master = cluster.master
         assert master is not None
         fs = fsspec.filesystem("mkv", masters=master.addr, skip_instance_cache=True)
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {r + 1} {what}: {way} {size / seconds / 1e6:,.0f} MB/s",
                           file=sys.stderr, flush=True)
         http.close()
+    if workdir is not None and args.dir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
     rows = []
     for what in readings:
         floor = statistics.median(mb for mb, _ in results[(what, "nginx (floor)")])

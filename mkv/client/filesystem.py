@@ -199,7 +199,10 @@ class MkvFileSystem(AsyncFileSystem):
     # --- writes ---
     async def _pipe_file(self, path: str, value: bytes, mode: str = "overwrite",
                          **kwargs: Any) -> None:
-        await self._put(self._strip_protocol(path), value, kwargs.get("replace"))
+        """A PUT; a REPLACE when asked (`replace=True`, or the filesystem's `replace`) unless
+        `mode="create"`, which fsspec means exclusive."""
+        replace = False if mode == "create" else kwargs.get("replace")
+        await self._put(self._strip_protocol(path), value, replace)
 
     async def _put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
         with open(lpath, "rb") as f:
@@ -240,8 +243,13 @@ class MkvFileSystem(AsyncFileSystem):
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
               autocommit: bool = True, cache_options: dict | None = None,
               **kwargs: Any) -> "MkvFile":
-        return MkvFile(self, self._strip_protocol(path), mode, block_size or "default",
-                       autocommit, cache_options=cache_options, **kwargs)
+        path = self._strip_protocol(path)
+        if "x" in mode:  # exclusive: the PUT at close fails too if the key comes meanwhile
+            if self.exists(path):
+                raise FileExistsError(path)
+            mode, kwargs["replace"] = mode.replace("x", "w"), False
+        return MkvFile(self, path, mode, block_size or "default", autocommit,
+                       cache_options=cache_options, **kwargs)
 
 
 class MkvFile(AbstractBufferedFile):
