@@ -50,6 +50,7 @@ class MkvFileSystem(AsyncFileSystem):
         self.timeout = timeout
         self._client: AsyncClient | None = None
         self._redirects: dict[str, tuple[float, httpx.Response]] = {}
+        self._sizes: dict[str, int] = {}  # of keys whose redirect is kept: their volume's HEAD
 
     @property
     def client(self) -> AsyncClient:
@@ -88,10 +89,15 @@ class MkvFileSystem(AsyncFileSystem):
         try:
             redirect = await self.client.locate(self._key(path))
         except NotFound:
-            self._redirects.pop(path, None)
+            self._forget(path)
             raise FileNotFoundError(path) from None
+        self._sizes.pop(path, None)
         self._redirects[path] = (now, redirect)
         return redirect
+
+    def _forget(self, path: str) -> None:
+        self._redirects.pop(path, None)
+        self._sizes.pop(path, None)
 
     async def _stream(self, path: str, start: int, end: int | None) -> AsyncIterator[bytes]:
         """Bytes `start`..`end` (inclusive); once more from a fresh redirect when the one kept
@@ -105,7 +111,7 @@ class MkvFileSystem(AsyncFileSystem):
                     yield chunk
                 return
             except Unavailable:
-                self._redirects.pop(path, None)
+                self._forget(path)
                 if fresh or got:
                     raise
                 continue
@@ -136,12 +142,16 @@ class MkvFileSystem(AsyncFileSystem):
             except FileNotFoundError:
                 pass
             else:
-                head = await self.client.http.head(redirect.headers["location"])
-                if head.status_code == 200:
-                    return {"name": path, "size": int(head.headers["content-length"]),
-                            "type": "file", "md5": redirect.headers.get("content-md5"),
+                size = self._sizes.get(path)
+                if size is None:
+                    head = await self.client.http.head(redirect.headers["location"])
+                    if head.status_code == 200:
+                        size = self._sizes[path] = int(head.headers["content-length"])
+                if size is not None:
+                    return {"name": path, "size": size, "type": "file",
+                            "md5": redirect.headers.get("content-md5"),
                             "volumes": redirect.headers.get("key-volumes", "").split(",")}
-                self._redirects.pop(path, None)
+                self._forget(path)
         page = await self.client.list(self._key(path + "/" if path else ""), limit=1)
         if page.keys or not path:
             return {"name": path, "size": 0, "type": "directory"}
@@ -213,7 +223,7 @@ class MkvFileSystem(AsyncFileSystem):
         sync(self.loop, self._put, self._strip_protocol(path), value, replace)
 
     async def _put(self, path: str, value: Any, replace: bool | None) -> None:
-        self._redirects.pop(path, None)
+        self._forget(path)
         try:
             await self.client.put(self._key(path), value,
                                   replace=self.replace if replace is None else replace)
@@ -222,7 +232,7 @@ class MkvFileSystem(AsyncFileSystem):
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         path = self._strip_protocol(path)
-        self._redirects.pop(path, None)
+        self._forget(path)
         try:
             await self.client.delete(self._key(path))
         except NotFound:
