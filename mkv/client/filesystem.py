@@ -20,7 +20,6 @@ file (memory up to 8 MiB, then disk) and PUTs it on close.
 import asyncio
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -29,6 +28,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from mkv.client.aio import AsyncClient
 from mkv.client.errors import KeyExists, NotFound, Unavailable
+from mkv.client.sync import Client
 
 REDIRECT_SECONDS = 5.0  # how long a key's redirect is reused before the master is asked again
 LIST_PAGE = 1000
@@ -49,6 +49,7 @@ class MkvFileSystem(AsyncFileSystem):
         self.replace = replace
         self.timeout = timeout
         self._client: AsyncClient | None = None
+        self._reader: Client | None = None
         self._redirects: dict[str, tuple[float, httpx.Response]] = {}
         self._sizes: dict[str, int] = {}  # of keys whose redirect is kept: their volume's HEAD
 
@@ -99,22 +100,31 @@ class MkvFileSystem(AsyncFileSystem):
         self._redirects.pop(path, None)
         self._sizes.pop(path, None)
 
-    async def _stream(self, path: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+    @property
+    def reader(self) -> Client:
+        """The blocking client the volume reads run on, in threads: a read's bytes then pass
+        through recv in C beside the other reads, not through this loop (measured: ranged
+        reads 0.65x the floor on the loop, 1.0x in threads)."""
+        if self._reader is None:
+            self._reader = Client(self.masters, timeout=self.timeout)
+        return self._reader
+
+    async def _read(self, path: str, start: int, end: int | None) -> bytes:
         """Bytes `start`..`end` (inclusive); once more from a fresh redirect when the one kept
         no longer holds (the value moved or went)."""
         for fresh in (False, True):
             redirect = await self._redirect(path, fresh)
-            got = 0
             try:
-                async for chunk in self.client.stream(self._key(path), start, end, redirect):
-                    got += len(chunk)
-                    yield chunk
-                return
+                return await asyncio.to_thread(self._read_blocking, path, start, end, redirect)
             except Unavailable:
                 self._forget(path)
-                if fresh or got:
+                if fresh:
                     raise
-                continue
+        raise AssertionError("unreachable")
+
+    def _read_blocking(self, path: str, start: int, end: int | None,
+                       redirect: httpx.Response) -> bytes:
+        return b"".join(self.reader.stream(self._key(path), start, end, redirect))
 
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None,
                         **kwargs: Any) -> bytes:
@@ -128,7 +138,7 @@ class MkvFileSystem(AsyncFileSystem):
             return b""
         last = None if end is None else end - 1  # fsspec's end is exclusive, Range's inclusive
         try:
-            return b"".join([chunk async for chunk in self._stream(path, start, last)])
+            return await self._read(path, start, last)
         except Unavailable as e:
             if "416" in str(e):  # a range starting at or past the end
                 return b""

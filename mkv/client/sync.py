@@ -83,12 +83,13 @@ class Client:
         """The value, or its bytes `start`..`end` (inclusive)."""
         return b"".join(self.stream(key, start, end))
 
-    def stream(self, key: str | bytes, start: int = 0,
-               end: int | None = None) -> Iterator[bytes]:
+    def stream(self, key: str | bytes, start: int = 0, end: int | None = None,
+               redirect: httpx.Response | None = None) -> Iterator[bytes]:
         """The value in chunks, read from a replica; when that replica fails, the read goes
-        on where it stopped from the next replica `Key-Volumes` names."""
+        on where it stopped from the next replica `Key-Volumes` names. `redirect`: the
+        master's answer already in hand (AsyncClient.locate's)."""
         key = core.key_bytes(key)
-        read = core.ReplicaRead(key, start, end, self._ask("GET", key))
+        read = core.ReplicaRead(key, start, end, redirect or self._ask("GET", key))
         for request in read.requests():
             try:
                 with self.http.stream(request.method, request.url,
