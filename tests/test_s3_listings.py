@@ -44,7 +44,7 @@ def test_list_objects_v1_echoes_what_was_sent(s3master, s3, bucket):
     assert "EncodingType" not in plain
     encoded = listed(request(s3master.port, "GET", f"/{bucket}?{query}&encoding-type=url"))
     assert (encoded["Prefix"], encoded["Marker"], encoded["Delimiter"],
-            encoded["EncodingType"]) == ("a+b%2Bc", "a+b%2Bc%21", "/", "url")
+            encoded["EncodingType"]) == ("a%20b%2Bc", "a%20b%2Bc%21", "/", "url")
     # boto3 asks for encoding-type=url itself and decodes what it knows to decode
     page = s3.list_objects(Bucket=bucket, Prefix="a b", Marker="a", Delimiter="/")
     assert (page["Marker"], page["Delimiter"], page["CommonPrefixes"]) == \

@@ -3,7 +3,7 @@ the replicas."""
 
 import asyncio
 from collections.abc import Callable
-from urllib.parse import quote_plus
+from urllib.parse import quote
 
 from mkv.http.messages import Response
 from mkv.record import Record, State, successor
@@ -106,7 +106,7 @@ class Listings:
 
         def encode(value: bytes) -> str:
             text = value.decode("utf-8", "replace")
-            return quote_plus(text, safe="/") if url else text  # S3's form: a space is +
+            return quote(text, safe="/") if url else text  # as S3: a space is %20, + is %2B
 
         prefix = params.get("prefix", "").encode()
         delimiter = params.get("delimiter", "").encode()
