@@ -177,7 +177,7 @@ class Objects:
                           "partNumber query parameter")
         sizes: list[int] = (kept.multipart or {}).get("parts") or []
         if number > max(len(sizes), 1):
-            raise S3Error(416, "InvalidPartNumber", "The requested partnumber is not "
+            raise S3Error(400, "InvalidPartNumber", "The requested partnumber is not "
                           "satisfiable", PartNumberRequested=str(number),
                           ActualPartCount=str(max(len(sizes), 1)))
         if not sizes:
