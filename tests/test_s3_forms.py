@@ -97,6 +97,10 @@ def test_refused_forms_write_nothing(signed):
     assert code_of(post(expired, b"abc")) == ("AccessDenied", 403)
     unsigned = {"url": form["url"], "fields": {"key": "k"}}
     assert code_of(post(unsigned, b"abc")) == ("AccessDenied", 403)
+    # signed but for its signature (the S3 conformance suite's missing-signature case)
+    unsigned = {**form, "fields": {k: v for k, v in form["fields"].items()
+                                   if k != "x-amz-signature"}}
+    assert code_of(post(unsigned, b"abc")) == ("InvalidArgument", 400)
     assert nothing_at(signed, bucket)
     assert post(form, b"abc").status_code == 204  # the same form, as it was signed
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"abc"

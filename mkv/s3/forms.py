@@ -276,6 +276,11 @@ def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> None:
         expected = base64.b64encode(hmac.new(secret.encode(), policy.encode(),
                                              hashlib.sha1).digest()).decode()
         given = fields["signature"]
+    elif policy is not None or "awsaccesskeyid" in fields or "x-amz-credential" in fields:
+        # a form meant to be signed, its signature left out: malformed, as S3 answers it
+        raise S3Error(400, "InvalidArgument", "Bucket POST must contain a field named "
+                      "'x-amz-signature' (or 'Signature').  If it is specified, please check "
+                      "the order of the fields.", ArgumentName="x-amz-signature")
     else:
         raise S3Error(403, "AccessDenied", "Access Denied: this endpoint needs signed forms "
                       "(x-amz-signature or signature, with a policy)")
