@@ -101,6 +101,8 @@ class Supervisor:
             os.waitpid(pid, 0)
             return False
         self.owner = pid
+        if self.stopping:  # told to stop while this owner was starting
+            self._stop_owner_when_alone()
         return True
 
     def _stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
