@@ -160,7 +160,8 @@ def test_turning_domains_and_weights_on_moves_only_what_the_walk_places_elsewher
     print(f"a volume of weight 3 joins 3 of weight 1: {len(predicted)} of {KEYS} keys moved "
           f"({len(predicted) / KEYS:.1%}; the weights predict 80%); it is first for {first:.1%}"
           f" (predicted 50%)")
-    assert abs(len(predicted) / KEYS - 0.8) < 0.03 and abs(first - 0.5) < 0.04
+    # the ports in the volumes' names differ each run: binomial, σ ≈ 0.009 and 0.011 here
+    assert abs(len(predicted) / KEYS - 0.8) < 0.045 and abs(first - 0.5) < 0.055
     for key in keys[:300]:
         assert replicas_of(weighted, key)[1] == "balanced"
     read_all(weighted, keys)
