@@ -21,7 +21,7 @@ import hmac
 
 import atheris
 
-from fuzz.common import Broken, check, drive, run, tail
+from fuzz.common import Broken, check, drive, pieces, run, source, tail
 
 with atheris.instrument_imports(include=["mkv"]):
     from mkv.http.flow import ClientGone
@@ -68,23 +68,8 @@ def encode(chunks: list[bytes], trailers: list[tuple[bytes, bytes]], sign: bool
     return b"".join(out) + b"\r\n", trailers_at
 
 
-def pieces(body: bytes, cut: int) -> list[bytes]:
-    """The body as a transport might hand it over: pieces of 1 to 64 bytes, by `cut`."""
-    sizes = [1 + (cut * 7 + i * 13) % 64 for i in range(8)]
-    out, i = [], 0
-    while i < len(body):
-        out.append(body[i:i + sizes[len(out) % 8]])
-        i += len(out[-1])
-    return out
-
-
-async def _source(parts: list[bytes]):
-    for part in parts:
-        yield part
-
-
 async def _decode(parts: list[bytes], context: Signed | None, expect: bool) -> tuple:
-    chunked = AwsChunked(_source(parts), context, expect)
+    chunked = AwsChunked(source(parts), context, expect)
     try:
         payload = b"".join([piece async for piece in chunked])
     except ClientGone as e:  # BadPayload among them
@@ -95,7 +80,7 @@ async def _decode(parts: list[bytes], context: Signed | None, expect: bool) -> t
 def decode(body: bytes, cut: int, context: Signed | None, expect: bool) -> tuple:
     """The outcome, the same whether the body comes whole or in pieces."""
     whole = drive(_decode([body] if body else [], context, expect))
-    split = drive(_decode(pieces(body, cut), context, expect))
+    split = drive(_decode(pieces(body, cut, 7, 13, 64), context, expect))
     check(whole == split, f"whole: {whole[:3]!r}, in pieces: {split[:3]!r}")
     return whole
 

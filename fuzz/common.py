@@ -8,7 +8,7 @@ exception leaving TestOneInput: one the parser is not documented to raise, or `B
 """
 
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,23 @@ def tail(*choices: int) -> bytes:
     """The bytes that make a FuzzedDataProvider's ConsumeIntInRange(0, n ≤ 255) calls return
     `choices`, in order: it takes integers from the end of the data, one byte each."""
     return bytes(reversed(choices))
+
+
+def pieces(data: bytes, cut: int, spread: int, step: int, longest: int) -> list[bytes]:
+    """`data` as a transport might hand it over: in pieces of 1 to `longest` bytes, eight
+    sizes in turn, chosen by `cut` (each harness its own `spread` and `step`)."""
+    sizes = [1 + (cut * spread + i * step) % longest for i in range(8)]
+    out, i = [], 0
+    while i < len(data):
+        out.append(data[i:i + sizes[len(out) % 8]])
+        i += len(out[-1])
+    return out
+
+
+async def source(parts: list[bytes]) -> AsyncIterator[bytes]:
+    """The parts as a body's chunks."""
+    for part in parts:
+        yield part
 
 
 def drive(coro: Coroutine[Any, Any, Any]) -> Any:

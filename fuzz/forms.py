@@ -26,7 +26,7 @@ import json
 
 import atheris
 
-from fuzz.common import Broken, check, drive, run, tail
+from fuzz.common import Broken, check, drive, pieces, run, source, tail
 
 with atheris.instrument_imports(include=["mkv", "python_multipart"]):
     from mkv.s3.awschunked import BadPayload
@@ -48,25 +48,11 @@ SIGNATURE_FIELDS = {"policy", "x-amz-signature", "signature", "awsaccesskeyid",
 _TOKEN = b"abcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-def pieces(body: bytes, cut: int) -> list[bytes]:
-    sizes = [1 + (cut * 5 + i * 11) % 97 for i in range(8)]
-    out, i = [], 0
-    while i < len(body):
-        out.append(body[i:i + sizes[len(out) % 8]])
-        i += len(out[-1])
-    return out
-
-
-async def _source(parts: list[bytes]):
-    for part in parts:
-        yield part
-
-
 async def _read(parts: list[bytes], content_type: bytes, smallest: int,
                 largest: int | None) -> tuple:
     """The form as post_object reads it: the fields, then (had they passed) the file."""
     try:
-        form = Form(_source(parts), content_type)  # type: ignore[arg-type]
+        form = Form(source(parts), content_type)  # type: ignore[arg-type]
         await form.read_fields()
         fields = dict(form.fields)
         data = b"".join([block async for block in form.file(smallest, largest)])
@@ -78,7 +64,7 @@ async def _read(parts: list[bytes], content_type: bytes, smallest: int,
 def read(body: bytes, content_type: bytes, cut: int, smallest: int = 0,
          largest: int | None = None) -> tuple:
     whole = drive(_read([body] if body else [], content_type, smallest, largest))
-    split = drive(_read(pieces(body, cut), content_type, smallest, largest))
+    split = drive(_read(pieces(body, cut, 5, 11, 97), content_type, smallest, largest))
     # python-multipart skips a leading CR or LF up to the next "-" of the same piece only
     check(whole == split or body[:1] in (b"\r", b"\n"),
           f"whole: {whole!r:.300}, in pieces: {split!r:.300}")

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 import atheris
 
-from fuzz.common import check, run, tail
+from fuzz.common import check, pieces, run, tail
 
 with atheris.instrument_imports(include=["mkv"]):
     import httptools
@@ -158,17 +158,6 @@ class Handler:
         yield b"llo"
 
 
-def pieces(data: bytes, cut: int) -> list[bytes]:
-    if cut == 0:
-        return [data]
-    sizes = [1 + (cut * 7 + i * 29) % 128 for i in range(8)]
-    out, i = [], 0
-    while i < len(data):
-        out.append(data[i:i + sizes[len(out) % 8]])
-        i += len(out[-1])
-    return out
-
-
 def check_output(out: bytes, handler: Handler) -> list[int]:
     """The responses written, checked one by one; their statuses."""
     statuses, pos = [], 0
@@ -263,7 +252,7 @@ def TestOneInput(data: bytes) -> None:
     conn.raised = []
     conn.connection_made(transport)
     ERRORS.records.clear()
-    for piece in pieces(stream, cut):
+    for piece in [stream] if cut == 0 else pieces(stream, cut, 7, 29, 128):
         settle(LOOP)
         if transport.closed or transport.paused:
             break  # a transport delivers nothing once closed or paused
