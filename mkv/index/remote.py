@@ -25,6 +25,7 @@ from mkv.index.base import ANSWER_SECONDS, Answer, Failure, IndexUnavailable
 from mkv.index.owner import SOCKET_NAME, socket_path
 from mkv.index.wire import FrameError, Frames, frame
 from mkv.record import Record, State
+from mkv.tasks import settle
 
 log = logging.getLogger("mkv")
 
@@ -91,15 +92,7 @@ class RemoteIndex:
     def ask(self, request: tuple) -> Awaitable:
         """The answer to `request`, sent with this turn's frame."""
         future = asyncio.get_running_loop().create_future()
-
-        def settle(answer: object, error: Exception | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(answer)
-            else:
-                future.set_exception(error)
-        self.send(request, settle)
+        self.send(request, lambda answer, error: settle((future,), answer, error))
         return future
 
     def _flush(self) -> None:
