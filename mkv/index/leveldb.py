@@ -10,7 +10,7 @@ behind is empty. Opening replays a journal a crash left and does the same, so an
 after a crash also hands over a goleveldb-clean index.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import plyvel
 
@@ -49,9 +49,13 @@ class LevelDBIndex:
         self.changes += 1
 
     async def put_many(self, records: list[tuple[bytes, Record]]) -> None:
-        with self.db.write_batch() as batch:  # one journal write, not one per record
-            for key, record in records:
-                batch.put(key, record.encode())
+        self.put_many_now([(key, record.encode()) for key, record in records])
+
+    def put_many_now(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Encoded records written as one batch (one journal write, not one per record)."""
+        with self.db.write_batch() as batch:
+            for key, raw in records:
+                batch.put(key, raw)
         self.changes += 1
 
     async def delete(self, key: bytes) -> None:
@@ -61,10 +65,15 @@ class LevelDBIndex:
     async def items(self, prefix: bytes = b"",
                     start: bytes = b"") -> AsyncIterator[tuple[bytes, Record]]:
         """Records whose key starts with `prefix`, from `start` on, in byte order."""
+        for key, raw in self.raw_items(prefix, start):
+            yield key, Record.decode(raw)
+
+    def raw_items(self, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """`items`, the records encoded."""
         for key, raw in self.db.iterator(start=max(prefix, start)):
             if not key.startswith(prefix):
                 return
-            yield key, Record.decode(raw)
+            yield key, raw
 
     async def page(self, prefix: bytes, state: State, start: bytes,
                    limit: int) -> tuple[list[bytes], bytes | None]:
@@ -87,6 +96,9 @@ class LevelDBIndex:
         return {"engine": "leveldb", "bytes": self.db.approximate_size(NO_KEY, b"\xff")}
 
     async def count(self) -> int:
+        return self.count_now()
+
+    def count_now(self) -> int:
         return sum(1 for _ in self.db.iterator(include_value=False))
 
     async def clear(self) -> None:

@@ -21,6 +21,7 @@ flushed: what goleveldb reads of a journal being written is not promised.
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -180,24 +181,16 @@ class IndexOwner:
             self.locks.give_back(request[1], holder)
             return None
         if op == wire.PUT_MANY:
-            with db.write_batch() as batch:
-                for key, raw in request[1]:
-                    batch.put(key, raw)
-            self.index.changes += 1
+            self.index.put_many_now(request[1])
             return None
         if op == wire.ITEMS:
             _, prefix, start, limit = request
-            found = []
-            for key, raw in db.iterator(start=max(prefix, start)):
-                if not key.startswith(prefix) or len(found) == limit:
-                    break
-                found.append((key, raw))
-            return found
+            return list(itertools.islice(self.index.raw_items(prefix, start), limit))
         if op == wire.PAGE:
             _, prefix, state, start, limit = request
             return self.index.page_now(prefix, State[state], start, limit)
         if op == wire.COUNT:
-            return sum(1 for _ in db.iterator(include_value=False))
+            return self.index.count_now()
         if op == wire.CLEAR:
             self.index.clear_now()
             return None
