@@ -46,21 +46,15 @@ def key2ranking(key: bytes, volumes: list[str], subvolumes: int,
     pick the disk (`/svXX`, upper-case hex). A volume of weight N (SPEC §6) draws N scores,
     md5(key + volume), then md5(key + volume + "#1") … "#(N-1)", and is ranked by the largest.
     """
-    return [replica for _, replica in _ranked(key, volumes, subvolumes, weights)]
-
-
-def _ranked(key: bytes, volumes: list[str], subvolumes: int,
-            weights: Mapping[str, int] | None) -> list[tuple[str, str]]:
-    """(volume, replica) pairs, best first."""
     if weights:
         scored = [(_weighted_score(key, v, weights.get(v, 1)), v) for v in volumes]
     else:
         scored = [(hashlib.md5(key + v.encode()).digest(), v) for v in volumes]
     scored.sort(key=_score, reverse=True)  # stable, as Go's sort.Stable
     if subvolumes == 1:
-        return [(volume, volume) for _, volume in scored]
+        return [volume for _, volume in scored]
     suffix = _subvolume_names(subvolumes)
-    return [(volume, volume + suffix[int.from_bytes(score[12:16], "big") % subvolumes])
+    return [volume + suffix[int.from_bytes(score[12:16], "big") % subvolumes]
             for score, volume in scored]
 
 
@@ -83,7 +77,8 @@ def place(key: bytes, volumes: list[str], replicas: int, subvolumes: int,
     taken: list[str] = []
     skipped: list[str] = []
     used: set[str] = set()
-    for volume, replica in _ranked(key, volumes, subvolumes, weights):
+    for replica in key2ranking(key, volumes, subvolumes, weights):
+        volume = replica.partition("/")[0]  # a replica is the volume, or volume/svXX
         if volume in down:
             continue
         domain = domains.get(volume, volume)
