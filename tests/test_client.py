@@ -169,3 +169,13 @@ def test_the_core_decides_what_both_clients_ask_next():
     with pytest.raises(StopIteration):
         next(requests)
     assert "no replica gave the value" in str(read.unavailable())
+    assert read.unavailable().status == 0
+
+    def refused(*statuses: int) -> int:
+        """The status of a read every replica refused with `statuses`, in turn."""
+        past = core.ReplicaRead(b"/416", 10, None, redirect)
+        for _request, status in zip(past.requests(), statuses, strict=True):
+            assert not past.answered(status)
+        return past.unavailable().status
+    assert refused(416, 416) == 416  # the range starts past the value's end
+    assert refused(416, 404) == 0  # one replica lost it: no telling, whatever the key's name

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import files_of
 from fsspec.tests.abstract import AbstractFixtures, AbstractOpenTests, AbstractPipeTests
 
 from mkv.client.filesystem import MkvFileSystem
@@ -165,3 +166,15 @@ class TestFsspecConformance(AbstractFixtures, AbstractPipeTests, AbstractOpenTes
     @pytest.fixture
     def fs_path(self):
         return f"conformance-{uuid.uuid4().hex[:10]}"
+
+
+def test_a_range_past_the_end_is_empty_whatever_the_key_is_called(fs, root, cluster):
+    """The 416 of every replica is an empty read; a key (its name holding "416") whose
+    replicas are all gone is still an error, not an empty file."""
+    fs.pipe_file(f"{root}/416.bin", b"0123456789")
+    assert fs.cat_file(f"{root}/416.bin", start=10, end=20) == b""
+    assert fs.cat_file(f"{root}/416.bin", start=8) == b"89"
+    for replica in files_of(cluster.volumes, f"/{root}/416.bin".encode()):
+        replica.unlink()
+    with pytest.raises(FileNotFoundError):  # the replicas refuse, and then so does the master
+        fs.cat_file(f"{root}/416.bin", start=2)

@@ -112,6 +112,7 @@ class ReplicaRead:
                                  redirect.headers.get("key-volumes", ""), key)
         self.errors: list[str] = []
         self.url, self.wanted = "", 200  # the replica asked last, and the status that gives it
+        self.past_the_end = 0  # replicas that answered 416: the range starts past the value
 
     def requests(self) -> Iterator[Request]:
         for url in self.urls:
@@ -124,6 +125,7 @@ class ReplicaRead:
         """True: read the body; False: try the next replica."""
         if status != self.wanted:
             self.errors.append(f"{self.url}: {status}")
+            self.past_the_end += status == 416
         return status == self.wanted
 
     def got(self, chunk: bytes) -> bytes:
@@ -135,7 +137,8 @@ class ReplicaRead:
 
     def unavailable(self) -> Unavailable:
         return Unavailable(f"GET {self.key.decode(errors='replace')}: "
-                           "no replica gave the value: " + "; ".join(self.errors))
+                           "no replica gave the value: " + "; ".join(self.errors),
+                           416 if self.past_the_end == len(self.urls) else 0)
 
 
 def key_bytes(key: str | bytes) -> bytes:

@@ -140,7 +140,7 @@ class MkvFileSystem(AsyncFileSystem):
         try:
             return await self._read(path, start, last)
         except Unavailable as e:
-            if "416" in str(e):  # a range starting at or past the end
+            if e.status == 416:  # every replica: the range starts at or past the end
                 return b""
             raise
 
