@@ -16,7 +16,7 @@ from mkv.index import LevelDBIndex, open_index
 from mkv.index.base import IndexUnavailable
 from mkv.index.owner import SOCKET_NAME, IndexOwner, socket_path
 from mkv.index.remote import RemoteIndex
-from mkv.index.wire import GET, MAX_FRAME, FrameError, Frames, frame
+from mkv.index.wire import GET, LOCK, MAX_FRAME, PUT, FrameError, Frames, frame
 from mkv.record import Record, State
 
 LIVE = Record(("127.0.0.1:1",), State.LIVE, "0" * 32)
@@ -188,7 +188,18 @@ def test_a_peer_sending_garbage_is_dropped_and_the_owner_serves_on(tmp_path: Pat
             writer.write(garbage)
             assert await asyncio.wait_for(reader.read(), 10) == b""  # dropped
             writer.close()
+        # a peer that hangs up at any byte of a frame writing a record and taking a lock:
+        # nothing of it happens, and the lock is free
+        whole = frame([(LOCK, b"/cut"), (PUT, b"/cut", LIVE.encode())])
+        for cut in range(1, len(whole)):
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(whole[:cut])
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
         index = RemoteIndex(path)
+        assert await index.locks.acquire(b"/cut")
+        assert await local.get(b"/cut") is None
         await index.put(b"/k", LIVE)
         assert await index.get(b"/k") == LIVE
         for closing in (index, owner, local):
