@@ -814,6 +814,20 @@ def test_shutdown_grace_is_bounded(server: Served) -> None:
     assert c.closed_within(1)
 
 
+def test_shutdown_waits_for_a_handler_whose_client_hung_up(server: Served) -> None:
+    """A client that sent a whole request and left: its handler still runs (a PUT's write goes
+    on), and the shutdown waits for it, as the master closes the index right after."""
+    c = Raw(server.port)
+    c.send(put("/left?sleep=0.5", b"payload"))
+    deadline = time.monotonic() + 5
+    while b"/left" not in server.app.seen:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    c.close()
+    server.call(server.server.shutdown(5.0))
+    assert server.app.finished == 1
+
+
 # --- protocol upgrades ---
 
 

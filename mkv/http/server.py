@@ -18,7 +18,7 @@ import email.utils
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 
 import httptools
 
@@ -76,6 +76,9 @@ class HTTPConnection(FlowControlled):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_heard = self.loop.time()
+        if self.server.closing:  # accepted just before the listener closed: too late to serve
+            transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -213,7 +216,7 @@ class HTTPConnection(FlowControlled):
             result.then(self._deliver)
         else:
             self._active = request
-            self.task = self.loop.create_task(self._run(request, result))
+            self.task = self.server.run(self._run(request, result))
 
     async def _run(self, request: Request, pending: Awaitable[Response]) -> None:
         try:
@@ -251,7 +254,7 @@ class HTTPConnection(FlowControlled):
         if isinstance(response.body, bytes):
             self._respond(request, response)
         else:
-            self.task = self.loop.create_task(self._run(request, _ready(response)))
+            self.task = self.server.run(self._run(request, _ready(response)))
 
     def _head(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         date = self.server.date
@@ -411,6 +414,9 @@ class HTTPServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.connections: set[HTTPConnection] = set()
+        # every handler running, its client there or gone: shutdown waits for them all, so
+        # none outlives the store it uses
+        self.handlers: set[asyncio.Task] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -424,6 +430,13 @@ class HTTPServer:
                           exc_info=error)
             answer = INTERNAL_ERROR
         return answer
+
+    def run(self, handling: Coroutine[None, None, None]) -> asyncio.Task:
+        """Run a connection's handler as a task the shutdown knows of."""
+        task = self.loop.create_task(handling)
+        self.handlers.add(task)
+        task.add_done_callback(self.handlers.discard)
+        return task
 
     async def start(self, host: str | None, port: int, reuse_port: bool = False) -> None:
         """Listen; `reuse_port` lets several processes listen on the port (SO_REUSEPORT), the
@@ -457,11 +470,12 @@ class HTTPServer:
             if not conn.busy:
                 conn.close()
         deadline = self.loop.time() + grace
-        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+        while (self.handlers or any(c.busy for c in self.connections)) \
+                and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         # handlers still running are cancelled (a write in flight is undone by the store) and
         # awaited, so none outlives the store they use
-        running = [c.task for c in self.connections if c.task is not None]
+        running = list(self.handlers)
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
