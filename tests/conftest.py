@@ -29,6 +29,7 @@ from cluster import Process, Volume, free_port, start_master, start_volume, wait
 from pgserver import PostgresServer, running_postgres
 
 from bench.gomkv import go_build
+from mkv.s3.parts import PARTS
 from mkv.volumes.nginx import find_nginx
 
 # --- the contract, written out independently of mkv/ so the tests pin it ---
@@ -159,6 +160,16 @@ def data_files(vol: Volume) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(vol.dir):
         dirnames[:] = [d for d in dirnames if d != ".mkv"]
         found += [Path(dirpath) / name for name in filenames]
+    return found
+
+
+def part_files(volumes: list[Volume], upload_id: str | None = None) -> list[Path]:
+    """The files under every volume's `s3-parts/` (any subvolume), of one upload if given."""
+    found = []
+    for vol in volumes:
+        for parts in [vol.dir / PARTS, *vol.dir.glob(f"sv*/{PARTS}")]:
+            base = parts / upload_id if upload_id else parts
+            found += [p for p in base.rglob("*") if p.is_file()]
     return found
 
 

@@ -33,6 +33,7 @@ as many, MKV_ADVERSARY_SURVEY=1 records every finding instead of stopping at the
 
 import base64
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -58,6 +59,8 @@ from conftest import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rawhttp import Raw
+
+from mkv.s3.parts import PARTS
 
 KNOWN = (f"/known-{secrets.token_hex(4)}".encode(),  # a name no generator draws
          b"known value, read byte-exact after every example\n" * 3)
@@ -141,10 +144,22 @@ class Rig:
         listed = {}
         for what in ("list", "unlinked", "writing"):
             listed[what] = frozenset(m.listing("/", what)["keys"])
-        files = {(vol.port, str(p.relative_to(vol.dir))): md5_file(p)
-                 for vol in m.volumes for p in data_files(vol)}
+        files, parts = {}, {}
+        for vol in m.volumes:
+            for p in data_files(vol):
+                rel = str(p.relative_to(vol.dir))
+                if f"{PARTS}/" in rel:  # multipart parts' bytes: the S3 state's
+                    parts[f"{vol.port}:{rel}"] = md5_file(p)
+                else:
+                    files[(vol.port, rel)] = md5_file(p)
         root = Path(f"{m.db}.s3")
         spool = {str(p.relative_to(root)): md5_file(p) for p in root.rglob("*") if p.is_file()}
+        named = " ".join(json.loads(p.read_bytes())["location"]
+                         for p in root.glob("uploads/*/*.part"))
+        for place in parts:  # each part's file is one a record of the spool names
+            port, rel = place.split(":", 1)
+            assert f":{port}/{rel}" in named, f"a part's file no record names: {place}"
+        spool.update(parts)
         return Holding(listed["list"], listed["unlinked"], listed["writing"], files, spool)
 
     def busy(self, name: str) -> int:
@@ -464,8 +479,7 @@ def test_index_and_volumes_agree_after_the_adversary(rig: Rig) -> None:
     """With the masters stopped, their LevelDB indexes read directly: no record writing, every
     volume file at a replica its key's record names, every live replica present with its md5."""
     for name, m in rig.masters.items():
-        files = {(vol.port, str(p.relative_to(vol.dir))): md5_file(p)
-                 for vol in m.volumes for p in data_files(vol)}
+        files = rig.holding(name).files  # keys' files; parts', each named by the spool, apart
         assert m.stop() == 0
         records = {key: parse_record(value) for key, value in read_records(m.db).items()}
         claimed = set()

@@ -15,7 +15,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
-from conftest import client, error_of, fetch, finish_put, md5hex, open_put, request
+from conftest import (
+    client,
+    error_of,
+    fetch,
+    finish_put,
+    md5hex,
+    open_put,
+    part_files,
+    request,
+)
+
+from mkv.s3.parts import PARTS
 
 MiB = 1024 * 1024
 
@@ -373,12 +384,17 @@ def test_multipart_errors(s3, bucket):
 
 
 def test_abort_removes_parts(s3master, s3, bucket):
+    """Parts' bytes are on the volumes (-replicas copies), the spool keeps their records;
+    an abort removes both."""
     upload_id, _ = upload_parts(s3, bucket, "aborted", [b"one", b"two"])
     spool = Path(f"{s3master.db}.s3") / "uploads" / upload_id
-    assert sorted(p.name.split(".")[0] for p in spool.iterdir() if p.name[0].isdigit()) == \
-        ["1", "2"]
+    assert sorted(p.name for p in spool.iterdir() if p.name[0].isdigit()) == \
+        ["1.part", "2.part"]
+    on_volumes = part_files(s3master.volumes, upload_id)
+    assert sorted(p.read_bytes() for p in on_volumes) == [b"one"] * 3 + [b"two"] * 3
     s3.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=upload_id)
     assert not spool.exists()
+    assert part_files(s3master.volumes, upload_id) == []
     assert error_of(s3.abort_multipart_upload, Bucket=bucket, Key="aborted",
                     UploadId=upload_id) == ("NoSuchUpload", 404)
     assert error_of(s3.get_object, Bucket=bucket, Key="aborted")[0] == "NoSuchKey"
@@ -424,15 +440,23 @@ def test_multipart_survives_a_restart(make_master):
 
 
 def test_stale_uploads_are_cleaned(make_master, tmp_path):
+    """An upload idle past -s3_upload_ttl goes with its parts' files, and so does a directory
+    of parts no upload knows (a master stopped between a part's files and its record)."""
     spool = tmp_path / "spool"
     master = make_master("-s3_upload_ttl", "1s", "-s3_spool", str(spool))
     s3 = client(master.port)
     upload_id, _ = upload_parts(s3, "ttl", "k", [b"part"])
     assert (spool / "uploads" / upload_id).is_dir()
+    assert len(part_files(master.volumes, upload_id)) == 3
+    stray = master.volumes[0].dir / PARTS / ("0" * 32)
+    stray.mkdir(parents=True)
+    (stray / "1.0123456789abcdef").write_bytes(b"left behind")
     deadline = time.monotonic() + 10
-    while (spool / "uploads" / upload_id).exists() and time.monotonic() < deadline:
+    while ((spool / "uploads" / upload_id).exists() or part_files(master.volumes, upload_id)
+           or stray.exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not (spool / "uploads" / upload_id).exists()
+    assert part_files(master.volumes, upload_id) == [] and not stray.exists()
     assert error_of(s3.list_parts, Bucket="ttl", Key="k", UploadId=upload_id)[0] == \
         "NoSuchUpload"
 

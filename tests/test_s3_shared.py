@@ -1,7 +1,8 @@
 """Several masters over one PostgreSQL index share the S3 state (mkv/s3/pgstate.py): uploads
 and their parts (bytes on the volumes), buckets, ETags, metadata and tags. Real masters, nginx
-volumes and a throwaway PostgreSQL; then the state itself against that PostgreSQL: a part sent
-again, an abort racing part writes, two sweepers; and the walks passing over `s3-parts/`.
+volumes and a throwaway PostgreSQL; then the state itself, that PostgreSQL's and the spool's
+beside LevelDB (mkv/s3/spool.py, whose parts are on the volumes too): a part sent again, an
+abort racing part writes, two sweepers; and the walks passing over `s3-parts/`.
 
 The figures each test measures are printed (`pytest -s` shows them).
 """
@@ -18,14 +19,13 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import test_s3
 import test_s3_metadata
 from boto3.s3.transfer import TransferConfig
 from cluster import Volume, mkv_command
-from conftest import client, error_of, md5hex, read_records, request
+from conftest import client, error_of, md5hex, part_files, read_records, request
 from test_postgres import pg_master  # noqa: F401  (a fixture: a master over PostgreSQL)
 
 from bench.gomkv import peer_source
@@ -33,7 +33,8 @@ from mkv.config import Config
 from mkv.index import open_index
 from mkv.s3.parts import PARTS, PartFiles
 from mkv.s3.pgstate import PostgresState
-from mkv.s3.state import UploadGone
+from mkv.s3.spool import Spool
+from mkv.s3.state import METADATA, UploadBusy, UploadGone
 from mkv.store import Store
 from mkv.volumes.replicas import Volumes
 
@@ -89,16 +90,6 @@ class RoundRobin:
 
     def close(self) -> None:
         self.listener.close()
-
-
-def part_files(volumes: list[Volume], upload_id: str | None = None) -> list[Path]:
-    """The files under every volume's `s3-parts/` (any subvolume), of one upload if given."""
-    found = []
-    for vol in volumes:
-        for parts in [vol.dir / PARTS, *vol.dir.glob(f"sv*/{PARTS}")]:
-            base = parts / upload_id if upload_id else parts
-            found += [p for p in base.rglob("*") if p.is_file()]
-    return found
 
 
 @pytest.fixture
@@ -262,26 +253,54 @@ def test_go_mkv_rebuild_passes_over_parts(make_volumes, go_programs, tmp_path):
     assert read_records(tmp_path / "go.db") == {}
 
 
-# --- the state itself, against the tests' PostgreSQL ---
+# --- the state itself: over the tests' PostgreSQL, and the spool beside a LevelDB index ---
+
+ENGINES = pytest.mark.parametrize("engine", ["postgres", "spool"])
 
 
-def _run(pg_url: str, vols: list[Volume], work, masters: int = 1) -> object:
-    config = Config(db=pg_url, volumes=tuple(v.addr for v in vols), replicas=2, subvolumes=4)
+@pytest.fixture
+def state_of(request, tmp_path):
+    """`run(vols, work, masters=1)`: `work` given `masters` states of the engine on one
+    database or directory (several spools on one directory are a master's -workers), their
+    parts on `vols`; what it returns."""
+    engine = request.node.callspec.params["engine"]
+    db = request.getfixturevalue("pg_url") if engine == "postgres" else str(tmp_path / "db")
 
-    async def run() -> object:
-        index = await open_index(pg_url)
-        volumes = Volumes.for_config(config)
-        states = [PostgresState(pg_url, PartFiles(Store(config, index, volumes)))
-                  for _ in range(masters)]
-        try:
-            return await work(*states)
-        finally:
-            for state in states:
-                await state.close()
-            await volumes.close()
-            await index.close()
+    def run(vols: list[Volume], work, masters: int = 1) -> object:
+        config = Config(db=db, volumes=tuple(v.addr for v in vols), replicas=2, subvolumes=4)
 
-    return asyncio.run(run())
+        async def go() -> object:
+            index = await open_index(db)
+            volumes = Volumes.for_config(config)
+            files = PartFiles(Store(config, index, volumes))
+            states = [PostgresState(db, files) if engine == "postgres" else
+                      Spool(tmp_path / "spool", files, shared=masters > 1)
+                      for _ in range(masters)]
+            try:
+                return await work(*states)
+            finally:
+                for state in states:
+                    await state.close()
+                await volumes.close()
+                await index.close()
+
+        return asyncio.run(go())
+    return run
+
+
+async def _make_stale(state: PostgresState | Spool, upload_ids: list[str], age: float) -> None:
+    """The uploads' last activity `age` seconds ago."""
+    if isinstance(state, PostgresState):
+        await state._execute("UPDATE mkv_s3_uploads SET initiated = initiated - $2 "
+                             "WHERE id = ANY($1)", upload_ids, age)
+        await state._execute("UPDATE mkv_s3_parts SET modified = modified - $2 "
+                             "WHERE upload_id = ANY($1)", upload_ids, age)
+        return
+    then = time.time() - age
+    for upload_id in upload_ids:
+        upload = state.uploads_dir / upload_id
+        for path in [*upload.iterdir(), upload]:
+            os.utime(path, (then, then))
 
 
 async def _chunks(*blocks: bytes, pause: float = 0.0):
@@ -290,10 +309,11 @@ async def _chunks(*blocks: bytes, pause: float = 0.0):
         yield block
 
 
-def test_a_part_sent_again_replaces_the_first_and_its_files(pg_url, make_volumes):
+@ENGINES
+def test_a_part_sent_again_replaces_the_first_and_its_files(engine, state_of, make_volumes):
     vols = make_volumes(3)
 
-    async def work(state: PostgresState) -> None:
+    async def work(state: PostgresState | Spool) -> None:
         upload = await state.create(b"/b/k", {})
         first = await state.write_part(upload.id, 1, _chunks(b"first"), 5)
         assert len(part_files(vols, upload.id)) == 2  # -replicas 2
@@ -301,16 +321,20 @@ def test_a_part_sent_again_replaces_the_first_and_its_files(pg_url, make_volumes
         assert [p.read_bytes() for p in part_files(vols, upload.id)] == [b"second"] * 2
         parts = await state.parts(upload.id)
         assert list(parts) == [1] and parts[1].md5 == md5hex(b"second") != first.md5
+        assert parts[1].size == 6
         assert b"".join([c async for c in state.read([second])]) == b"second"
         assert await state.remove(upload.id) and part_files(vols, upload.id) == []
+        assert await state.parts(upload.id) == {}
 
-    _run(pg_url, vols, work)
+    state_of(vols, work)
 
 
-def test_an_abort_racing_part_writes_leaves_no_row_and_no_file(pg_url, make_volumes):
+@ENGINES
+def test_an_abort_racing_part_writes_leaves_no_record_and_no_file(engine, state_of,
+                                                                  make_volumes):
     vols = make_volumes(3)
 
-    async def work(state: PostgresState) -> list[str]:
+    async def work(state: PostgresState | Spool) -> list[str]:
         outcomes = []
         for _ in range(12):
             upload = await state.create(b"/b/race", {})
@@ -334,36 +358,71 @@ def test_an_abort_racing_part_writes_leaves_no_row_and_no_file(pg_url, make_volu
             assert part_files(vols, upload.id) == [], upload.id
         return outcomes
 
-    outcomes = _run(pg_url, vols, work)
-    print(f"\n48 part writes racing 12 aborts: {outcomes.count('written')} written before "
-          f"the abort, {outcomes.count('gone')} refused as NoSuchUpload")
+    outcomes = state_of(vols, work)
+    print(f"\n{engine}: 48 part writes racing 12 aborts: {outcomes.count('written')} written "
+          f"before the abort, {outcomes.count('gone')} refused as NoSuchUpload")
     assert "gone" in outcomes
 
 
-def test_two_sweepers_remove_each_stale_upload_once(pg_url, make_volumes):
+@ENGINES
+def test_two_sweepers_remove_each_stale_upload_once(engine, state_of, make_volumes):
     vols = make_volumes(3)
 
-    async def work(one: PostgresState, other: PostgresState) -> tuple[list[str], list[str]]:
+    async def work(one: PostgresState | Spool,
+                   other: PostgresState | Spool) -> tuple[list[str], list[str]]:
         ids = []
         for n in range(6):
             upload = await one.create(f"/b/stale{n}".encode(), {})
             await one.write_part(upload.id, 1, _chunks(b"part"), 4)
             ids.append(upload.id)
         fresh = await one.create(b"/b/fresh", {})
-        await one._execute("UPDATE mkv_s3_uploads SET initiated = initiated - 100 "
-                           "WHERE id = ANY($1)", ids)
-        await one._execute("UPDATE mkv_s3_parts SET modified = modified - 100 "
-                           "WHERE upload_id = ANY($1)", ids)
+        await one.write_part(fresh.id, 1, _chunks(b"fresh part"), None)
+        await _make_stale(one, ids, 100)
         now = time.time()
         swept = await asyncio.gather(one.sweep(50, now), other.sweep(50, now))
         assert sorted(swept[0] + swept[1]) == sorted(ids)
         assert await one.get(fresh.id) is not None
         assert all(part_files(vols, i) == [] for i in ids)
+        assert len(part_files(vols, fresh.id)) == 2
         return swept
 
-    swept = _run(pg_url, vols, work, masters=2)
-    print(f"\ntwo sweepers at once: {len(swept[0])} and {len(swept[1])} of 6 stale uploads")
+    swept = state_of(vols, work, masters=2)
+    print(f"\n{engine}: two sweepers at once: {len(swept[0])} and {len(swept[1])} of 6 stale "
+          "uploads")
     assert not set(swept[0]) & set(swept[1])
+
+
+@pytest.mark.parametrize("engine", ["spool"])
+def test_a_spool_shared_by_workers_agrees_across_its_users(engine, state_of, make_volumes):
+    """Two Spools on one directory, as two -workers of a master over LevelDB have: what one
+    keeps the other reads, and a Complete one holds is busy for the other."""
+    vols = make_volumes(2)
+
+    async def work(one: Spool, other: Spool) -> None:
+        assert (await other.kept(b"/b/k", "0" * 32)).metadata is None  # known as absent
+        await one.keep(METADATA, b"/b/k", "0" * 32, {"headers": [["x-amz-meta-a", "1"]]})
+        assert (await other.kept(b"/b/k", "0" * 32)).metadata["headers"] == [["x-amz-meta-a",
+                                                                              "1"]]
+        other.forget(b"/b/k")
+        assert (await one.kept(b"/b/k", "0" * 32)).metadata is None
+        upload = await one.create(b"/b/k", {})
+        await one.write_part(upload.id, 2, _chunks(b"two"), 3)
+        async with one.completing(upload.id):
+            with pytest.raises(UploadBusy):
+                async with other.completing(upload.id):
+                    pass
+            with pytest.raises(UploadBusy):
+                await other.remove(upload.id)
+            with pytest.raises(UploadGone):
+                await other.write_part(upload.id, 1, _chunks(b"x"), 1)
+        assert list(await one.parts(upload.id)) == [2]  # the refused part left no record
+        assert len(part_files(vols, upload.id)) == 2  # nor files: part 2's two copies
+        await other.write_part(upload.id, 1, _chunks(b"x"), 1)  # let go: parts come again
+        assert sorted(await one.parts(upload.id)) == [1, 2]
+        assert await other.remove(upload.id)
+        assert part_files(vols, upload.id) == []
+
+    state_of(vols, work, masters=2)
 
 
 # --- the S3 tests' core scenarios, on a master over PostgreSQL ---

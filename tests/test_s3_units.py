@@ -412,35 +412,3 @@ def test_a_size_condition_of_other_digits_is_refused(size):
         _conditions_in_xml({"Size": size})
     assert conditions_of(request(b"DELETE", b"/b/k", headers={
         b"x-amz-if-match-size": b" 0007 "})).size == 7
-
-
-def test_a_spool_shared_by_workers_agrees_across_its_users(tmp_path):
-    """Two Spools on one directory, as two -workers of a master over LevelDB have: what one
-    keeps the other reads, and a Complete one holds is busy for the other."""
-    from mkv.s3.spool import Spool
-    from mkv.s3.state import METADATA, UploadBusy, UploadGone
-
-    async def check() -> None:
-        one, other = Spool(tmp_path, shared=True), Spool(tmp_path, shared=True)
-        assert (await other.kept(b"/b/k", "0" * 32)).metadata is None  # known as absent
-        await one.keep(METADATA, b"/b/k", "0" * 32, {"headers": [["x-amz-meta-a", "1"]]})
-        assert (await other.kept(b"/b/k", "0" * 32)).metadata["headers"] == [["x-amz-meta-a",
-                                                                              "1"]]
-        other.forget(b"/b/k")
-        assert (await one.kept(b"/b/k", "0" * 32)).metadata is None
-        upload = await one.create(b"/b/k", {})
-
-        async def part():
-            yield b"x"
-        async with one.completing(upload.id):
-            with pytest.raises(UploadBusy):
-                async with other.completing(upload.id):
-                    pass
-            with pytest.raises(UploadBusy):
-                await other.remove(upload.id)
-            with pytest.raises(UploadGone):
-                await other.write_part(upload.id, 1, part(), 1)
-        await other.write_part(upload.id, 1, part(), 1)  # let go: parts come again
-        assert await other.remove(upload.id)
-
-    asyncio.run(check())

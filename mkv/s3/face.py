@@ -36,6 +36,7 @@ from mkv.s3.listings import Listings
 from mkv.s3.multipart import Uploads
 from mkv.s3.objects import Objects
 from mkv.s3.operations import operation
+from mkv.s3.parts import PartFiles
 from mkv.s3.request import is_form, is_s3, params_of
 from mkv.s3.sigv4 import SHA256_HEX, AuthError, Signed, is_v2, verify, verify_v2
 from mkv.s3.spool import Spool
@@ -87,12 +88,11 @@ def open_state(store: Store) -> S3State:
     connections opened on first use), else the spool directory (`-s3_spool`, by default
     `<db>.s3`)."""
     if is_postgres_url(store.config.db):
-        from mkv.s3.parts import PartFiles
         from mkv.s3.pgstate import PostgresState  # asyncpg only loaded when used
 
         return PostgresState(store.config.db, PartFiles(store))
     return Spool(Path(store.config.s3_spool or f"{store.config.db.rstrip('/')}.s3"),
-                 shared=store.config.workers > 1)
+                 PartFiles(store), shared=store.config.workers > 1)
 
 
 class Call(NamedTuple):

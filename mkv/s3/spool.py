@@ -1,17 +1,20 @@
 """The S3 spool: the S3 state (mkv/s3/state.py) on the master's disk beside a LevelDB index,
-as plain files that outlive a restart. Multipart uploads in progress with their parts, buckets
-made by CreateBucket, the `md5-of-md5s-N` ETags of objects that a multipart upload completed
-(the index record keeps the md5 of the whole value, as for any other key), and objects'
-metadata and tags.
+as small files that outlive a restart. Multipart uploads in progress with the records of their
+parts, buckets made by CreateBucket, the `md5-of-md5s-N` ETags of objects that a multipart
+upload completed (the index record keeps the md5 of the whole value, as for any other key), and
+objects' metadata and tags.
 
-Nothing here is in the index or on the volumes, so Go mkv's rebuild and rebalance (which walk
-every LevelDB key and every volume file) never meet it. A key's ETag and metadata hold while
-its value has the md5 they were saved with: a value written since by anything else (Go mkv,
-or mkv's native face, which also drops them through the store) does not inherit them.
+Parts' bytes are on the volumes (mkv/s3/parts.py, which the spool is given), as the PostgreSQL
+state keeps them: the master's disk holds records of a few hundred bytes, and a Complete
+streams the value volume → master → volumes. Nothing here is in the index, and no part is
+where a key's file is, so Go mkv's rebuild and rebalance (which walk every LevelDB key and
+every volume's key directories) never meet them. A key's ETag and metadata hold while its
+value has the md5 they were saved with: a value written since by anything else (Go mkv, or
+mkv's native face, which also drops them through the store) does not inherit them.
 
     ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ..., "metadata": ...}
-    ROOT/uploads/<upload id>/<n>.<md5>     part n, named by its md5 so data and ETag land as one
-    ROOT/uploads/<upload id>/.tmp-*        a part being received
+    ROOT/uploads/<upload id>/<n>.part      {"md5": ..., "size": ..., "location": ...}: part
+                                           n, where its bytes are (PartFile.location)
     ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date
     ROOT/completed/<upload id>             {"key": ..., "etag": ...}: a repeated Complete
     ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N",
@@ -19,7 +22,6 @@ or mkv's native face, which also drops them through the store) does not inherit 
     ROOT/metadata/<sha1 of key>            {"md5": ..., "headers": [[name, value]], "tags": [...]}
 """
 
-import asyncio
 import fcntl
 import hashlib
 import json
@@ -33,11 +35,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from mkv.s3.parts import PartFiles, located
 from mkv.s3.state import ETAG, Kept, Part, Upload, UploadBusy, UploadGone
 
-READ_SIZE = 1 << 20  # bytes read from a part file at a time when completing an upload
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-_PART_FILE = re.compile(r"^(\d+)\.([0-9a-f]{32})$")
+_SWEPT = ".swept-"  # an upload's directory a sweep claimed, by renaming it
+_PART_RECORD = re.compile(r"^(\d+)\.part$")
 
 
 class PerKey:
@@ -90,8 +93,9 @@ class Spool:
     """The S3 state in a directory: one master's, shared by its -workers (`shared`). A
     Complete holds its upload's directory locked (flock), which parts and aborts check."""
 
-    def __init__(self, root: Path, shared: bool = False) -> None:
+    def __init__(self, root: Path, files: PartFiles, shared: bool = False) -> None:
         self.root = root
+        self.files = files
         self.uploads_dir = root / "uploads"
         self.buckets_dir = root / "buckets"
         self.completed_dir = root / "completed"
@@ -137,42 +141,73 @@ class Spool:
         found: dict[int, Part] = {}
         if path is None:
             return found
-        with os.scandir(path) as entries:
-            for entry in entries:
-                m = _PART_FILE.match(entry.name)
-                if m:
-                    st = entry.stat()
-                    found[int(m.group(1))] = Part(int(m.group(1)), m.group(2), st.st_size,
-                                                  st.st_mtime, entry.path)
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            m = _PART_RECORD.match(entry.name)
+            if m:
+                try:
+                    record = json.loads(Path(entry.path).read_bytes())
+                    modified = entry.stat().st_mtime
+                except (OSError, ValueError):
+                    continue  # replaced or removed meanwhile
+                number = int(m.group(1))
+                found[number] = Part(number, record["md5"], record["size"], modified,
+                                     record["location"])
         return found
 
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
                          length: int | None) -> Part:
-        """Receive a part into a temp file, then rename it into place with its md5 in the
-        name; a part sent again replaces the earlier one. The caller serialises writes of
-        one part number."""
+        """Stream the part to the volumes, then its record (replacing an earlier one, whose
+        files then go). The caller serialises writes of one part number within this process;
+        between -workers, the record's replacement is under a lock of its own."""
         path = self._upload_dir(upload_id)
         if path is None or not path.is_dir() or _completing(path):
             raise UploadGone(upload_id)
-        tmp = path / f".tmp-{number}-{secrets.token_hex(4)}"
-        digest = hashlib.md5()
-        size = 0
+        written = await self.files.write(upload_id, number, chunks, length)
+        part = Part(number, written.md5, written.size, time.time(), written.location)
         try:
-            with open(tmp, "wb") as f:
-                async for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    f.write(chunk)
-            final = path / f"{number}.{digest.hexdigest()}"
-            os.replace(tmp, final)
+            old = self._record_part(path, upload_id, part)
+        except BaseException:
+            await self.files.delete(written.replicas, written.path)
+            raise
+        if old is not None:
+            for replica, file in located(old):
+                await self.files.delete([replica], file)
+        return part
+
+    @staticmethod
+    def _record_part(path: Path, upload_id: str, part: Part) -> str | None:
+        """Write the part's record unless a Complete holds the upload or it went; the location
+        of the part it replaced, if any. No await within: a process's writers of one part
+        take their turns on the loop, other processes on the record's lock."""
+        try:
+            held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise UploadGone(upload_id) from None
+        try:
+            try:  # shared: parts go on together; a Complete's exclusive hold keeps them out
+                fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadGone(upload_id) from None
+            record = path / f"{part.number}.part"
+            with open(path / f".lock-{part.number}", "ab") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    old = json.loads(record.read_bytes())["location"]
+                except (OSError, ValueError, KeyError):
+                    old = None
+                _write_atomic(record, json.dumps({"md5": part.md5, "size": part.size,
+                                                  "location": part.location}).encode())
+            if not (path / "upload.json").exists():  # aborted or swept meanwhile
+                raise UploadGone(upload_id)
+            return old
         except FileNotFoundError:
             raise UploadGone(upload_id) from None
         finally:
-            tmp.unlink(missing_ok=True)
-        for other in path.glob(f"{number}.*"):
-            if other != final:
-                other.unlink(missing_ok=True)
-        return Part(number, digest.hexdigest(), size, time.time(), str(final))
+            os.close(held)
 
     @asynccontextmanager
     async def completing(self, upload_id: str) -> AsyncIterator["SpoolCompletion"]:
@@ -188,16 +223,22 @@ class Spool:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UploadBusy(upload_id) from None
-            yield SpoolCompletion(self, upload_id)
+            completion = SpoolCompletion(self, upload_id)
+            yield completion
         finally:
             os.close(held)  # and the lock with it
+        await self._remove_files(upload_id, completion.replicas)
 
     async def remove(self, upload_id: str) -> bool:
         """Drop an upload and its parts (abort); False if unknown."""
         path = self._upload_dir(upload_id)
         if path is not None and _completing(path):
             raise UploadBusy(upload_id)
-        return self._remove(upload_id)
+        replicas = self._replicas_of(upload_id)
+        if not self._remove(upload_id):
+            return False
+        await self._remove_files(upload_id, replicas)
+        return True
 
     def _remove(self, upload_id: str) -> bool:
         path = self._upload_dir(upload_id)
@@ -206,13 +247,35 @@ class Spool:
         shutil.rmtree(path, ignore_errors=True)
         return True
 
-    def finish(self, upload_id: str, key: bytes, etag: str) -> None:
+    def _replicas_of(self, upload_id: str) -> set[str]:
+        """The replicas any recorded part of the upload is on."""
+        path = self._upload_dir(upload_id)
+        return set() if path is None else self._replicas_in(path)
+
+    @staticmethod
+    def _replicas_in(path: Path) -> set[str]:
+        replicas: set[str] = set()
+        for record in path.glob("*.part"):
+            try:
+                replicas.update(r for r, _ in located(json.loads(record.read_bytes())[
+                    "location"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return replicas
+
+    async def _remove_files(self, upload_id: str, replicas: set[str]) -> None:
+        if replicas:
+            await self.files.remove_upload(upload_id, replicas)
+
+    def finish(self, upload_id: str, key: bytes, etag: str) -> set[str]:
         """Remember the upload as completed into `key` (a repeated Complete answers the same)
-        and drop its parts."""
+        and drop its records; the replicas its parts' files are on, to delete them."""
         self.completed_dir.mkdir(parents=True, exist_ok=True)
         done = {"key": key.decode("utf-8", "surrogateescape"), "etag": etag}
         _write_atomic(self.completed_dir / upload_id, json.dumps(done).encode())
+        replicas = self._replicas_of(upload_id)
         self._remove(upload_id)
+        return replicas
 
     async def completed(self, upload_id: str) -> tuple[bytes, str] | None:
         if not _UPLOAD_ID.match(upload_id):
@@ -224,8 +287,10 @@ class Spool:
         return done["key"].encode("utf-8", "surrogateescape"), done["etag"]
 
     async def sweep(self, ttl: float, now: float) -> list[str]:
-        """Remove uploads with no activity for `ttl` seconds, and the answers of completed
-        ones as old; the ids of the uploads removed."""
+        """Remove uploads with no activity for `ttl` seconds, their parts' files with them,
+        the answers of completed ones as old, and directories of parts on the volumes no
+        upload here knows (a master stopped between a part's files and its record); the ids
+        of the uploads removed."""
         removed = []
         try:
             names = os.listdir(self.uploads_dir)
@@ -244,18 +309,27 @@ class Spool:
                              [e.stat().st_mtime for e in os.scandir(path)])
             except OSError:
                 continue
-            if now - latest > ttl:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
+            left = name.startswith(_SWEPT)  # a sweep that stopped half-way
+            if not left and (now - latest <= ttl or _completing(path)):
+                continue
+            claimed = path if left else self.uploads_dir / f"{_SWEPT}{name}"
+            try:  # one sweeper of the -workers claims it
+                os.rename(path, claimed)
+            except OSError:
+                continue
+            replicas = self._replicas_in(claimed)
+            shutil.rmtree(claimed, ignore_errors=True)
+            upload_id = name.removeprefix(_SWEPT)
+            await self._remove_files(upload_id, replicas)
+            removed.append(upload_id)
+        for upload_id, replicas in (await self.files.uploads_older_than(ttl, now)).items():
+            if upload_id not in removed and not (self.uploads_dir / upload_id).exists():
+                await self._remove_files(upload_id, set(replicas))
+                removed.append(upload_id)
         return removed
 
-    @staticmethod
-    async def read(parts: list[Part]) -> AsyncIterator[bytes]:
-        """The parts' bytes in order, read off the event loop a block at a time."""
-        for part in parts:
-            with open(part.location, "rb") as f:
-                while block := await asyncio.to_thread(f.read, READ_SIZE):
-                    yield block
+    def read(self, parts: list[Part]) -> AsyncIterator[bytes]:
+        return self.files.read([part.location for part in parts])
 
     # --- buckets ---
     def _bucket_file(self, name: str) -> Path:
@@ -314,9 +388,10 @@ class Spool:
 class SpoolCompletion:
     def __init__(self, spool: Spool, upload_id: str) -> None:
         self.spool, self.upload_id = spool, upload_id
+        self.replicas: set[str] = set()  # where its parts' files are, once finished
 
     async def finish(self, key: bytes, etag: str) -> None:
-        self.spool.finish(self.upload_id, key, etag)
+        self.replicas = self.spool.finish(self.upload_id, key, etag)
 
 
 def _completing(upload: Path) -> bool:
