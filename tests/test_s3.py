@@ -400,6 +400,27 @@ def test_abort_removes_parts(s3master, s3, bucket):
     assert error_of(s3.get_object, Bucket=bucket, Key="aborted")[0] == "NoSuchKey"
 
 
+def test_a_part_sent_again_while_the_first_is_on_its_way(s3master, s3, bucket):
+    """One client thread sends part 1 (A), and in its middle part 1 again (B), which must not
+    wait for A (s3-tests' test_multipart_resend_first_finishes_last). A finishes last, so A is
+    the part; a Complete listing both answers is the last listed, as Ceph's RGW takes it."""
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="resent")["UploadId"]
+    a, b = b"A" * 8, b"B" * 8
+    first = socket.create_connection(("127.0.0.1", s3master.port), timeout=30)
+    first.sendall(f"PUT /{bucket}/resent?partNumber=1&uploadId={upload_id} HTTP/1.1\r\n"
+                  f"Host: x\r\nContent-Length: {len(a)}\r\n\r\n".encode() + a[:4])
+    etag_b = s3.upload_part(Bucket=bucket, Key="resent", UploadId=upload_id, PartNumber=1,
+                            Body=b)["ETag"]
+    assert finish_put(first, [a[4:]], 0.01) == 200
+    listed = s3.list_parts(Bucket=bucket, Key="resent", UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["ETag"]) for p in listed] == [(1, f'"{md5hex(a)}"')]
+    assert len(part_files(s3master.volumes, upload_id)) == 3  # B's files went with its record
+    parts = [{"PartNumber": 1, "ETag": etag_b}, {"PartNumber": 1, "ETag": f'"{md5hex(a)}"'}]
+    s3.complete_multipart_upload(Bucket=bucket, Key="resent", UploadId=upload_id,
+                                 MultipartUpload={"Parts": parts})
+    assert s3.get_object(Bucket=bucket, Key="resent")["Body"].read() == a
+
+
 def test_malformed_xml_is_400_never_500(s3master, s3, bucket):
     upload_id, _ = upload_parts(s3, bucket, "xml", [b"x"])
     laughs = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'

@@ -44,8 +44,6 @@ class Uploads:
         self.volumes = store.volumes
         self.state = state
         self.objects = objects
-        # one writer at a time per (upload, part number), with a count of who wants it
-        self._part_locks: dict[tuple[str, int], tuple[asyncio.Lock, list[int]]] = {}
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._tasks = Tasks()  # the sweep of stale uploads, while it runs
         self._schedule_sweep(first=True)
@@ -81,22 +79,14 @@ class Uploads:
             raise S3Error(400, "InvalidArgument", "Part number must be an integer between 1 "
                           "and 10000, inclusive")
         await self._upload_of(key, upload_id)
-        lock, users = self._part_locks.setdefault((upload_id, number), (asyncio.Lock(), [0]))
-        users[0] += 1
+        # writes of one part number go on together, as on S3: the last to finish is the part
+        if b"x-amz-copy-source" in req.headers:
+            return await self._upload_part_copy(upload_id, number, req)
+        payload = payload_of(req, signed)
         try:
-            async with lock:
-                if b"x-amz-copy-source" in req.headers:
-                    return await self._upload_part_copy(upload_id, number, req)
-                payload = payload_of(req, signed)
-                try:
-                    part = await self.state.write_part(upload_id, number, payload,
-                                                       payload.length)
-                except UploadGone:
-                    raise no_such_upload(upload_id) from None
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._part_locks[(upload_id, number)]
+            part = await self.state.write_part(upload_id, number, payload, payload.length)
+        except UploadGone:
+            raise no_such_upload(upload_id) from None
         headers = [("ETag", f'"{part.md5}"'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
@@ -145,7 +135,7 @@ class Uploads:
             raise no_such_upload(upload_id)
         wanted = s3xml.parse_complete(await read_xml(req, signed))
         numbers = [number for number, _ in wanted]
-        if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
+        if any(a > b for a, b in zip(numbers, numbers[1:], strict=False)):
             raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending "
                           "order. The parts list must be specified in order by part number.",
                           UploadId=upload_id)
@@ -172,7 +162,9 @@ class Uploads:
         """The parts a Complete lists, each as uploaded; S3's errors otherwise."""
         have = await self.state.parts(upload_id)
         parts: list[Part] = []
-        for number, etag in wanted:
+        # a part number listed twice (a part sent again while the first was on its way, each
+        # answer listed) is the last one listed, as Ceph's RGW takes it
+        for number, etag in dict(wanted).items():
             part = have.get(number)
             if part is None or part.md5 != etag.lower():
                 raise S3Error(400, "InvalidPart", "One or more of the specified parts could "

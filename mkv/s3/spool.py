@@ -161,8 +161,8 @@ class Spool:
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
                          length: int | None) -> Part:
         """Stream the part to the volumes, then its record (replacing an earlier one, whose
-        files then go). The caller serialises writes of one part number within this process;
-        between -workers, the record's replacement is under a lock of its own."""
+        files then go). Writes of one part number may run together: each streams to files of
+        its own, and the last to record its part wins."""
         path = self._upload_dir(upload_id)
         if path is None or not path.is_dir() or _completing(path):
             raise UploadGone(upload_id)

@@ -66,8 +66,8 @@ class S3State(Protocol):
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
                          length: int | None) -> Part:
         """Receive a part (streamed; `length` when known); a part sent again replaces the
-        earlier one. Raises UploadGone. The caller serialises writes of one part number
-        within this process."""
+        earlier one: writes of one part number may run together, the last to finish wins.
+        Raises UploadGone."""
 
     def completing(self, upload_id: str) -> AbstractAsyncContextManager[Completion]:
         """Hold the upload while its Complete runs (across masters where shared): no part
