@@ -63,6 +63,10 @@ class Connection(FlowControlled):
         self._parts: list[bytes] = []  # an answer's body read whole (not streamed)
         self.received = False  # bytes came back for this exchange
         self._head = False
+        # a streamed body's bytes still to come once its head is parsed: they go to the body
+        # as they arrive, without httptools, whose on_body copies each chunk once more
+        self._raw_left = 0
+        self._raw_keep_alive = False
         self.timeout = 0.0  # the exchange's: its answer due within, its body's pauses too
         self.deadline = 0.0
 
@@ -80,6 +84,9 @@ class Connection(FlowControlled):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        if self._raw_left:
+            self._raw_body(data)
+            return
         if self._parser is None:
             self.close()  # bytes nobody asked for: the connection is out of step
             return
@@ -88,6 +95,26 @@ class Connection(FlowControlled):
         except httptools.HttpParserError as e:
             self._fail(VolumeError(f"{self.hostport} sent a malformed response: {e}"))
             self.close()
+            return
+        if self._raw_left and self._parser is not None:  # the rest of the body comes raw
+            self._raw_keep_alive = self._parser.should_keep_alive()
+            self._parser = None
+
+    def _raw_body(self, data: bytes) -> None:
+        left = self._raw_left
+        if len(data) > left:  # bytes past the body's end: the connection is out of step
+            self._raw_left = 0
+            self._fail(VolumeError(f"{self.hostport} sent more than its Content-Length"))
+            self.close()
+            return
+        if self.timeout:  # a streamed body must keep coming
+            self.deadline = self.loop.time() + self.timeout
+        self._raw_left = left - len(data)
+        body = self._response.body
+        body.feed(data)  # type: ignore[union-attr]
+        if not self._raw_left:
+            body.finish()  # type: ignore[union-attr]
+            self._done(self._response, self._raw_keep_alive)
 
     # --- httptools callbacks ---
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -101,12 +128,16 @@ class Connection(FlowControlled):
         elif self._stream:
             length = response.headers.get(b"content-length")
             response.body = Body(self, int(length) if length is not None else None, False)
+            if length is not None and b"transfer-encoding" not in response.headers:
+                self._raw_left = int(length)  # less what this data holds (on_body)
             self._resolve(response, done=False)
 
     def on_body(self, data: bytes) -> None:
         if self._stream:
             if self.timeout:  # a streamed body must keep coming
                 self.deadline = self.loop.time() + self.timeout
+            if self._raw_left:
+                self._raw_left -= len(data)
             self._response.body.feed(data)  # type: ignore[union-attr]
         else:
             self._parts.append(data)
@@ -188,6 +219,7 @@ class Connection(FlowControlled):
 
     def _done(self, response: ClientResponse, keep_alive: bool) -> None:
         self._parser = None
+        self._raw_left = 0
         self.resume_all()  # a body's reader paused us; the next exchange must be read
         self._resolve(response)
         if keep_alive and not self._uploading and not self.closed:

@@ -71,6 +71,9 @@ class HTTPConnection(FlowControlled):
         self._close_after_answer = False
         self._held = b""
         self._extra_method = b""
+        # a Content-Length body's bytes still to come once its head is parsed: they go to the
+        # body as they arrive, without httptools, whose on_body copies each chunk once more
+        self._raw_left = 0
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,6 +95,10 @@ class HTTPConnection(FlowControlled):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
+        if self._raw_left:
+            data = self._raw_body(data)
+            if not data:
+                return
         if not self._in_message and self.server.extra_methods:
             data = self._stand_in_for_extra_method(data)
             if not data:
@@ -118,6 +125,20 @@ class HTTPConnection(FlowControlled):
             return
         if self._parsing is None and self._head_read > MAX_HEADER_BYTES:
             self._reject(431, "request header too large")
+        elif self._raw_left and self._parsing is not None:  # its body's rest comes raw
+            self.parser = httptools.HttpRequestParser(self)  # for the request after it
+
+    def _raw_body(self, data: bytes) -> bytes:
+        """Feed a body arriving raw; the bytes after its end, if any (the next request)."""
+        left, request = self._raw_left, self._parsing
+        if len(data) < left:
+            self._raw_left = left - len(data)
+            request.body.feed(data)  # type: ignore[union-attr]
+            return b""
+        self._raw_left = 0
+        request.body.feed(data[:left] if len(data) > left else data)  # type: ignore[union-attr]
+        self.on_message_complete()
+        return data[left:]
 
     def _stand_in_for_extra_method(self, data: bytes) -> bytes:
         """Hide a method llhttp does not know (mkv's REPLACE, RELINK, REBALANCE) behind PUT.
@@ -185,6 +206,8 @@ class HTTPConnection(FlowControlled):
         self._headers = {}
         self._header_bytes = self._head_read = self._header_count = 0
         self._parsing = request
+        if body is not EMPTY and body.length and b"upgrade" not in headers:
+            self._raw_left = body.length  # less what this read holds (on_body)
         if self._active is None and not self._pending:
             self._start(request)
         else:
@@ -192,6 +215,8 @@ class HTTPConnection(FlowControlled):
             self.pause_reading("pipeline")
 
     def on_body(self, data: bytes) -> None:
+        if self._raw_left:
+            self._raw_left -= len(data)
         self._parsing.body.feed(data)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
