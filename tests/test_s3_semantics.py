@@ -77,6 +77,14 @@ def test_conditional_writes(s3, bucket):
                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
                     IfNoneMatch="*") == ("PreconditionFailed", 412)
     assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"two"
+    # If-None-Match with ETags, as Ceph's RGW takes it (s3-tests' test_put_object_ifnonmatch_*):
+    # refused when the value there has one of them, written otherwise
+    two = f'"{md5hex(b"two")}"'
+    assert error_of(s3.put_object, Bucket=bucket, Key="c", Body=b"three",
+                    IfNoneMatch=f'"{md5hex(b"other")}", {two}') == ("PreconditionFailed", 412)
+    s3.put_object(Bucket=bucket, Key="c", Body=b"three", IfNoneMatch='"ABCORZ"')
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"three"
+    s3.put_object(Bucket=bucket, Key="new", Body=b"x", IfNoneMatch=two)  # nothing there
 
 
 def test_copy_source_conditions(s3, bucket):

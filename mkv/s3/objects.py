@@ -279,16 +279,15 @@ class Objects:
             return await self._store(key, chunks, length, req)
 
     async def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
-        """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: *."""
+        """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: `*` (a key
+        there) or ETags (a value with one of them there), as S3 and Ceph's RGW take them."""
         if_match, if_none_match = req.headers.get(b"if-match"), req.headers.get(b"if-none-match")
         if if_match is None and if_none_match is None:
             return
         live = old is not None and old.state is State.LIVE
-        if if_none_match is not None:
-            if if_none_match.strip() != b"*":
-                raise S3Error(501, "NotImplemented", "If-None-Match takes only * on writes")
-            if live:
-                raise precondition_failed("If-None-Match")
+        if if_none_match is not None and live and etag_matches(
+                if_none_match, await self.etag(key, old, None)):
+            raise precondition_failed("If-None-Match")
         if if_match is not None:
             if not live:
                 raise no_such_key(key)
