@@ -1,6 +1,7 @@
 """S3 object metadata and tags (boto3, pyarrow): stored per object in the spool, answered on
 GET/HEAD, carried by CopyObject and multipart, dropped when the value changes any other way."""
 
+import email.header
 import os
 from datetime import UTC, datetime
 
@@ -41,6 +42,32 @@ def test_too_much_metadata_is_refused_and_writes_nothing(s3master, s3, bucket):
     assert s3master.call("GET", f"/{bucket}/big".encode()).status == 404
     s3.put_object(Bucket=bucket, Key="fits", Body=b"x", Metadata={"k": "v" * 2047})
     assert s3.head_object(Bucket=bucket, Key="fits")["Metadata"] == {"k": "v" * 2047}
+
+
+def test_non_ascii_metadata_is_answered_rfc2047_encoded(s3master, s3, bucket):
+    """botocore sends a header's text as UTF-8 and reads answers as Latin-1, so a raw UTF-8
+    value came back garbled ("Hello WorldÃ©"). As S3 does, a non-ASCII value is answered as an
+    RFC 2047 encoded-word, and such a word sent back (a copying client) is stored decoded."""
+    def unicode_header(**kwargs):
+        kwargs["params"]["headers"]["x-amz-meta-meta1"] = "Hello World\xe9 \u2603"
+    s3.meta.events.register("before-call.s3.PutObject", unicode_header)
+    try:
+        s3.put_object(Bucket=bucket, Key="u", Body=b"x", Metadata={"plain": "ascii"})
+    finally:
+        s3.meta.events.unregister("before-call.s3.PutObject", unicode_header)
+    encoded = "=?UTF-8?B?SGVsbG8gV29ybGTDqSDimIM=?="
+    for answer in (s3.head_object(Bucket=bucket, Key="u"), s3.get_object(Bucket=bucket, Key="u")):
+        assert answer["Metadata"] == {"meta1": encoded, "plain": "ascii"}
+    assert str(email.header.make_header(email.header.decode_header(encoded))) == \
+        "Hello World\xe9 \u2603"
+    s3.put_object(Bucket=bucket, Key="again", Body=b"x", Metadata={"meta1": encoded})
+    assert s3.head_object(Bucket=bucket, Key="again")["Metadata"] == {"meta1": encoded}
+    # bytes that are not UTF-8 are Latin-1, as HTTP has it; a control character is refused
+    for value, answer in ((b"caf\xe9", 200), (b"=?UTF-8?Q?=04x?=", 400), (b"a\x04b", 400)):
+        reply = request(s3master.port, "PUT", f"/{bucket}/raw", b"x",
+                        headers={"x-amz-meta-m": value})
+        assert reply.status == answer, (value, reply.status, reply.body)
+    assert s3.head_object(Bucket=bucket, Key="raw")["Metadata"] == {"m": "=?UTF-8?B?Y2Fmw6k=?="}
 
 
 def test_copy_object_metadata_directive(s3, bucket):

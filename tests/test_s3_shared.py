@@ -442,6 +442,7 @@ S3_CHECKS = [
     test_s3.test_multipart_upload,
     test_s3.test_multipart_errors,
     test_s3_metadata.test_put_keeps_metadata_for_get_and_head,
+    test_s3_metadata.test_non_ascii_metadata_is_answered_rfc2047_encoded,
     test_s3_metadata.test_copy_object_metadata_directive,
     test_s3_metadata.test_multipart_metadata_applies_at_complete_and_complete_repeats,
     test_s3_metadata.test_object_tagging,

@@ -2,6 +2,9 @@
 headers a read answers with. Kept in the S3 state (mkv/s3/state.py); tags are read and set by
 the tagging service (mkv/s3/tagging.py)."""
 
+import base64
+import email.errors
+import email.header
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
@@ -24,6 +27,33 @@ Tags = list[tuple[str, str]]
 def _text(value: bytes) -> str:
     # UTF-8 as clients send it; any other byte kept as it came, to be answered unchanged
     return value.decode("utf-8", "surrogateescape").strip()
+
+
+def _user_value(value: bytes) -> str:
+    """A user metadata value as S3 keeps it: text, its RFC 2047 encoded-words decoded (what
+    S3 answers for a non-ASCII value, sent back by a copying client). Bytes that are not
+    UTF-8 are read as Latin-1, as HTTP has it, so every engine of the S3 state stores it."""
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = value.decode("latin-1").strip()
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+            pass  # not encoded-words after all: kept as sent
+    return text
+
+
+def _mail_safe(value: str) -> str:
+    """A user metadata value as S3 answers it: as is when ASCII, else one RFC 2047
+    encoded-word of its UTF-8 (a header's bytes are Latin-1 to most HTTP clients, so raw
+    UTF-8 would come back garbled)."""
+    if value.isascii():
+        return value
+    # a value kept before values were text (non-UTF-8 bytes as surrogates) keeps its bytes
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8", "surrogateescape")).decode() \
+        + "?="
 
 
 def header_value(what: str, value: str) -> str:
@@ -56,7 +86,7 @@ def headers_from(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
             if not valid_name(field):
                 raise S3Error(400, "InvalidArgument", "a metadata name must be a token "
                               "(RFC 9110)", ArgumentName="x-amz-meta-*")
-            kept.append((field, header_value(field, _text(value))))
+            kept.append((field, header_value(field, _user_value(value))))
             user_size += len(name) - len(USER_PREFIX) + len(value)
     if user_size > MAX_USER_METADATA:
         raise S3Error(400, "MetadataTooLarge", "Your metadata headers exceed the maximum "
@@ -95,7 +125,8 @@ def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:
     """The headers GetObject and HeadObject add for an object's metadata."""
     if not metadata:
         return [("Content-Type", DEFAULT_TYPE)]
-    headers = [(name, value) for name, value in metadata.get("headers", [])]
+    headers = [(name, _mail_safe(value) if name.startswith("x-amz-meta-") else value)
+               for name, value in metadata.get("headers", [])]
     if not any(name == "Content-Type" for name, _ in headers):
         headers.append(("Content-Type", DEFAULT_TYPE))
     if metadata.get("tags"):
