@@ -8,6 +8,7 @@ import asyncio
 import base64
 import calendar
 import hashlib
+import json
 import zlib
 
 import pytest
@@ -396,6 +397,23 @@ def test_a_policy_json_cannot_take_apart_is_invalid(conditions):
     document = b'{"expiration": "2030-01-01T00:00:00Z", "conditions": ' + conditions + b"}"
     with pytest.raises(S3Error) as e:
         check_policy(base64.b64encode(document).decode(), {}, "bucket", MAY_24_2013)
+    assert (e.value.status, e.value.code) == (400, "InvalidPolicyDocument")
+
+
+@pytest.mark.parametrize("expiration, valid", [
+    ("2030-01-01T00:00:00Z", True), ("2030-01-01T00:00:00.000Z", True),  # boto3's, JS's
+    ("2030-01-01 00:00:00.123456+00:00", False),  # str(datetime): s3-tests' bad date format
+    ("2030-01-01T00:00:00", False), ("2030-01-01T00:00:00+02:00", False), ("2030-01-01", False),
+    ("\u0662030-01-01T00:00:00Z", False), (20300101, False), (None, False),
+])
+def test_a_policy_expiration_is_iso8601_utc(expiration, valid):
+    document = json.dumps({"expiration": expiration, "conditions": []}).encode()
+    if valid:
+        assert check_policy(base64.b64encode(document).decode(), {}, "b", MAY_24_2013) == \
+            (0, None)
+        return
+    with pytest.raises(S3Error) as e:
+        check_policy(base64.b64encode(document).decode(), {}, "b", MAY_24_2013)
     assert (e.value.status, e.value.code) == (400, "InvalidPolicyDocument")
 
 

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -195,6 +196,9 @@ def _denied(why: str) -> S3Error:
     return S3Error(403, "AccessDenied", f"Invalid according to Policy: {why}")
 
 
+_EXPIRATION = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\Z", re.ASCII)
+
+
 def _invalid_policy(why: str) -> S3Error:
     return S3Error(400, "InvalidPolicyDocument", f"Invalid Policy: {why}")
 
@@ -209,8 +213,11 @@ def check_policy(policy: str, fields: dict[str, str], bucket: str,
         raise _invalid_policy("Invalid JSON.") from None
     if not isinstance(document, dict) or "expiration" not in document:
         raise _invalid_policy("Policy missing expiration.")
-    try:
-        expiration = datetime.fromisoformat(str(document["expiration"])).timestamp()
+    written = document["expiration"]
+    try:  # ISO 8601 in UTC as S3 has it ("2030-01-01T00:00:00Z", ".000Z" too), nothing looser
+        if not isinstance(written, str) or not _EXPIRATION.match(written):
+            raise ValueError(written)
+        expiration = datetime.fromisoformat(written.replace("Z", "+00:00")).timestamp()
     except ValueError:
         raise _invalid_policy("Invalid 'expiration' value.") from None
     if now > expiration:
