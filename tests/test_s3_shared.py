@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 import test_s3
+import test_s3_checksums
 import test_s3_metadata
 from boto3.s3.transfer import TransferConfig
 from cluster import Volume, mkv_command
@@ -442,6 +443,8 @@ S3_CHECKS = [
     test_s3.test_multipart_upload,
     test_s3.test_multipart_errors,
     test_s3_metadata.test_put_keeps_metadata_for_get_and_head,
+    test_s3_checksums.test_upload_file_gets_a_composite_crc32,
+    test_s3_checksums.test_a_copy_keeps_the_checksum_and_a_rewrite_drops_it,
     test_s3_metadata.test_non_ascii_metadata_is_answered_rfc2047_encoded,
     test_s3_metadata.test_copy_object_metadata_directive,
     test_s3_metadata.test_multipart_metadata_applies_at_complete_and_complete_repeats,

@@ -63,3 +63,74 @@ def algorithm_of(header: str) -> str | None:
         return None
     name = header[len("x-amz-checksum-"):]
     return name if name in _FACTORIES else None
+
+
+COMPOSITE, FULL_OBJECT = "COMPOSITE", "FULL_OBJECT"  # what a multipart object's checksum covers
+
+
+def header_of(algorithm: str) -> str:
+    """`crc32` → `x-amz-checksum-crc32`."""
+    return f"x-amz-checksum-{algorithm}"
+
+
+def element_of(algorithm: str) -> str:
+    """`crc32` → `ChecksumCRC32`, as S3's XML names it."""
+    return f"Checksum{algorithm.upper()}"
+
+
+def wanted_for_upload(algorithm: str | None, kind: str | None) -> dict | None:
+    """CreateMultipartUpload's x-amz-checksum-algorithm and -type, checked as S3 checks them:
+    {"algorithm", "type"}, or None when no checksum is asked for. ValueError says why not."""
+    if algorithm is None:
+        if kind is not None:
+            raise ValueError("x-amz-checksum-type needs x-amz-checksum-algorithm")
+        return None
+    algorithm = algorithm.lower()
+    if algorithm not in _FACTORIES:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+    if kind is None:  # S3's defaults: CRC64NVME covers the whole object, the others parts
+        kind = FULL_OBJECT if algorithm == "crc64nvme" else COMPOSITE
+    kind = kind.upper()
+    if kind not in (COMPOSITE, FULL_OBJECT):
+        raise ValueError(f"unknown checksum type {kind!r}")
+    if kind == FULL_OBJECT and not algorithm.startswith("crc") or \
+            kind == COMPOSITE and algorithm == "crc64nvme":
+        raise ValueError(f"{algorithm.upper()} does not support the {kind} checksum type")
+    return {"algorithm": algorithm, "type": kind}
+
+
+class AssembledChecksum:
+    """The checksum of a value assembled from parts, as S3 gives it: over every byte
+    (FULL_OBJECT), or over the parts' own digests, `-N` after it (COMPOSITE)."""
+
+    def __init__(self, algorithm: str, kind: str) -> None:
+        self.algorithm, self.type = algorithm, kind
+        self._whole = Checksum(algorithm) if kind == FULL_OBJECT else None
+        self._part: Checksum | None = None
+        self.parts: list[str] = []  # each part's, base64, once COMPOSITE parts are done
+
+    def begin_part(self) -> None:
+        self._end_part()
+        if self._whole is None:
+            self._part = Checksum(self.algorithm)
+
+    def update(self, data: bytes) -> None:
+        (self._whole or self._part).update(data)  # type: ignore[union-attr]
+
+    def _end_part(self) -> None:
+        if self._part is not None:
+            self.parts.append(self._part.b64digest())
+            self._part = None
+
+    def document(self) -> dict:
+        """What the object's S3 state keeps: {"algorithm", "type", "value", "parts"}."""
+        self._end_part()
+        if self._whole is not None:
+            value = self._whole.b64digest()
+        else:
+            combined = Checksum(self.algorithm)
+            for part in self.parts:
+                combined.update(base64.b64decode(part))
+            value = f"{combined.b64digest()}-{len(self.parts)}"
+        return {"algorithm": self.algorithm, "type": self.type, "value": value,
+                "parts": self.parts}

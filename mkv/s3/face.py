@@ -51,7 +51,7 @@ __all__ = ["S3", "is_s3"]
 
 _NOT_IMPLEMENTED = frozenset(
     "acl policy cors lifecycle website logging notification replication encryption "
-    "object-lock retention legal-hold restore select attributes versions torrent analytics "
+    "object-lock retention legal-hold restore select versions torrent analytics "
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
 _WRITES = (b"PUT", b"POST")
@@ -157,6 +157,8 @@ OBJECT_ROUTES = (
           lambda s3, c: s3.tagging.object_tagging(c.method, c.key, c.req, c.signed)),
     Route("ListParts", GET, has("uploadId"),
           lambda s3, c: s3.uploads.list_parts(c.key, c.params["uploadId"], c.params)),
+    Route("GetObjectAttributes", GET, has("attributes"),
+          lambda s3, c: s3.objects.object_attributes(c.key, c.req)),
     Route("GetObject", GET, None,
           lambda s3, c: s3.objects.get_object(c.key, c.req, c.params, head=False)),
     Route("HeadObject", HEAD, None,

@@ -5,12 +5,15 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from urllib.parse import quote
 
 from mkv.http.client import VolumeError
 from mkv.http.messages import Request, Response
 from mkv.index import IndexUnavailable
 from mkv.s3 import xml as s3xml
+from mkv.s3.checksums import AssembledChecksum, element_of, wanted_for_upload
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
 from mkv.s3.objects import Objects, check_storable
@@ -60,11 +63,25 @@ class Uploads:
 
     async def create_upload(self, key: bytes, req: Request) -> Response:
         check_storable(key)
-        upload = await self.state.create(key, of_request(req))
+        metadata = of_request(req)
+        h = req.headers
+        try:
+            checksum = wanted_for_upload(
+                *(h[n].decode("latin-1").strip() if n in h else None
+                  for n in (b"x-amz-checksum-algorithm", b"x-amz-checksum-type")))
+        except ValueError as e:
+            raise S3Error(400, "InvalidRequest", str(e)) from None
+        if checksum is not None:
+            metadata["checksum"] = checksum
+        upload = await self.state.create(key, metadata)
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         body = s3xml.document("InitiateMultipartUploadResult", [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload.id)])
-        return Response(200, [XML], body)
+        headers = [XML]
+        if checksum is not None:
+            headers += [("x-amz-checksum-algorithm", checksum["algorithm"].upper()),
+                        ("x-amz-checksum-type", checksum["type"])]
+        return Response(200, headers, body)
 
     async def _upload_of(self, key: bytes, upload_id: str) -> None:
         upload = await self.state.get(upload_id)
@@ -142,20 +159,42 @@ class Uploads:
         try:
             async with self.state.completing(upload_id) as completion:
                 parts = await self._parts_to_complete(upload_id, wanted)
-                md5 = await self.objects.write(key, self.state.read(parts),
+                asked = upload.metadata.get("checksum")
+                checksum = None if asked is None else AssembledChecksum(asked["algorithm"],
+                                                                        asked["type"])
+                md5 = await self.objects.write(key, self._assembled(parts, checksum),
                                                sum(p.size for p in parts), req)
                 combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts))
                 etag = f"{combined.hexdigest()}-{len(parts)}"
                 if md5:
                     await self.state.keep(ETAG, key, md5, {
                         "etag": etag, "parts": [p.size for p in parts]})
-                await self.objects.keep_metadata(key, md5, upload.metadata)
+                metadata = dict(upload.metadata)
+                if checksum is not None:
+                    metadata["checksum"] = checksum.document()
+                await self.objects.keep_metadata(key, md5, metadata)
                 await completion.finish(key, etag)
         except UploadBusy:
             raise busy(key) from None
         except UploadGone:
             raise no_such_upload(upload_id) from None
-        return self._completed(req, key, etag)
+        return self._completed(req, key, etag, metadata.get("checksum"))
+
+    async def _assembled(self, parts: list[Part], checksum: AssembledChecksum | None
+                         ) -> AsyncIterator[bytes]:
+        """The parts' bytes in order, each counted into `checksum` when the upload asked for
+        one (one more pass over bytes the master reads anyway)."""
+        if checksum is None:
+            async with aclosing(self.state.read(parts)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        for part in parts:
+            checksum.begin_part()
+            async with aclosing(self.state.read([part])) as chunks:
+                async for chunk in chunks:
+                    checksum.update(chunk)
+                    yield chunk
 
     async def _parts_to_complete(self, upload_id: str, wanted: list[tuple[int, str]]
                                  ) -> list[Part]:
@@ -180,13 +219,17 @@ class Uploads:
         return parts
 
     @staticmethod
-    def _completed(req: Request, key: bytes, etag: str) -> Response:
+    def _completed(req: Request, key: bytes, etag: str, checksum: dict | None = None
+                   ) -> Response:
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
         host = req.headers.get(b"host", b"").decode("latin-1")
-        body = s3xml.document("CompleteMultipartUploadResult", [
+        nodes: list[Node] = [
             ("Location", f"http://{host}{quote(key)}"), ("Bucket", bucket),
-            ("Key", object_name(key)), ("ETag", f'"{etag}"')])
-        return Response(200, [XML], body)
+            ("Key", object_name(key)), ("ETag", f'"{etag}"')]
+        if checksum is not None:
+            nodes += [(element_of(checksum["algorithm"]), checksum["value"]),
+                      ("ChecksumType", checksum["type"])]
+        return Response(200, [XML], s3xml.document("CompleteMultipartUploadResult", nodes))
 
     async def abort_upload(self, key: bytes, upload_id: str) -> Response:
         await self._upload_of(key, upload_id)

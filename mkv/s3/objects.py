@@ -13,6 +13,7 @@ from mkv.placement import storable
 from mkv.record import Record, State
 from mkv.s3 import xml as s3xml
 from mkv.s3.buckets import Buckets
+from mkv.s3.checksums import FULL_OBJECT, element_of, header_of
 from mkv.s3.errors import (
     NotModified,
     S3Error,
@@ -24,17 +25,21 @@ from mkv.s3.errors import (
 from mkv.s3.metadata import answer_headers, header_value, headers_of, of_request, tags_of
 from mkv.s3.payload import payload_of
 from mkv.s3.request import (
+    MAX_KEYS,
     MAX_PART_NUMBER,
     etag_matches,
     http_date,
+    int_param,
     parse_http_date,
     resolve_range,
     single_range,
 )
 from mkv.s3.sigv4 import Signed
 from mkv.s3.state import METADATA, Kept, S3State
-from mkv.s3.xml import XML
+from mkv.s3.xml import XML, Node
 from mkv.store import Store
+
+_ATTRIBUTES = frozenset(("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"))
 
 _RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type", "response-content-disposition":
@@ -154,7 +159,57 @@ class Objects:
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
         response.headers += part_headers
+        checksum = (kept.metadata or {}).get("checksum")
+        if checksum and wanted is None and \
+                req.headers.get(b"x-amz-checksum-mode", b"").strip().upper() == b"ENABLED":
+            response.headers += [(header_of(checksum["algorithm"]), checksum["value"]),
+                                 ("x-amz-checksum-type", checksum["type"])]
         return response
+
+    async def object_attributes(self, key: bytes, req: Request) -> Response:
+        """GetObjectAttributes: those of ETag, Checksum, ObjectParts, StorageClass and
+        ObjectSize that `x-amz-object-attributes` names (ObjectParts paged by x-amz-max-parts
+        and x-amz-part-number-marker; only a multipart object has parts)."""
+        asked = {a.strip() for a in req.headers.get(b"x-amz-object-attributes", b"")
+                 .decode("latin-1").split(",") if a.strip()}
+        if not asked or asked - _ATTRIBUTES:
+            raise S3Error(400, "InvalidArgument", "Invalid attribute name specified.")
+        paging = {name: req.headers[f"x-amz-{name}".encode()].decode("latin-1")
+                  for name in ("max-parts", "part-number-marker")
+                  if f"x-amz-{name}".encode() in req.headers}
+        max_parts = int_param(paging, "max-parts", MAX_KEYS, 0, MAX_KEYS)
+        marker = int_param(paging, "part-number-marker", 0, 0, MAX_PART_NUMBER)
+        record = await self.live(key)
+        kept = await self.state.kept(key, record.md5)
+        info = await self.stat(key, record)
+        if info is None:
+            raise S3Error(500, "InternalError", "no replica has the value of this key")
+        checksum = (kept.metadata or {}).get("checksum")
+        sizes: list[int] = (kept.multipart or {}).get("parts") or []
+        nodes: list[Node] = []
+        if "ETag" in asked:
+            multipart = kept.multipart["etag"] if kept.multipart else None
+            nodes.append(("ETag", etag_of(record, multipart, info).strip('"')))
+        if "Checksum" in asked and checksum:
+            nodes.append(("Checksum", [(element_of(checksum["algorithm"]), checksum["value"]),
+                                       ("ChecksumType", checksum["type"])]))
+        if "ObjectParts" in asked and sizes:
+            page = list(range(marker + 1, len(sizes) + 1))[:max_parts]
+            sums = (checksum or {}).get("parts") or []
+            nodes.append(("ObjectParts", [
+                ("PartsCount", str(len(sizes))), ("PartNumberMarker", str(marker)),
+                ("NextPartNumberMarker", str(page[-1] if page else marker)),
+                ("MaxParts", str(max_parts)),
+                ("IsTruncated", "true" if page and page[-1] < len(sizes) else "false"),
+                *[("Part", [("PartNumber", str(n)), ("Size", str(sizes[n - 1])),
+                            *([(element_of(checksum["algorithm"]), sums[n - 1])]  # type: ignore[index]
+                              if len(sums) == len(sizes) else [])]) for n in page]]))
+        if "StorageClass" in asked:
+            nodes.append(("StorageClass", "STANDARD"))
+        if "ObjectSize" in asked:
+            nodes.append(("ObjectSize", str(info.size)))
+        return Response(200, [XML, ("Last-Modified", http_date(info.modified))],
+                        s3xml.document("GetObjectAttributesResponse", nodes))
 
     @staticmethod
     def _part_range(kept: Kept, req: Request,
@@ -266,8 +321,9 @@ class Objects:
         return await self.store.write(key, chunks, length, old)
 
     async def keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
-        """Remember a value's metadata and tags (the store forgot the old value's)."""
-        if metadata.get("headers") or metadata.get("tags"):
+        """Remember a value's metadata, tags and checksum (the store forgot the old
+        value's)."""
+        if metadata.get("headers") or metadata.get("tags") or metadata.get("checksum"):
             await self.state.keep(METADATA, key, md5, metadata)
         else:
             await self.state.drop(METADATA, key)
@@ -299,6 +355,9 @@ class Objects:
         payload = payload_of(req, signed)
         metadata = of_request(req)
         md5 = await self.write(key, payload, payload.length, req)
+        if payload.checksum:  # verified: kept for ChecksumMode reads and GetObjectAttributes
+            metadata["checksum"] = {"algorithm": payload.algorithm, "type": FULL_OBJECT,
+                                    "value": payload.checksum[1]}
         await self.keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
@@ -326,8 +385,11 @@ class Objects:
                 raise S3Error(400, "InvalidArgument", f"Unknown {name.decode()} value")
             directives.append(directive == b"REPLACE")
         kept = (await self.state.kept(source, record.md5)).metadata or {}
-        return {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
-                "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
+        copied = {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
+                  "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
+        if kept.get("checksum"):  # the same bytes: the same checksum, whatever the directive
+            copied["checksum"] = kept["checksum"]
+        return copied
 
     async def _copy(self, source: bytes, record: Record, key: bytes,
                     req: Request) -> str | None:

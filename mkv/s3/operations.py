@@ -35,6 +35,8 @@ def _object_operation(verb: str, params: dict[str, str], headers: dict[bytes, by
         return {"GET": "GetObjectTagging", "PUT": "PutObjectTagging",
                 "DELETE": "DeleteObjectTagging"}.get(verb, f"{verb} tagging")
     if verb == "GET":
+        if "attributes" in params:
+            return "GetObjectAttributes"
         return "ListParts" if upload else "GetObject"
     if verb == "HEAD":
         return "HeadObject"

@@ -35,7 +35,8 @@ class Kept(NamedTuple):
     """A key's documents, valid for its value now (None: it has none)."""
 
     multipart: dict | None  # {"etag": "<md5s>-N", "parts": [size of each part]}
-    metadata: dict | None  # {"headers": [[name, value]], "tags": [[key, value]]}
+    metadata: dict | None  # {"headers": [[name, value]], "tags": [[key, value]], and a
+    #                         "checksum": {"algorithm", "type", "value", "parts"} if sent}
 
 
 class UploadGone(Exception):
