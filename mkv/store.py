@@ -98,7 +98,24 @@ class Store:
         key). With too few volumes up (TooFewVolumesUp) nothing is written.
         """
         replicas = await self.write_placement(key)
-        stale: list[str] = []  # the old value's replicas the new one leaves
+        stale = await self._begin_write(key, replicas, old)
+        source = WatchedBody(chunks, length)
+        try:
+            md5 = await self.volumes.write(replicas, self.key2path(key), source, length,
+                                           self.config.md5sum)
+        except BaseException as e:  # a replica, the client, the body's checks, a cancel
+            log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
+            await self._undo_write(key, replicas, old, source.may_be_whole,
+                                   isinstance(e, VolumeError))
+            raise
+        await self._finish_write(key, replicas, md5, stale)
+        return md5
+
+    async def _begin_write(self, key: bytes, replicas: list[str], old: Record | None
+                           ) -> list[str]:
+        """The record before a value's files reach the key's place; the old value's replicas
+        the new one leaves (deleted once it is live)."""
+        stale: list[str] = []
         if old is not None and old.state is not State.LIVE:
             await self._clear_dead_value(key, old)
         elif old is not None:
@@ -111,21 +128,42 @@ class Store:
             await self.index.put(key, Record(tuple(replicas), State.WRITING))
         elif old.md5:
             await self.index.put(key, Record(old.replicas, State.LIVE))
-        source = WatchedBody(chunks, length)
-        try:
-            md5 = await self.volumes.write(replicas, self.key2path(key), source, length,
-                                           self.config.md5sum)
-        except BaseException as e:  # a replica, the client, the body's checks, a cancel
-            log.warning("PUT %s failed: %s", key.decode(errors="replace"), e)
-            await self._undo_write(key, replicas, old, source.may_be_whole,
-                                   isinstance(e, VolumeError))
-            raise
+        return stale
+
+    async def _finish_write(self, key: bytes, replicas: list[str], md5: str | None,
+                            stale: list[str]) -> None:
+        """The new value live, S3's listeners told, the replicas it left deleted."""
         told = self._changing(key)
         await self.index.put(key, Record(tuple(replicas), State.LIVE, md5))
         await self._told(told)
         if stale:
             await self.delete_files(stale, key)
-        return md5
+
+    async def commit(self, key: bytes, replicas: list[str], staged: str, md5: str,
+                     old: Record | None) -> str | None:
+        """Make a value already whole on `replicas` (at `staged` on each, where no key's file
+        is) the key's, in SPEC order, and return its md5 when -md5sum is on: the record as
+        `write` leaves it before its files, then each file renamed into the key's place
+        (volumes that rename: `Volumes.can_move`), then the live record.
+
+        The caller holds the key's lock and has read `old`; only the renames happen under
+        it, so writers of one key stream their values at once. A rename that fails is undone
+        as a write cut off after its last byte (`_undo_write`); what was not renamed stays
+        staged for the caller to delete.
+        """
+        stale = await self._begin_write(key, replicas, old)
+        path = self.key2path(key)
+        moves = [asyncio.ensure_future(self.volumes.move(r, staged, path)) for r in replicas]
+        try:
+            await asyncio.gather(*moves)
+        except BaseException as e:
+            log.warning("committing %s failed: %s", key.decode(errors="replace"), e)
+            await asyncio.gather(*moves, return_exceptions=True)  # none runs on unseen
+            await self._undo_write(key, replicas, old, True, isinstance(e, VolumeError))
+            raise
+        recorded = md5 if self.config.md5sum else None
+        await self._finish_write(key, replicas, recorded, stale)
+        return recorded
 
     async def _clear_dead_value(self, key: bytes, old: Record) -> None:
         """Delete the files of an unlinked value (or of a write cut off) before a new value

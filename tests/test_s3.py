@@ -472,12 +472,22 @@ def test_stale_uploads_are_cleaned(make_master, tmp_path):
     stray = master.volumes[0].dir / PARTS / ("0" * 32)
     stray.mkdir(parents=True)
     (stray / "1.0123456789abcdef").write_bytes(b"left behind")
+    # S3 writes' staged values: one a crash left two hours ago goes, a fresh one (its write
+    # waiting for its key) stays whatever the ttl
+    old, fresh = (vol.dir / PARTS / "staged" for vol in master.volumes[1:3])
+    for staged in (old, fresh):
+        staged.mkdir(parents=True)
+        (staged / "0123456789abcdef").write_bytes(b"staged")
+    then = time.time() - 7200
+    os.utime(old, (then, then))
     deadline = time.monotonic() + 10
     while ((spool / "uploads" / upload_id).exists() or part_files(master.volumes, upload_id)
-           or stray.exists()) and time.monotonic() < deadline:
+           or stray.exists() or old.exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not (spool / "uploads" / upload_id).exists()
     assert part_files(master.volumes, upload_id) == [] and not stray.exists()
+    assert not old.exists() and (fresh / "0123456789abcdef").read_bytes() == b"staged"
+    (fresh / "0123456789abcdef").unlink()  # the volumes are the session's
     assert error_of(s3.list_parts, Bucket="ttl", Key="k", UploadId=upload_id)[0] == \
         "NoSuchUpload"
 

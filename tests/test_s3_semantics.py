@@ -3,6 +3,7 @@ NoSuchBucket (S3's rules on -s3_port, Go mkv's implicit buckets on the main port
 writes and copies, concurrent writes, UploadPartCopy ranges, presigned expiry bounds."""
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -10,7 +11,20 @@ from datetime import UTC, datetime
 
 import pytest
 from cluster import free_port
-from conftest import MasterFactory, client, error_of, finish_put, md5hex, open_put, request
+from conftest import (
+    MasterFactory,
+    client,
+    error_of,
+    files_of,
+    finish_put,
+    md5hex,
+    open_put,
+    part_files,
+    request,
+)
+
+from bench.cluster import LocalCluster
+from bench.gomkv import peer_source
 
 MiB = 1024 * 1024
 
@@ -119,6 +133,99 @@ def test_concurrent_put_objects_both_succeed_the_last_wins(s3master, bucket):
     assert sorted(done) == sorted(md5hex(v) for v in values)  # both succeeded
     got = client(s3master.port).head_object(Bucket=bucket, Key="race")["ETag"]
     assert got == f'"{done[-1]}"'  # the last one to complete
+
+
+def staged_files(master) -> set:
+    return {p for p in part_files(master.volumes) if "staged" in p.parts}
+
+
+def _s3_put_head(port: int, path: str, length: int) -> socket.socket:
+    """A connection that has sent an (unsigned) S3 PutObject's head, its body to follow."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                 "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\r\n".encode())
+    return sock
+
+
+def test_a_key_written_again_mid_write_does_not_wait_on_it(s3master, s3, bucket):
+    """One client thread writes a key (A) and, in the middle of A's body, writes it again
+    whole (B), as s3-tests' atomic-write tests do. B does not wait on A (each streams to a
+    staged file; only the commits take the key in turn): A finishes last and wins, every
+    replica holding A whole, nothing staged left behind."""
+    a, b = os.urandom(3 * MiB), os.urandom(MiB)
+    key = f"/{bucket}/twice".encode()
+    before = staged_files(s3master)
+    first = _s3_put_head(s3master.port, key.decode(), len(a))
+    first.sendall(a[:MiB])
+    assert s3.put_object(Bucket=bucket, Key="twice", Body=b)["ETag"] == f'"{md5hex(b)}"'
+    assert s3.get_object(Bucket=bucket, Key="twice")["Body"].read() == b
+    assert finish_put(first, [a[MiB:]], 0.01) == 200
+    assert s3.head_object(Bucket=bucket, Key="twice")["ETag"] == f'"{md5hex(a)}"'
+    assert sorted(p.read_bytes() == a for p in files_of(s3master.volumes, key)) == [True] * 3
+    assert staged_files(s3master) == before
+
+
+def test_many_writers_of_one_key_leave_one_whole_value(s3master, bucket):
+    """8 threads × 4 PutObjects of distinct 1 MiB values to one key: every write succeeds,
+    and afterwards every replica holds the same whole value, the one a GET reads and the
+    record's md5 names."""
+    values = {}
+    key = f"/{bucket}/contended".encode()
+    before = staged_files(s3master)
+
+    def writer() -> None:
+        s3 = client(s3master.port, retries=1)
+        for _ in range(4):
+            value = os.urandom(MiB)
+            values[md5hex(value)] = value
+            s3.put_object(Bucket=bucket, Key="contended", Body=value)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(values) == 32
+    etag = client(s3master.port).head_object(Bucket=bucket, Key="contended")["ETag"]
+    won = values[etag.strip('"')]
+    assert [p.read_bytes() == won for p in files_of(s3master.volumes, key)] == [True] * 3
+    assert s3master.read(key) == won
+    assert staged_files(s3master) == before
+
+
+def test_a_writer_hanging_up_mid_body_changes_nothing(s3master, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="kept", Body=b"the old value")
+    before = staged_files(s3master)
+    sock = _s3_put_head(s3master.port, f"/{bucket}/kept", 2 * MiB)
+    sock.sendall(os.urandom(MiB))
+    sock.close()
+    deadline = time.monotonic() + 10
+    while staged_files(s3master) != before:
+        assert time.monotonic() < deadline, "a staged file stays"
+        time.sleep(0.05)
+    assert s3.get_object(Bucket=bucket, Key="kept")["Body"].read() == b"the old value"
+    assert s3master.listing(f"/{bucket}/kept".encode(), "writing")["keys"] == []
+
+
+@pytest.mark.skipif(peer_source() is None, reason="no copy of Go mkv's source on this machine")
+def test_volumes_that_cannot_rename_keep_the_locked_write():
+    """Go mkv's own volume launcher allows no MOVE: S3 writes there hold the key while they
+    stream, as before (concurrent writers still all succeed, one after another), and nothing
+    is staged."""
+    with LocalCluster(volume_script=peer_source() / "volume") as cluster:  # a dir nginx enters
+        s3 = client(cluster.master.port, retries=1)
+        s3.create_bucket(Bucket="govol")
+        values = [os.urandom(2 * MiB), b"small"]
+        writers = [threading.Thread(target=lambda v=v: client(
+            cluster.master.port, retries=1).put_object(Bucket="govol", Key="k", Body=v))
+            for v in values]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+        assert s3.get_object(Bucket="govol", Key="k")["Body"].read() in values
+        staged = [p for d in cluster.volume_dirs for p in d.rglob("staged")]
+        assert staged == []
 
 
 def test_upload_part_copy_past_the_end_is_invalid_range(s3, bucket):

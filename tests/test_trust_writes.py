@@ -248,11 +248,17 @@ def test_s3_put_cut_off_keeps_the_old_value(s3_pair):
     sock = socket.create_connection(("127.0.0.1", master.port), timeout=30)
     sock.sendall(f"PUT /trust/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {1 << 20}\r\n"
                  "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\r\n".encode())  # anonymous S3
-    sock.sendall(b"n" * 100_000)
+    for _ in range(8):  # more than the last block S3 holds back until the body checks out
+        sock.sendall(b"n" * 65536)
     key = f"/trust/{name}".encode()
-    wait_until(lambda: md5_header(master, key) is None, "the PUT to begin")
+    # the value streams to a staged file, the key's record untouched (md5 and all) until
+    # its commit: the upload is seen on the replica's volume
+    uploads = vols[1].dir / ".mkv" / "tmp" / "client_body"
+    wait_until(lambda: any(uploads.iterdir()), "the PUT to reach the replica")
+    assert md5_header(master, key) == md5hex(b"old value")
     sock.close()
-    wait_until(lambda: md5_header(master, key) is not None, "the old record to come back")
+    wait_until(lambda: not any(uploads.iterdir()), "the cut-off upload to be dropped")
+    assert md5_header(master, key) == md5hex(b"old value")
     assert s3_value(s3, name) == (b"old value", f'"{md5hex(b"old value")}"')
 
 

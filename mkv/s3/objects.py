@@ -23,6 +23,7 @@ from mkv.s3.errors import (
     precondition_failed,
 )
 from mkv.s3.metadata import answer_headers, header_value, headers_of, of_request, tags_of
+from mkv.s3.parts import PartFiles
 from mkv.s3.payload import payload_of
 from mkv.s3.request import (
     MAX_KEYS,
@@ -38,6 +39,7 @@ from mkv.s3.sigv4 import Signed
 from mkv.s3.state import METADATA, Kept, S3State
 from mkv.s3.xml import XML, Node
 from mkv.store import Store
+from mkv.volumes.health import volume_of
 
 _ATTRIBUTES = frozenset(("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"))
 
@@ -80,6 +82,7 @@ class Objects:
         self.volumes = store.volumes
         self.state = state
         self.buckets = buckets
+        self.files = PartFiles(store)  # where a value is staged before its commit
 
     # --- reading values from replicas ---
     async def _stat_replica(self, replica: str, key: bytes) -> ObjectInfo | None:
@@ -330,9 +333,38 @@ class Objects:
 
     async def write(self, key: bytes, chunks: AsyncIterator[bytes], length: int | None,
                     req: Request | None = None) -> str | None:
-        """`_store` under the key's lock, waiting its turn: every S3 write of a value."""
-        async with self.store.locks.hold(key, wait=True):
-            return await self._store(key, chunks, length, req)
+        """Every S3 write of a value; its md5. S3 lets writers of one key all succeed, the
+        last to finish winning. Where the key's replicas rename files, the value streams to
+        them staged, the key free, and only its commit (`Store.commit`) holds the key's lock:
+        a client that writes the key again in the middle of a write does not wait on itself.
+        Elsewhere (Go mkv's volume launcher) the whole write holds the lock, in turn."""
+        replicas = await self.store.write_placement(key)
+        if not await self._renames(replicas):
+            async with self.store.locks.hold(key, wait=True):
+                return await self._store(key, chunks, length, req)
+        if req is not None:  # refused before a byte is stored if it can be told now
+            await self._write_conditions(req, key, await self.index.get(key))
+        staged = await self.files.stage(replicas, chunks, length)
+        try:
+            async with self.store.locks.hold(key, wait=True):
+                old = await self.index.get(key)
+                if req is not None:
+                    await self._write_conditions(req, key, old)
+                return await self.store.commit(key, staged.replicas, staged.path, staged.md5,
+                                               old)
+        except BaseException:
+            await self.files.delete(staged.replicas, staged.path)  # what was not renamed
+            raise
+
+    async def _renames(self, replicas: list[str]) -> bool:
+        """Whether every one of the replicas' volumes renames files (`Volumes.can_move`)."""
+        try:
+            for replica in replicas:
+                if not await self.volumes.can_move(volume_of(replica)):
+                    return False
+        except VolumeError:
+            return False  # the write will meet the volume itself
+        return True
 
     async def _write_conditions(self, req: Request, key: bytes, old: Record | None) -> None:
         """PutObject's and CompleteMultipartUpload's If-Match / If-None-Match: `*` (a key

@@ -7,6 +7,9 @@ value is. No key's path is there (a key's is `[/svXX]/<2 hex>/<2 hex>/<base64>`)
 verify, repair and rebalance, ours and Go mkv's, walk only those directories. A file that
 cannot be deleted now (its volume down) is left to the sweep, which finds upload directories
 by listing the volumes.
+
+An S3 write's value is staged here too, in the directory `staged`, until the store renames it
+into its key's place (`stage`, `Store.commit`).
 """
 
 import logging
@@ -23,6 +26,8 @@ from mkv.volumes.health import asked_last, volume_of
 log = logging.getLogger("mkv")
 
 PARTS = "s3-parts"  # the volumes' directory of parts, beside the layout's
+STAGED = "staged"  # the directory, beside the uploads', of S3 writes' values to be committed
+STAGED_GRACE = 3600.0  # seconds before the sweep takes a staged value a crash left behind
 
 
 class PartFile(NamedTuple):
@@ -75,15 +80,27 @@ class PartFiles:
         """Stream a part to its replicas under a name of its own (so a part sent again does
         not overwrite the one a reader may be reading); on any failure its files go."""
         replicas = await self.store.write_placement(f"{PARTS}/{upload_id}/{number}".encode())
-        file = f"{number}.{secrets.token_hex(8)}"
-        path = part_path(upload_id, file)
+        return await self._write(replicas, upload_id, f"{number}.{secrets.token_hex(8)}",
+                                 chunks, length)
+
+    async def stage(self, replicas: list[str], chunks: AsyncIterator[bytes],
+                    length: int | None) -> PartFile:
+        """A value streamed whole to `replicas` under a name of its own in the directory
+        STAGED, for the store to rename into a key's place (`Store.commit`); on any failure
+        its files go. One a crash left behind goes with the directory, which the sweep takes
+        once nothing has come or gone there for STAGED_GRACE."""
+        return await self._write(replicas, STAGED, secrets.token_hex(16), chunks, length)
+
+    async def _write(self, replicas: list[str], directory: str, file: str,
+                     chunks: AsyncIterator[bytes], length: int | None) -> PartFile:
+        path = part_path(directory, file)
         counted = _Counted(chunks)
         try:
             md5 = await self.volumes.write(replicas, path, counted, length, md5=True)
         except BaseException:
             await self.delete(replicas, path)
             raise
-        return PartFile(upload_id, replicas, file, md5 or "", counted.size)
+        return PartFile(directory, replicas, file, md5 or "", counted.size)
 
     async def read(self, locations: list[str]) -> AsyncIterator[bytes]:
         """Each part's bytes in turn, from the first of its replicas that answers (those on
@@ -141,7 +158,9 @@ class PartFiles:
             prefix = f"/{subvolume}" if subvolume else ""
             for entry in await self.volumes.list_dir(hostport, f"{prefix}/{PARTS}/"):
                 modified = parse_http_date(entry.get("mtime")) or now
-                if entry.get("type") == "directory" and now - modified > ttl:
+                # a staged value may wait its turn at its key for longer than a short ttl
+                age = max(ttl, STAGED_GRACE) if entry["name"] == STAGED else ttl
+                if entry.get("type") == "directory" and now - modified > age:
                     found.setdefault(entry["name"], []).append(replica)
         return found
 

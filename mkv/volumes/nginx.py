@@ -88,7 +88,8 @@ def render_config(data_dir: Path, port: int, *, ipv6: bool = False, user: str | 
         "        root ..;",
         "",
         "        location / {",
-        "            dav_methods PUT DELETE;",
+        # MOVE: S3 writes land under a name of their own, then are renamed into place
+        "            dav_methods PUT DELETE MOVE;",
         "            dav_access user:rw group:r all:r;",
         "            create_full_put_path on;",
         "            client_max_body_size 0;",

@@ -38,6 +38,7 @@ class Volumes:
         # every request to a volume carries the secret when there is one
         headers = f"{SECRET_HEADER}: {secret}\r\n".encode() if secret else b""
         self.pool = Pool(headers)
+        self._moves: dict[str, bool] = {}  # host:port → renames files (can_move)
         self.health = Health(self.probe)
         self.heads = HeadChecker(headers, self._unreachable_by_head)
         self.listings = Pipeline(headers)
@@ -157,6 +158,31 @@ class Volumes:
             raise VolumeError(f"listing {hostport}{path}: status {status}")
         # nginx writes a file name's bytes as they are, which need not be UTF-8
         return json.loads(body.decode("utf-8", "surrogateescape"))
+
+    async def can_move(self, hostport: str) -> bool:
+        """Whether the volume renames files (WebDAV MOVE: `mkv volume`'s nginx does, Go mkv's
+        launcher does not), asked once: a MOVE of a file that is not there is 404 where MOVE
+        is allowed, 405 where it is not."""
+        known = self._moves.get(hostport)
+        if known is None:
+            response = await self.pool.request(
+                hostport, b"MOVE", b"/s3-parts/.mkv-move-probe", b"Destination: "
+                b"/s3-parts/.mkv-move-probe-2\r\n", timeout=self.write_timeout)
+            if response.status not in (404, 405):
+                raise VolumeError(f"MOVE probe of {hostport}: status {response.status}")
+            known = self._moves[hostport] = response.status == 404
+        return known
+
+    async def move(self, replica: str, path: str, to: str) -> None:
+        """Rename the file at `path` to `to` on the replica (nginx makes the directories and
+        replaces a file there: a reader gets the old file or the new one, whole)."""
+        hostport, subvolume = split_replica(replica)
+        response = await self.pool.request(
+            hostport, b"MOVE", (subvolume + path).encode(),
+            b"Destination: %s\r\nOverwrite: T\r\n" % (subvolume + to).encode(),
+            timeout=self.write_timeout)
+        if response.status not in (201, 204):
+            raise VolumeError(f"MOVE {replica}{path}: status {response.status}")
 
     async def delete_path(self, replica: str, path: str) -> None:
         """Remove the file at `path` (percent-encoded) under the replica; gone already is fine.
