@@ -182,6 +182,8 @@ class Volumes:
             b"Destination: %s\r\nOverwrite: T\r\n" % (subvolume + to).encode(),
             timeout=self.write_timeout)
         if response.status not in (201, 204):
+            if response.status == 405:  # the volume was restarted without MOVE: ask again
+                self._moves.pop(hostport, None)
             raise VolumeError(f"MOVE {replica}{path}: status {response.status}")
 
     async def delete_path(self, replica: str, path: str) -> None:
