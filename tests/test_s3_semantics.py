@@ -147,20 +147,22 @@ def _s3_put_head(port: int, path: str, length: int) -> socket.socket:
     return sock
 
 
-def test_a_key_written_again_mid_write_does_not_wait_on_it(s3master, s3, bucket):
+@pytest.mark.parametrize("sizes", [(3 * MiB, MiB), (40_000, 10_000)], ids=["staged", "held"])
+def test_a_key_written_again_mid_write_does_not_wait_on_it(s3master, s3, bucket, sizes):
     """One client thread writes a key (A) and, in the middle of A's body, writes it again
-    whole (B), as s3-tests' atomic-write tests do. B does not wait on A (each streams to a
-    staged file; only the commits take the key in turn): A finishes last and wins, every
-    replica holding A whole, nothing staged left behind."""
-    a, b = os.urandom(3 * MiB), os.urandom(MiB)
-    key = f"/{bucket}/twice".encode()
+    whole (B), as s3-tests' atomic-write tests do. B does not wait on A (a large value streams
+    to a staged file, a small one is read whole, and only then is the key taken): A finishes
+    last and wins, every replica holding A whole, nothing staged left behind."""
+    a, b = os.urandom(sizes[0]), os.urandom(sizes[1])
+    key = f"/{bucket}/twice-{sizes[0]}".encode()
+    name = key.decode().split("/", 2)[2]
     before = staged_files(s3master)
     first = _s3_put_head(s3master.port, key.decode(), len(a))
-    first.sendall(a[:MiB])
-    assert s3.put_object(Bucket=bucket, Key="twice", Body=b)["ETag"] == f'"{md5hex(b)}"'
-    assert s3.get_object(Bucket=bucket, Key="twice")["Body"].read() == b
-    assert finish_put(first, [a[MiB:]], 0.01) == 200
-    assert s3.head_object(Bucket=bucket, Key="twice")["ETag"] == f'"{md5hex(a)}"'
+    first.sendall(a[:len(a) // 3])
+    assert s3.put_object(Bucket=bucket, Key=name, Body=b)["ETag"] == f'"{md5hex(b)}"'
+    assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == b
+    assert finish_put(first, [a[len(a) // 3:]], 0.01) == 200
+    assert s3.head_object(Bucket=bucket, Key=name)["ETag"] == f'"{md5hex(a)}"'
     assert sorted(p.read_bytes() == a for p in files_of(s3master.volumes, key)) == [True] * 3
     assert staged_files(s3master) == before
 
