@@ -92,7 +92,7 @@ def test_render_config() -> None:
         "access_log off;",
         "default_type application/octet-stream;",
         "listen 3001 reuseport backlog=4096 default_server;",
-        "dav_methods PUT DELETE;",
+        "dav_methods PUT DELETE MOVE;",
         "create_full_put_path on;",
         "client_max_body_size 0;",
         "autoindex_format json;",
