@@ -98,6 +98,21 @@ def test_upload_file_gets_a_composite_crc32(s3, bucket):
     assert [p["PartNumber"] for p in rest["Parts"]] == [3] and not rest["IsTruncated"]
 
 
+def test_list_parts_gives_each_part_its_checksum(s3, bucket):
+    parts = [os.urandom(5 * MiB), b"last"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="listed", ChecksumAlgorithm="SHA256")
+    for n, body in enumerate(parts, 1):
+        s3.upload_part(Bucket=bucket, Key="listed", UploadId=upload["UploadId"], PartNumber=n,
+                       Body=body, ChecksumAlgorithm="SHA256")
+    s3.upload_part(Bucket=bucket, Key="listed", UploadId=upload["UploadId"], PartNumber=3,
+                   Body=b"no checksum asked", ChecksumAlgorithm="CRC32")
+    listed = s3.list_parts(Bucket=bucket, Key="listed", UploadId=upload["UploadId"])["Parts"]
+    assert [(p["PartNumber"], p.get("ChecksumSHA256")) for p in listed[:2]] == [
+        (n + 1, b64(hashlib.sha256(body).digest())) for n, body in enumerate(parts)]
+    assert listed[2]["ChecksumCRC32"] == crc32(b"no checksum asked")
+    s3.abort_multipart_upload(Bucket=bucket, Key="listed", UploadId=upload["UploadId"])
+
+
 @pytest.mark.parametrize("algorithm, kind", [("CRC32", "FULL_OBJECT"),
                                              ("CRC64NVME", None), ("SHA256", "COMPOSITE")])
 def test_a_multipart_checksum_of_the_type_asked(s3, bucket, algorithm, kind):

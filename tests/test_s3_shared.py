@@ -304,6 +304,11 @@ async def _make_stale(state: PostgresState | Spool, upload_ids: list[str], age: 
             os.utime(path, (then, then))
 
 
+def _unchecked() -> None:
+    """A part sent without an x-amz-checksum-*."""
+    return None
+
+
 async def _chunks(*blocks: bytes, pause: float = 0.0):
     for block in blocks:
         await asyncio.sleep(pause)
@@ -316,13 +321,14 @@ def test_a_part_sent_again_replaces_the_first_and_its_files(engine, state_of, ma
 
     async def work(state: PostgresState | Spool) -> None:
         upload = await state.create(b"/b/k", {})
-        first = await state.write_part(upload.id, 1, _chunks(b"first"), 5)
+        first = await state.write_part(upload.id, 1, _chunks(b"first"), 5, _unchecked)
         assert len(part_files(vols, upload.id)) == 2  # -replicas 2
-        second = await state.write_part(upload.id, 1, _chunks(b"second"), None)
+        second = await state.write_part(upload.id, 1, _chunks(b"second"), None,
+                                     lambda: ("crc32", "ZO2Lpw=="))
         assert [p.read_bytes() for p in part_files(vols, upload.id)] == [b"second"] * 2
         parts = await state.parts(upload.id)
         assert list(parts) == [1] and parts[1].md5 == md5hex(b"second") != first.md5
-        assert parts[1].size == 6
+        assert (parts[1].size, parts[1].checksum) == (6, ("crc32", "ZO2Lpw=="))
         assert b"".join([c async for c in state.read([second])]) == b"second"
         assert await state.remove(upload.id) and part_files(vols, upload.id) == []
         assert await state.parts(upload.id) == {}
@@ -343,7 +349,7 @@ def test_an_abort_racing_part_writes_leaves_no_record_and_no_file(engine, state_
             async def write(n: int, upload_id: str) -> str:
                 try:
                     await state.write_part(upload_id, n, _chunks(b"x" * 1000, b"y", pause=0.01),
-                                           None)
+                                           None, _unchecked)
                     return "written"
                 except UploadGone:
                     return "gone"
@@ -374,10 +380,10 @@ def test_two_sweepers_remove_each_stale_upload_once(engine, state_of, make_volum
         ids = []
         for n in range(6):
             upload = await one.create(f"/b/stale{n}".encode(), {})
-            await one.write_part(upload.id, 1, _chunks(b"part"), 4)
+            await one.write_part(upload.id, 1, _chunks(b"part"), 4, _unchecked)
             ids.append(upload.id)
         fresh = await one.create(b"/b/fresh", {})
-        await one.write_part(fresh.id, 1, _chunks(b"fresh part"), None)
+        await one.write_part(fresh.id, 1, _chunks(b"fresh part"), None, _unchecked)
         await _make_stale(one, ids, 100)
         now = time.time()
         swept = await asyncio.gather(one.sweep(50, now), other.sweep(50, now))
@@ -407,7 +413,7 @@ def test_a_spool_shared_by_workers_agrees_across_its_users(engine, state_of, mak
         other.forget(b"/b/k")
         assert (await one.kept(b"/b/k", "0" * 32)).metadata is None
         upload = await one.create(b"/b/k", {})
-        await one.write_part(upload.id, 2, _chunks(b"two"), 3)
+        await one.write_part(upload.id, 2, _chunks(b"two"), 3, _unchecked)
         async with one.completing(upload.id):
             with pytest.raises(UploadBusy):
                 async with other.completing(upload.id):
@@ -415,10 +421,10 @@ def test_a_spool_shared_by_workers_agrees_across_its_users(engine, state_of, mak
             with pytest.raises(UploadBusy):
                 await other.remove(upload.id)
             with pytest.raises(UploadGone):
-                await other.write_part(upload.id, 1, _chunks(b"x"), 1)
+                await other.write_part(upload.id, 1, _chunks(b"x"), 1, _unchecked)
         assert list(await one.parts(upload.id)) == [2]  # the refused part left no record
         assert len(part_files(vols, upload.id)) == 2  # nor files: part 2's two copies
-        await other.write_part(upload.id, 1, _chunks(b"x"), 1)  # let go: parts come again
+        await other.write_part(upload.id, 1, _chunks(b"x"), 1, _unchecked)  # let go: it comes
         assert sorted(await one.parts(upload.id)) == [1, 2]
         assert await other.remove(upload.id)
         assert part_files(vols, upload.id) == []
@@ -444,6 +450,7 @@ S3_CHECKS = [
     test_s3.test_multipart_errors,
     test_s3_metadata.test_put_keeps_metadata_for_get_and_head,
     test_s3_checksums.test_upload_file_gets_a_composite_crc32,
+    test_s3_checksums.test_list_parts_gives_each_part_its_checksum,
     test_s3_checksums.test_a_copy_keeps_the_checksum_and_a_rewrite_drops_it,
     test_s3_metadata.test_non_ascii_metadata_is_answered_rfc2047_encoded,
     test_s3_metadata.test_copy_object_metadata_directive,

@@ -100,8 +100,12 @@ class Uploads:
         if b"x-amz-copy-source" in req.headers:
             return await self._upload_part_copy(upload_id, number, req)
         payload = payload_of(req, signed)
+
+        def checksum() -> tuple[str, str] | None:
+            return (payload.algorithm, payload.checksum[1]) if payload.checksum else None
         try:
-            part = await self.state.write_part(upload_id, number, payload, payload.length)
+            part = await self.state.write_part(upload_id, number, payload, payload.length,
+                                               checksum)
         except UploadGone:
             raise no_such_upload(upload_id) from None
         headers = [("ETag", f'"{part.md5}"'), ("Content-Length", "0")]
@@ -132,7 +136,8 @@ class Uploads:
         try:
             part = await self.state.write_part(upload_id, number,
                                                self.volumes.chunks(response),
-                                               int(length) if length is not None else None)
+                                               int(length) if length is not None else None,
+                                               lambda: None)
         except UploadGone:
             raise no_such_upload(upload_id) from None
         finally:
@@ -256,7 +261,9 @@ class Uploads:
             ("MaxParts", str(max_parts)), ("IsTruncated", "true" if truncated else "false")]
         nodes += [("Part", [("PartNumber", str(p.number)),
                             ("LastModified", s3xml.timestamp(p.modified)),
-                            ("ETag", f'"{p.md5}"'), ("Size", str(p.size))]) for p in page]
+                            ("ETag", f'"{p.md5}"'), ("Size", str(p.size)),
+                            *([(element_of(p.checksum[0]), p.checksum[1])] if p.checksum
+                              else [])]) for p in page]
         return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
 
     async def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:

@@ -3,8 +3,8 @@ master over the database shares it. Its tables, created when missing:
 
     mkv_s3_uploads    id text PK, key bytea, initiated float8, metadata text (JSON)
     mkv_s3_parts      upload_id → mkv_s3_uploads (ON DELETE CASCADE), number, md5, size,
-                      modified float8, replicas text (where its bytes are), file text;
-                      PK (upload_id, number)
+                      modified float8, replicas text (where its bytes are), file text,
+                      checksum text (its x-amz-checksum-*); PK (upload_id, number)
     mkv_s3_completed  id text PK, key bytea, etag text, at float8: a repeated Complete's answer
     mkv_s3_buckets    name text PK, created float8
     mkv_s3_documents  kind ('etag', 'metadata'), key bytea, md5 text, document text (JSON);
@@ -61,7 +61,9 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mkv_s3_parts (upload_id text NOT NULL REFERENCES "
     "mkv_s3_uploads (id) ON DELETE CASCADE, number int NOT NULL, md5 text NOT NULL, "
     "size bigint NOT NULL, modified float8 NOT NULL, replicas text NOT NULL, "
-    "file text NOT NULL, PRIMARY KEY (upload_id, number))",
+    "file text NOT NULL, checksum text, PRIMARY KEY (upload_id, number))",
+    # a part's x-amz-checksum-* ("algorithm:value"), on tables made before it was kept
+    "ALTER TABLE mkv_s3_parts ADD COLUMN IF NOT EXISTS checksum text",
     "CREATE TABLE IF NOT EXISTS mkv_s3_completed (id text PRIMARY KEY, key bytea NOT NULL, "
     "etag text NOT NULL, at float8 NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mkv_s3_buckets (name text PRIMARY KEY, created float8 NOT NULL)",
@@ -69,10 +71,10 @@ _SCHEMA = [
     "md5 text, document text NOT NULL, PRIMARY KEY (kind, key))",
 ]
 _UPSERT_PART = (
-    "INSERT INTO mkv_s3_parts (upload_id, number, md5, size, modified, replicas, file) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (upload_id, number) DO UPDATE SET "
-    "md5 = EXCLUDED.md5, size = EXCLUDED.size, modified = EXCLUDED.modified, "
-    "replicas = EXCLUDED.replicas, file = EXCLUDED.file")
+    "INSERT INTO mkv_s3_parts (upload_id, number, md5, size, modified, replicas, file, "
+    "checksum) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (upload_id, number) DO "
+    "UPDATE SET md5 = EXCLUDED.md5, size = EXCLUDED.size, modified = EXCLUDED.modified, "
+    "replicas = EXCLUDED.replicas, file = EXCLUDED.file, checksum = EXCLUDED.checksum")
 # idle: no part written since; the newest of its creation and its parts
 _STALE = (
     "SELECT id FROM mkv_s3_uploads u WHERE greatest(initiated, (SELECT max(modified) FROM "
@@ -153,17 +155,21 @@ class PostgresState:
         return [Upload(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
 
     async def parts(self, upload_id: str) -> dict[int, Part]:
-        rows = await self._fetch("SELECT number, md5, size, modified, replicas, file FROM "
-                                 "mkv_s3_parts WHERE upload_id = $1", upload_id)
+        rows = await self._fetch("SELECT number, md5, size, modified, replicas, file, "
+                                 "checksum FROM mkv_s3_parts WHERE upload_id = $1", upload_id)
         return {row[0]: Part(row[0], row[1], row[2], row[3], location(
-            row[4].split(","), part_path(upload_id, row[5]))) for row in rows}
+            row[4].split(","), part_path(upload_id, row[5])),
+            tuple(row[6].split(":", 1)) if row[6] else None)  # type: ignore[arg-type]
+            for row in rows}
 
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
-                         length: int | None) -> Part:
+                         length: int | None, checksum: Callable[[], tuple[str, str] | None]
+                         ) -> Part:
         """Stream the part's file, then its row (replacing an earlier one, whose files then
         go). Files that no row names are deleted: an upload gone meanwhile."""
         written = await self.files.write(upload_id, number, chunks, length)
-        part = Part(number, written.md5, written.size, time.time(), written.location)
+        part = Part(number, written.md5, written.size, time.time(), written.location,
+                    checksum())
         try:
             old = await self._insert_part(upload_id, part, written.replicas, written.file)
         except BaseException:
@@ -192,7 +198,8 @@ class PostgresState:
                                             "upload_id = $1 AND number = $2", upload_id,
                                             part.number)
             await connection.execute(_UPSERT_PART, upload_id, part.number, part.md5, part.size,
-                                     part.modified, ",".join(replicas), file)
+                                     part.modified, ",".join(replicas), file,
+                                     ":".join(part.checksum) if part.checksum else None)
         return old
 
     @asynccontextmanager

@@ -13,8 +13,8 @@ value has the md5 they were saved with: a value written since by anything else (
 mkv's native face, which also drops them through the store) does not inherit them.
 
     ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ..., "metadata": ...}
-    ROOT/uploads/<upload id>/<n>.part      {"md5": ..., "size": ..., "location": ...}: part
-                                           n, where its bytes are (PartFile.location)
+    ROOT/uploads/<upload id>/<n>.part      {"md5", "size", "location", "checksum"}: part n,
+                                           where its bytes are (PartFile.location)
     ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date
     ROOT/completed/<upload id>             {"key": ..., "etag": ...}: a repeated Complete
     ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N",
@@ -30,7 +30,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -154,12 +154,14 @@ class Spool:
                 except (OSError, ValueError):
                     continue  # replaced or removed meanwhile
                 number = int(m.group(1))
+                checksum = record.get("checksum")
                 found[number] = Part(number, record["md5"], record["size"], modified,
-                                     record["location"])
+                                     record["location"], tuple(checksum) if checksum else None)
         return found
 
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
-                         length: int | None) -> Part:
+                         length: int | None, checksum: Callable[[], tuple[str, str] | None]
+                         ) -> Part:
         """Stream the part to the volumes, then its record (replacing an earlier one, whose
         files then go). Writes of one part number may run together: each streams to files of
         its own, and the last to record its part wins."""
@@ -167,7 +169,8 @@ class Spool:
         if path is None or not path.is_dir() or _completing(path):
             raise UploadGone(upload_id)
         written = await self.files.write(upload_id, number, chunks, length)
-        part = Part(number, written.md5, written.size, time.time(), written.location)
+        part = Part(number, written.md5, written.size, time.time(), written.location,
+                    checksum())
         try:
             old = self._record_part(path, upload_id, part)
         except BaseException:
@@ -200,7 +203,8 @@ class Spool:
                 except (OSError, ValueError, KeyError):
                     old = None
                 _write_atomic(record, json.dumps({"md5": part.md5, "size": part.size,
-                                                  "location": part.location}).encode())
+                                                  "location": part.location,
+                                                  "checksum": part.checksum}).encode())
             if not (path / "upload.json").exists():  # aborted or swept meanwhile
                 raise UploadGone(upload_id)
             return old

@@ -9,7 +9,7 @@ over that database shares. Awaitable throughout, as the index is. A per-key docu
 while the key's value has the md5 it was saved with.
 """
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol
 
@@ -29,6 +29,7 @@ class Part(NamedTuple):
     size: int
     modified: float
     location: str  # where its bytes are, as the engine that wrote it names it
+    checksum: tuple[str, str] | None = None  # the x-amz-checksum-* it was sent with, checked
 
 
 class Kept(NamedTuple):
@@ -65,9 +66,11 @@ class S3State(Protocol):
     async def parts(self, upload_id: str) -> dict[int, Part]: ...
 
     async def write_part(self, upload_id: str, number: int, chunks: AsyncIterator[bytes],
-                         length: int | None) -> Part:
+                         length: int | None, checksum: Callable[[], tuple[str, str] | None]
+                         ) -> Part:
         """Receive a part (streamed; `length` when known); a part sent again replaces the
         earlier one: writes of one part number may run together, the last to finish wins.
+        `checksum` gives the (algorithm, value) the body was checked against, once read.
         Raises UploadGone."""
 
     def completing(self, upload_id: str) -> AbstractAsyncContextManager[Completion]:
