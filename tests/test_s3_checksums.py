@@ -26,6 +26,10 @@ def crc32(data: bytes) -> str:
     return b64(zlib.crc32(data).to_bytes(4, "big"))
 
 
+def crc64(data: bytes) -> str:
+    return b64(crt.crc64nvme(data).to_bytes(8, "big"))
+
+
 def composite(algorithm: str, parts: list[bytes]) -> str:
     """S3's checksum of checksums: over the parts' raw digests, `-N` after it."""
     digest = {"crc32": lambda d: zlib.crc32(d).to_bytes(4, "big"),
@@ -65,8 +69,9 @@ def test_a_copy_keeps_the_checksum_and_a_rewrite_drops_it(s3master, s3, bucket):
         "ChecksumCRC32"] == crc32(b"value")
     assert request(s3master.port, "PUT", f"/{bucket}/src", b"other", headers={  # no sum
         "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}).status == 200
-    assert "ChecksumCRC32" not in s3.head_object(Bucket=bucket, Key="src",
-                                                 ChecksumMode="ENABLED")
+    head = s3.head_object(Bucket=bucket, Key="src", ChecksumMode="ENABLED")
+    assert "ChecksumCRC32" not in head  # S3's own instead, as for any object sent without
+    assert head["ChecksumCRC64NVME"] == crc64(b"other")
     assert s3master.call("REPLACE", f"/{bucket}/dst".encode(), b"native").status == 201
     assert "ChecksumCRC32" not in s3.head_object(Bucket=bucket, Key="dst",
                                                  ChecksumMode="ENABLED")
@@ -141,6 +146,31 @@ def test_a_multipart_checksum_of_the_type_asked(s3, bucket, algorithm, kind):
     got = s3.get_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
     assert (got[f"Checksum{algorithm}"], got["ChecksumType"]) == wanted
     assert got["Body"].read() == whole
+
+
+def test_an_object_sent_without_a_checksum_gets_s3s_own(s3master, s3, bucket):
+    """As S3 does since 2025: CRC64NVME over the whole object, for a PutObject and for a
+    multipart upload that asked for none."""
+    assert request(s3master.port, "PUT", f"/{bucket}/bare", b"no checksum sent", headers={
+        "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}).status == 200
+    got = s3.get_object(Bucket=bucket, Key="bare", ChecksumMode="ENABLED")
+    assert (got["ChecksumCRC64NVME"], got["ChecksumType"]) == (crc64(b"no checksum sent"),
+                                                               "FULL_OBJECT")
+    assert got["Body"].read() == b"no checksum sent"
+    parts = [os.urandom(5 * MiB), b"end"]
+    upload = request(s3master.port, "POST", f"/{bucket}/bare-mp?uploads", b"",
+                     headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    upload_id = upload.body.split(b"<UploadId>")[1].split(b"<")[0].decode()
+    listed = []
+    for n, body in enumerate(parts, 1):
+        answer = s3.upload_part(Bucket=bucket, Key="bare-mp", UploadId=upload_id,
+                                PartNumber=n, Body=body)
+        listed.append({"PartNumber": n, "ETag": answer["ETag"]})
+    s3.complete_multipart_upload(Bucket=bucket, Key="bare-mp", UploadId=upload_id,
+                                 MultipartUpload={"Parts": listed})
+    head = s3.head_object(Bucket=bucket, Key="bare-mp", ChecksumMode="ENABLED")
+    assert (head["ChecksumCRC64NVME"], head["ChecksumType"]) == (crc64(b"".join(parts)),
+                                                                 "FULL_OBJECT")
 
 
 @pytest.mark.parametrize("headers", [

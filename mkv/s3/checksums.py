@@ -66,6 +66,7 @@ def algorithm_of(header: str) -> str | None:
 
 
 COMPOSITE, FULL_OBJECT = "COMPOSITE", "FULL_OBJECT"  # what a multipart object's checksum covers
+DEFAULT_CHECKSUM = "crc64nvme"  # S3's for an object sent without one (since 2025)
 
 
 def header_of(algorithm: str) -> str:

@@ -13,7 +13,13 @@ from mkv.http.client import VolumeError
 from mkv.http.messages import Request, Response
 from mkv.index import IndexUnavailable
 from mkv.s3 import xml as s3xml
-from mkv.s3.checksums import AssembledChecksum, element_of, wanted_for_upload
+from mkv.s3.checksums import (
+    DEFAULT_CHECKSUM,
+    FULL_OBJECT,
+    AssembledChecksum,
+    element_of,
+    wanted_for_upload,
+)
 from mkv.s3.errors import S3Error, busy, no_such_upload, object_name
 from mkv.s3.metadata import of_request
 from mkv.s3.objects import Objects, check_storable
@@ -164,9 +170,10 @@ class Uploads:
         try:
             async with self.state.completing(upload_id) as completion:
                 parts = await self._parts_to_complete(upload_id, wanted)
-                asked = upload.metadata.get("checksum")
-                checksum = None if asked is None else AssembledChecksum(asked["algorithm"],
-                                                                        asked["type"])
+                # the one asked at create, else S3's own for every object
+                asked = upload.metadata.get("checksum") or {"algorithm": DEFAULT_CHECKSUM,
+                                                             "type": FULL_OBJECT}
+                checksum = AssembledChecksum(asked["algorithm"], asked["type"])
                 md5 = await self.objects.write(key, self._assembled(parts, checksum),
                                                sum(p.size for p in parts), req)
                 combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts))
@@ -174,26 +181,19 @@ class Uploads:
                 if md5:
                     await self.state.keep(ETAG, key, md5, {
                         "etag": etag, "parts": [p.size for p in parts]})
-                metadata = dict(upload.metadata)
-                if checksum is not None:
-                    metadata["checksum"] = checksum.document()
+                metadata = {**upload.metadata, "checksum": checksum.document()}
                 await self.objects.keep_metadata(key, md5, metadata)
                 await completion.finish(key, etag)
         except UploadBusy:
             raise busy(key) from None
         except UploadGone:
             raise no_such_upload(upload_id) from None
-        return self._completed(req, key, etag, metadata.get("checksum"))
+        return self._completed(req, key, etag, metadata["checksum"])
 
-    async def _assembled(self, parts: list[Part], checksum: AssembledChecksum | None
+    async def _assembled(self, parts: list[Part], checksum: AssembledChecksum
                          ) -> AsyncIterator[bytes]:
-        """The parts' bytes in order, each counted into `checksum` when the upload asked for
-        one (one more pass over bytes the master reads anyway)."""
-        if checksum is None:
-            async with aclosing(self.state.read(parts)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
+        """The parts' bytes in order, each counted into `checksum` (one more pass over bytes
+        the master reads anyway)."""
         for part in parts:
             checksum.begin_part()
             async with aclosing(self.state.read([part])) as chunks:
