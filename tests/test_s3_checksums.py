@@ -194,5 +194,10 @@ def test_object_attributes_are_asked_by_name(s3master, s3, bucket):
         reply = request(s3master.port, "GET", f"/{bucket}/plain?attributes",
                         headers={"x-amz-object-attributes": asked} if asked else {})
         assert reply.status == 400 and b"InvalidArgument" in reply.body, (asked, reply.body)
+    for paging in ({"x-amz-max-parts": "many"}, {"x-amz-max-parts": "-1"},
+                   {"x-amz-part-number-marker": "1e999"}):
+        reply = request(s3master.port, "GET", f"/{bucket}/plain?attributes",
+                        headers={"x-amz-object-attributes": "ObjectParts", **paging})
+        assert reply.status == 400 and b"InvalidArgument" in reply.body, (paging, reply.body)
     assert error_of(s3.get_object_attributes, Bucket=bucket, Key="absent",
                     ObjectAttributes=["ETag"]) == ("NoSuchKey", 404)

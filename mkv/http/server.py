@@ -65,7 +65,6 @@ class HTTPConnection(FlowControlled):
         self._parsing: Request | None = None
         self._pending: deque[Request] = deque()
         self._active: Request | None = None
-        self.task: asyncio.Task | None = None  # the handler's; held: the loop keeps a weak one
         self._started = 0.0
         self._in_message = False
         self._close_after_answer = False
@@ -241,7 +240,7 @@ class HTTPConnection(FlowControlled):
             result.then(self._deliver)
         else:
             self._active = request
-            self.task = self.server.run(self._run(request, result))
+            self.server.run(self._run(request, result))
 
     async def _run(self, request: Request, pending: Awaitable[Response]) -> None:
         try:
@@ -279,7 +278,7 @@ class HTTPConnection(FlowControlled):
         if isinstance(response.body, bytes):
             self._respond(request, response)
         else:
-            self.task = self.server.run(self._run(request, _ready(response)))
+            self.server.run(self._run(request, _ready(response)))
 
     def _head(self, request: Request, response: Response, keep_alive: bool) -> bytes:
         date = self.server.date
@@ -363,7 +362,6 @@ class HTTPConnection(FlowControlled):
                 log.info("%s %s %d %.2fms", request.method.decode(), request.path.decode(
                     "utf-8", "replace"), status, seconds * 1000)
         self._active = None
-        self.task = None
         if not keep_alive:
             self.close()
             return
@@ -439,8 +437,8 @@ class HTTPServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.connections: set[HTTPConnection] = set()
-        # every handler running, its client there or gone: shutdown waits for them all, so
-        # none outlives the store it uses
+        # every handler running, its client there or gone: held here (the loop keeps a weak
+        # reference), and shutdown waits for them all, so none outlives the store it uses
         self.handlers: set[asyncio.Task] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
@@ -456,12 +454,11 @@ class HTTPServer:
             answer = INTERNAL_ERROR
         return answer
 
-    def run(self, handling: Coroutine[None, None, None]) -> asyncio.Task:
+    def run(self, handling: Coroutine[None, None, None]) -> None:
         """Run a connection's handler as a task the shutdown knows of."""
         task = self.loop.create_task(handling)
         self.handlers.add(task)
         task.add_done_callback(self.handlers.discard)
-        return task
 
     async def start(self, host: str | None, port: int, reuse_port: bool = False) -> None:
         """Listen; `reuse_port` lets several processes listen on the port (SO_REUSEPORT), the

@@ -107,8 +107,8 @@ class Uploads:
             return await self._upload_part_copy(upload_id, number, req)
         payload = payload_of(req, signed)
 
-        def checksum() -> tuple[str, str] | None:
-            return (payload.algorithm, payload.checksum[1]) if payload.checksum else None
+        def checksum() -> tuple[str, str] | None:  # a part keeps only the one sent
+            return payload.computed if payload.checksum else None
         try:
             part = await self.state.write_part(upload_id, number, payload, payload.length,
                                                checksum)

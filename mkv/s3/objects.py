@@ -396,14 +396,10 @@ class Objects:
         payload = payload_of(req, signed)
         metadata = of_request(req)
         md5 = await self.write(key, payload, payload.length, req)
-        # the one sent (verified), else S3's own: kept for ChecksumMode reads and
-        # GetObjectAttributes
-        if payload.checksum:
-            metadata["checksum"] = {"algorithm": payload.algorithm, "type": FULL_OBJECT,
-                                    "value": payload.checksum[1]}
-        elif payload.computed:
-            metadata["checksum"] = {"algorithm": payload.computed[0], "type": FULL_OBJECT,
-                                    "value": payload.computed[1]}
+        if payload.computed:  # kept for ChecksumMode reads and GetObjectAttributes
+            algorithm, value = payload.computed
+            metadata["checksum"] = {"algorithm": algorithm, "type": FULL_OBJECT,
+                                    "value": value}
         await self.keep_metadata(key, md5, metadata)
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:

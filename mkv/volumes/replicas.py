@@ -165,9 +165,9 @@ class Volumes:
         is allowed, 405 where it is not."""
         known = self._moves.get(hostport)
         if known is None:
-            response = await self.pool.request(
-                hostport, b"MOVE", b"/s3-parts/.mkv-move-probe", b"Destination: "
-                b"/s3-parts/.mkv-move-probe-2\r\n", timeout=self.write_timeout)
+            response = await self.pool.request(  # no key's path (SPEC §2), never a file
+                hostport, b"MOVE", b"/mkv-move-probe", b"Destination: /mkv-move-probe-2\r\n",
+                timeout=self.write_timeout)
             if response.status not in (404, 405):
                 raise VolumeError(f"MOVE probe of {hostport}: status {response.status}")
             known = self._moves[hostport] = response.status == 404
