@@ -16,6 +16,7 @@ Usage: mkv [flags] <server|rebuild|rebalance|verify|repair>
        mkv -db SRC copy DEST        (every record into an empty index: LevelDB path or
                                     postgresql:// URL, either way; masters stopped)
        mkv -volumes V [-db D] where KEY   (a key's placement, today's and recorded)
+       mkv -db D -volumes V expire  (apply S3 lifecycle rules once; beside a master or not)
        mkv put|get|ls|rm ...        (the client: `mkv put --help`; masters from --master)
 """
 
@@ -155,6 +156,12 @@ FLAGS: dict[str, Flag] = {
                      "PostgreSQL index keeps them in its database)"),
     "s3_upload_ttl": Flag("s3_upload_ttl", parse_duration, "S3: remove multipart uploads "
                           "idle this long; 0 never (default 24h)"),
+    "s3_lifecycle_every": Flag("s3_lifecycle_every", parse_duration, "S3: how often the "
+                               "master applies buckets' lifecycle rules; 0 never, `expire` "
+                               "then does (default 1h)"),
+    "s3_lifecycle_day": Flag("s3_lifecycle_day", parse_duration, "S3: the length of a "
+                             "lifecycle rule's day: shorter only to see rules act in a test "
+                             "(default 24h)"),
     "concurrency": Flag("concurrency", _positive,
                         "rebuild/rebalance/verify/repair: keys or listings in flight (default 16)"),
     "checksum": Flag("checksum", None, "rebuild/verify/repair: read every value and check "
@@ -283,6 +290,7 @@ def _offline(name: str) -> Callable[[Config], int]:
 CLUSTER_COMMANDS: dict[str, Callable[[Config], int]] = {
     "server": _server,
     **{name: _offline(name) for name in ("rebuild", "rebalance", "verify", "repair")},
+    "expire": lambda config: importlib.import_module("mkv.s3.expiry").main(config),
 }
 
 

@@ -57,6 +57,8 @@ class Config:
     s3_keys: tuple[tuple[str, str], ...] = ()  # (access key, secret key): SigV4 checked if any
     s3_spool: str = ""  # S3's state beside LevelDB; "" means `<db>.s3` (PostgreSQL: its tables)
     s3_upload_ttl: float = 86400.0  # multipart uploads idle this long are removed; 0 never
+    s3_lifecycle_every: float = 3600.0  # how often a lifecycle pass runs; 0 never (in the master)
+    s3_lifecycle_day: float = 86400.0  # a lifecycle day's length: shorter only to test rules
     # offline operations (rebuild, rebalance, verify, repair)
     concurrency: int = 16
     checksum: bool = False

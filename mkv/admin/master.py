@@ -53,6 +53,7 @@ class MasterAdmin:
                     dict(volumes.pool.errors), ("volume",)),
             counter("mkv_s3_requests_total", "S3 requests, by operation and error code "
                     "(empty: success).", self.s3.answered, ("operation", "code")),
+            *self.s3.lifecycle.families(),
             gauge("mkv_index_info", "The index engine.", [((("engine", stats["engine"]),), 1)]),
             *([gauge("mkv_index_bytes", "The index's size on disk, as the engine estimates it.",
                      [((), stats["bytes"])])] if "bytes" in stats else []),

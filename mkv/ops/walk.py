@@ -33,6 +33,7 @@ class VolumeFile:
     key: bytes | None  # None when the name is not a key stored at this path
     problem: str  # why `key` is None
     modified: str  # the listing's mtime, an HTTP date: parsed only when asked (it is slow)
+    size: int = -1  # the listing's size (-1: not given)
 
     @property
     def mtime(self) -> float:
@@ -207,4 +208,4 @@ class Walk:
                 file_path = f"{path}{name}"
                 key, problem = key_at(file_path)
                 await on_file(VolumeFile(replica, file_path, key, problem,
-                                         entry.get("mtime", "")))
+                                         entry.get("mtime", ""), entry.get("size", -1)))

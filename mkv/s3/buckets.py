@@ -1,15 +1,18 @@
 """S3 buckets: a bucket is a key prefix, there while it holds a live key or from CreateBucket
-to DeleteBucket (a marker in the S3 state, mkv/s3/state.py)."""
+to DeleteBucket (a marker in the S3 state, mkv/s3/state.py, which keeps its settings: owner,
+ACL, lifecycle rules)."""
 
 import re
 
-from mkv.http.messages import Response
+from mkv.http.messages import Request, Response
 from mkv.record import State, successor
 from mkv.s3 import xml as s3xml
+from mkv.s3.access import Access, access_denied
 from mkv.s3.errors import S3Error, no_such_bucket
+from mkv.s3.grants import ANONYMOUS_OWNER, acl_of_headers
 from mkv.s3.request import decode_token, encode_token, int_param
 from mkv.s3.state import S3State
-from mkv.s3.xml import OWNER, XML, Node
+from mkv.s3.xml import XML, Node
 from mkv.store import Store
 
 # S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or
@@ -24,11 +27,13 @@ def valid_bucket_name(name: str) -> bool:
 
 
 class Buckets:
-    """Buckets over the store's index (a bucket's live keys) and the S3 state (its marker)."""
+    """Buckets over the store's index (a bucket's live keys) and the S3 state (its marker),
+    owned as the access rules say."""
 
-    def __init__(self, store: Store, state: S3State) -> None:
+    def __init__(self, store: Store, state: S3State, access: Access) -> None:
         self.index = store.index
         self.state = state
+        self.access = access
 
     async def _has_keys(self, bucket: str) -> bool:
         async for _, record in self.index.items(f"/{bucket}/".encode()):
@@ -53,11 +58,26 @@ class Buckets:
         """GetBucketVersioning: never enabled."""
         return Response(200, [XML], s3xml.document("VersioningConfiguration", []))
 
-    async def create_bucket(self, bucket: str) -> Response:
+    async def create_bucket(self, bucket: str, caller: str | None, req: Request) -> Response:
+        """CreateBucket: the caller owns the bucket made. Made again by its owner it is left
+        as it is (200, as S3 answers in us-east-1); by anyone else, 409."""
         if not valid_bucket_name(bucket):
             raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
                           BucketName=bucket)
-        await self.state.make_bucket(bucket)
+        settings: dict = {"acl": acl_of_headers(req.headers, self.access.keys or None) or []}
+        if self.access.enforced:
+            if caller is None:
+                raise access_denied()
+            # a bucket that held keys before it had a marker stays every key's, as it was
+            if not await self._has_keys(bucket):
+                settings["owner"] = caller
+        made = await self.state.make_bucket(bucket, settings)
+        self.access.changed(bucket)
+        if not made and not self.access.owns(caller, await self.access.settings(bucket)):
+            raise S3Error(409, "BucketAlreadyExists", "The requested bucket name is not "
+                          "available. The bucket namespace is shared by all users of the "
+                          "system. Please select a different name and try again.",
+                          BucketName=bucket)
         return Response(200, [("Location", f"/{bucket}"), ("Content-Length", "0")])
 
     async def delete_bucket(self, bucket: str) -> Response:
@@ -67,11 +87,14 @@ class Buckets:
         # a bucket that existed only through its keys is gone once they are: deleting it
         # succeeds too, so `aws s3 rb --force` works on one
         await self.state.remove_bucket(bucket)
+        self.access.changed(bucket)
         return Response(204)
 
-    async def list_buckets(self, params: dict[str, str]) -> Response:
-        """ListBuckets, by name; with `max-buckets`, pages that `continuation-token` goes on
-        from, and only the names starting with `prefix`."""
+    async def list_buckets(self, params: dict[str, str], caller: str | None) -> Response:
+        """ListBuckets, by name, those the caller owns; with `max-buckets`, pages that
+        `continuation-token` goes on from, and only the names starting with `prefix`."""
+        if self.access.enforced and caller is None:
+            raise access_denied()
         prefix = params.get("prefix", "")
         limit = int_param(params, "max-buckets", MAX_BUCKETS, 1, MAX_BUCKETS)
         token = params.get("continuation-token")
@@ -90,13 +113,16 @@ class Buckets:
                 following = successor(key[:slash + 1])
                 break
             start = following
-        names = sorted(name for name in buckets if name > after)
+        names = await self.access.visible_buckets(
+            caller, sorted(name for name in buckets if name > after))
         page = names[:limit]
+        owner = caller or ANONYMOUS_OWNER
         nodes: list[Node] = [("Bucket", [("Name", name), ("CreationDate",
                                                           s3xml.timestamp(buckets[name]))])
                              for name in page]
         body = s3xml.document("ListAllMyBucketsResult", [
-            ("Owner", OWNER), ("Buckets", nodes),
+            ("Owner", [("ID", owner), ("DisplayName", owner)]),
+            ("Buckets", nodes),
             ("ContinuationToken", encode_token(page[-1].encode())
              if len(names) > len(page) else None),
             ("Prefix", prefix if "prefix" in params else None)])

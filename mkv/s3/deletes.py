@@ -109,15 +109,18 @@ class Deletes:
                     raise no_such_key(key)
                 return
             await self._check(key, record, conditions)
-        if record is None:
-            return
+        if record is not None and await self.remove_value(key, record):
+            raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
+                          "unlinked", Key=object_name(key))
+
+    async def remove_value(self, key: bytes, record: Record) -> list[str]:
+        """Delete the key, whose lock the caller holds, as S3 does (unlinked under
+        -protect); the replicas that failed to delete (the key stays unlinked)."""
         if self.store.config.protect:
             if record.state is State.LIVE:
                 await self.store.unlink(key, record)
-            return
-        if await self.store.remove(key, record):
-            raise S3Error(500, "InternalError", "deleting a replica failed; the key stays "
-                          "unlinked", Key=object_name(key))
+            return []
+        return await self.store.remove(key, record)
 
     async def _check(self, key: bytes, record: Record, conditions: Conditions) -> None:
         info = None

@@ -26,8 +26,10 @@ from mkv.http.flow import Body
 from mkv.http.messages import Request, Response
 from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
+from mkv.s3.access import Access
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.errors import S3Error
+from mkv.s3.grants import WRITE, canned_acl
 from mkv.s3.metadata import header_value, headers_from
 from mkv.s3.objects import Objects, check_storable
 from mkv.s3.sigv4 import ALGORITHM, signing_key
@@ -258,9 +260,10 @@ def check_policy(policy: str, fields: dict[str, str], bucket: str,
     return length_range
 
 
-def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> None:
-    """The form's signature of its policy: SigV4 (x-amz-credential, x-amz-signature) or V2
-    (AWSAccessKeyId, signature)."""
+def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> str | None:
+    """The form's signature of its policy, SigV4 (x-amz-credential, x-amz-signature) or V2
+    (AWSAccessKeyId, signature): the access key that signed it; None for a form that is not
+    signed (anonymous)."""
     policy = fields.get("policy")
     if "x-amz-signature" in fields:
         if fields.get("x-amz-algorithm") != ALGORITHM:
@@ -279,7 +282,8 @@ def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> None:
         if policy is None or "awsaccesskeyid" not in fields:
             raise S3Error(400, "InvalidArgument", "a signed form needs AWSAccessKeyId and "
                           "policy")
-        secret = _secret(secrets, fields["awsaccesskeyid"])
+        access_key = fields["awsaccesskeyid"]
+        secret = _secret(secrets, access_key)
         expected = base64.b64encode(hmac.new(secret.encode(), policy.encode(),
                                              hashlib.sha1).digest()).decode()
         given = fields["signature"]
@@ -289,12 +293,12 @@ def check_signature(fields: dict[str, str], secrets: dict[str, str]) -> None:
                       "'x-amz-signature' (or 'Signature').  If it is specified, please check "
                       "the order of the fields.", ArgumentName="x-amz-signature")
     else:
-        raise S3Error(403, "AccessDenied", "Access Denied: this endpoint needs signed forms "
-                      "(x-amz-signature or signature, with a policy)")
+        return None
     if not hmac.compare_digest(expected.encode(), given.encode()):  # given: any text
         raise S3Error(403, "SignatureDoesNotMatch", "The request signature we calculated does "
                       "not match the signature you provided. Check your key and signing "
                       "method.")
+    return access_key
 
 
 def _secret(secrets: dict[str, str], access_key: str) -> str:
@@ -343,16 +347,17 @@ class Forms:
     """POST Object: the form checked against the S3 keys (`secrets`, empty: unsigned forms
     welcome), its file written through the objects service as PutObject writes."""
 
-    def __init__(self, objects: Objects, secrets: dict[str, str]) -> None:
+    def __init__(self, objects: Objects, secrets: dict[str, str], access: Access) -> None:
         self.objects = objects
         self.secrets = secrets
+        self.access = access
 
     async def post_object(self, bucket: str, req: Request) -> Response:
         form = Form(req.body, req.headers[b"content-type"])
         await form.read_fields()
         fields = form.fields
-        if self.secrets:
-            check_signature(fields, self.secrets)
+        caller = check_signature(fields, self.secrets) if self.secrets else None
+        await self.access.check_bucket(caller, bucket, WRITE)
         if "key" not in fields:
             raise S3Error(400, "InvalidArgument", "Bucket POST must contain a field named "
                           "'key'.  If it is specified, please check the order of the fields.",
@@ -366,7 +371,8 @@ class Forms:
         smallest, largest = (check_policy(fields["policy"], fields, bucket, time.time())
                              if "policy" in fields else (0, None))
         metadata = {"headers": headers_from((field.encode(), value.encode())
-                                            for field, value in fields.items()), "tags": []}
+                                            for field, value in fields.items()), "tags": [],
+                    "acl": canned_acl(fields["acl"]) if "acl" in fields else []}
         redirect = _redirect(fields)  # checked, as the metadata is, before anything is written
         md5 = await self.objects.write(key, form.file(smallest, largest), None)
         await self.objects.keep_metadata(key, md5, metadata)

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from mkv.http.headers import valid_name, valid_value
 from mkv.http.messages import Request
 from mkv.s3.errors import S3Error
+from mkv.s3.grants import Grant, acl_of_headers
 
 # the headers S3 stores with an object and answers with, as S3 spells them
 STORED = {name.lower().encode(): name for name in (
@@ -117,8 +118,14 @@ def tags_of(req: Request) -> Tags:
 
 
 def of_request(req: Request) -> dict:
-    """What a write asks to keep: {"headers": [...], "tags": [...]} (checked, nothing written)."""
-    return {"headers": headers_of(req), "tags": tags_of(req)}
+    """What a write asks to keep: {"headers": [...], "tags": [...], "acl": [...]} (checked,
+    nothing written). The ACL's grantees were checked against the access keys by the face."""
+    return {"headers": headers_of(req), "tags": tags_of(req), "acl": acl_of_request(req)}
+
+
+def acl_of_request(req: Request) -> list[Grant]:
+    """The ACL a write asks for: `private` (no grants) unless its headers say otherwise."""
+    return acl_of_headers(req.headers, None) or []
 
 
 def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:

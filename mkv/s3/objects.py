@@ -22,7 +22,14 @@ from mkv.s3.errors import (
     object_name,
     precondition_failed,
 )
-from mkv.s3.metadata import answer_headers, header_value, headers_of, of_request, tags_of
+from mkv.s3.metadata import (
+    acl_of_request,
+    answer_headers,
+    header_value,
+    headers_of,
+    of_request,
+    tags_of,
+)
 from mkv.s3.parts import PartFiles
 from mkv.s3.payload import payload_of
 from mkv.s3.request import (
@@ -329,7 +336,8 @@ class Objects:
     async def keep_metadata(self, key: bytes, md5: str | None, metadata: dict) -> None:
         """Remember a value's metadata, tags and checksum (the store forgot the old
         value's)."""
-        if metadata.get("headers") or metadata.get("tags") or metadata.get("checksum"):
+        if metadata.get("headers") or metadata.get("tags") or metadata.get("checksum") \
+                or "acl" in metadata:
             await self.state.keep(METADATA, key, md5, metadata)
         else:
             await self.state.drop(METADATA, key)
@@ -428,7 +436,8 @@ class Objects:
             directives.append(directive == b"REPLACE")
         kept = (await self.state.kept(source, record.md5)).metadata or {}
         copied = {"headers": headers_of(req) if directives[0] else kept.get("headers", []),
-                  "tags": tags_of(req) if directives[1] else kept.get("tags", [])}
+                  "tags": tags_of(req) if directives[1] else kept.get("tags", []),
+                  "acl": acl_of_request(req)}  # as S3: a copy's ACL is the request's
         if kept.get("checksum"):  # the same bytes: the same checksum, whatever the directive
             copied["checksum"] = kept["checksum"]
         return copied

@@ -67,6 +67,9 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mkv_s3_completed (id text PRIMARY KEY, key bytea NOT NULL, "
     "etag text NOT NULL, at float8 NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mkv_s3_buckets (name text PRIMARY KEY, created float8 NOT NULL)",
+    # a bucket's owner, ACL and lifecycle rules, on tables made before they were kept
+    "ALTER TABLE mkv_s3_buckets ADD COLUMN IF NOT EXISTS settings jsonb NOT NULL DEFAULT '{}'",
+    "CREATE TABLE IF NOT EXISTS mkv_s3_passes (name text PRIMARY KEY, started float8 NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mkv_s3_documents (kind text NOT NULL, key bytea NOT NULL, "
     "md5 text, document text NOT NULL, PRIMARY KEY (kind, key))",
 ]
@@ -275,9 +278,10 @@ class PostgresState:
         return unknown
 
     # --- buckets ---
-    async def make_bucket(self, name: str) -> None:
-        await self._execute("INSERT INTO mkv_s3_buckets (name, created) VALUES ($1, $2) "
-                            "ON CONFLICT (name) DO NOTHING", name, time.time())
+    async def make_bucket(self, name: str, settings: dict) -> bool:
+        return await self._execute("INSERT INTO mkv_s3_buckets (name, created, settings) "
+                                   "VALUES ($1, $2, $3::jsonb) ON CONFLICT (name) DO NOTHING",
+                                   name, time.time(), json.dumps(settings)) != "INSERT 0 0"
 
     async def bucket_created(self, name: str) -> float | None:
         row = await self._fetchrow("SELECT created FROM mkv_s3_buckets WHERE name = $1", name)
@@ -290,6 +294,30 @@ class PostgresState:
     async def buckets(self) -> dict[str, float]:
         return {row[0]: row[1] for row in await self._fetch(
             "SELECT name, created FROM mkv_s3_buckets")}
+
+    async def bucket_settings(self, name: str | None = None) -> dict[str, dict]:
+        rows = await (self._fetch("SELECT name, settings FROM mkv_s3_buckets") if name is None
+                      else self._fetch("SELECT name, settings FROM mkv_s3_buckets WHERE "
+                                       "name = $1", name))
+        return {row[0]: json.loads(row[1]) for row in rows}
+
+    async def set_bucket_setting(self, name: str, field: str, value: object) -> bool:
+        if value is None:
+            done = await self._execute("UPDATE mkv_s3_buckets SET settings = settings - $2 "
+                                       "WHERE name = $1", name, field)
+        else:  # one field, in one statement: fields set at once by two masters both stay
+            done = await self._execute(
+                "UPDATE mkv_s3_buckets SET settings = jsonb_set(settings, ARRAY[$2], "
+                "$3::jsonb) WHERE name = $1", name, field, json.dumps(value))
+        return done != "UPDATE 0"
+
+    async def claim_pass(self, name: str, every: float, now: float) -> bool:
+        # the row's lock orders masters claiming at once: the second sees the first's start
+        row = await self._fetchrow(
+            "INSERT INTO mkv_s3_passes (name, started) VALUES ($1, $2) ON CONFLICT (name) DO "
+            "UPDATE SET started = EXCLUDED.started WHERE mkv_s3_passes.started <= $3 "
+            "RETURNING started", name, now, now - every)
+        return row is not None
 
     # --- per-key documents ---
     async def kept(self, key: bytes, md5: str | None) -> Kept:

@@ -15,7 +15,9 @@ mkv's native face, which also drops them through the store) does not inherit the
     ROOT/uploads/<upload id>/upload.json   {"key": ..., "initiated": ..., "metadata": ...}
     ROOT/uploads/<upload id>/<n>.part      {"md5", "size", "location", "checksum"}: part n,
                                            where its bytes are (PartFile.location)
-    ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date
+    ROOT/buckets/<quoted name>             a bucket; its mtime is the creation date; it
+                                           holds its settings {"owner", "acl", "lifecycle"}
+    ROOT/passes/<name>                     when the background pass `name` last began
     ROOT/completed/<upload id>             {"key": ..., "etag": ...}: a repeated Complete
     ROOT/etags/<sha1 of key>               {"md5": whole-value md5, "etag": "<md5s>-N",
                                             "parts": [size of each part]}
@@ -30,8 +32,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -339,9 +341,17 @@ class Spool:
     def _bucket_file(self, name: str) -> Path:
         return self.buckets_dir / quote(name, safe="")
 
-    async def make_bucket(self, name: str) -> None:
+    async def make_bucket(self, name: str, settings: dict) -> bool:
         self.buckets_dir.mkdir(parents=True, exist_ok=True)
-        self._bucket_file(name).touch(exist_ok=True)
+        path = self._bucket_file(name)
+        tmp = _written(path, json.dumps(settings).encode())
+        try:  # made whole (settings and all) or not at all: the first of two makers wins
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
 
     async def bucket_created(self, name: str) -> float | None:
         try:
@@ -359,9 +369,55 @@ class Spool:
     async def buckets(self) -> dict[str, float]:
         try:
             with os.scandir(self.buckets_dir) as entries:
-                return {unquote(e.name): e.stat().st_mtime for e in entries}
+                return {unquote(e.name): e.stat().st_mtime for e in entries
+                        if not e.name.startswith(".")}
         except FileNotFoundError:
             return {}
+
+    def _settings(self, path: Path) -> dict | None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            return {}
+
+    async def bucket_settings(self, name: str | None = None) -> dict[str, dict]:
+        names = [name] if name is not None else list(await self.buckets())
+        found = {n: self._settings(self._bucket_file(n)) for n in names}
+        return {n: settings for n, settings in found.items() if settings is not None}
+
+    async def set_bucket_setting(self, name: str, field: str, value: object) -> bool:
+        self.buckets_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.buckets_dir / ".lock"):  # -workers: each field set stays
+            path = self._bucket_file(name)
+            try:
+                created = path.stat().st_mtime
+            except FileNotFoundError:
+                return False
+            settings = self._settings(path) or {}
+            if value is None:
+                settings.pop(field, None)
+            else:
+                settings[field] = value
+            _write_atomic(path, json.dumps(settings).encode(), mtime=created)
+        return True
+
+    async def claim_pass(self, name: str, every: float, now: float) -> bool:
+        passes = self.root / "passes"
+        passes.mkdir(parents=True, exist_ok=True)
+        with _locked(passes / ".lock"):
+            path = passes / quote(name, safe="")
+            try:
+                started = float(path.read_text())
+            except (OSError, ValueError):
+                started = float("-inf")
+            if started > now - every:
+                return False
+            _write_atomic(path, repr(now).encode())
+        return True
 
     # --- per-key documents ---
     def _documents(self, kind: str) -> PerKey:
@@ -413,7 +469,23 @@ def _completing(upload: Path) -> bool:
     return False
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _written(path: Path, data: bytes, mtime: float | None = None) -> Path:
+    """A temporary file beside `path` holding `data`, to be renamed or linked there."""
     tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
+    return tmp
+
+
+def _write_atomic(path: Path, data: bytes, mtime: float | None = None) -> None:
+    os.replace(_written(path, data, mtime), path)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (made if missing), for a read-modify-write among
+    -workers. Held only over a few file operations."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

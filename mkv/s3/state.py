@@ -91,13 +91,25 @@ class S3State(Protocol):
         the uploads removed."""
 
     # --- buckets ---
-    async def make_bucket(self, name: str) -> None: ...
+    async def make_bucket(self, name: str, settings: dict) -> bool:
+        """Make the bucket's marker with its settings; False (nothing changed) if there."""
 
     async def bucket_created(self, name: str) -> float | None: ...
 
     async def remove_bucket(self, name: str) -> bool: ...
 
     async def buckets(self) -> dict[str, float]: ...
+
+    async def bucket_settings(self, name: str | None = None) -> dict[str, dict]:
+        """The settings of each bucket made by CreateBucket (`name`: of that one alone), by
+        field: "owner", "acl", "lifecycle"."""
+
+    async def set_bucket_setting(self, name: str, field: str, value: object) -> bool:
+        """Set one field of a bucket's settings (None removes it); False if no marker."""
+
+    async def claim_pass(self, name: str, every: float, now: float) -> bool:
+        """Whether this master runs the background pass `name` now: True for one caller
+        (across masters where shared) when the last claimed pass began `every` seconds ago."""
 
     # --- per-key documents ---
     async def kept(self, key: bytes, md5: str | None) -> Kept:

@@ -29,16 +29,17 @@ class MalformedXML(Exception):
 
 
 def _render(node: Node, out: list[str]) -> None:
-    name, content = node
+    name, content = node  # a name may carry attributes: `Grantee xsi:type="Group"`
     if content is None:
         return
+    end = name.partition(" ")[0]
     if isinstance(content, str):
-        out.append(f"<{name}>{content.translate(_ESCAPES)}</{name}>")
+        out.append(f"<{name}>{content.translate(_ESCAPES)}</{end}>")
         return
     out.append(f"<{name}>")
     for child in content:
         _render(child, out)
-    out.append(f"</{name}>")
+    out.append(f"</{end}>")
 
 
 def document(name: str, children: list[Node]) -> bytes:
