@@ -467,3 +467,44 @@ def test_s3_over_postgres(pg_master, check) -> None:  # noqa: F811 (the fixture)
     s3.create_bucket(Bucket=bucket)
     given = {"s3master": pg_master, "s3": s3, "bucket": bucket}
     check(**{name: given[name] for name in inspect.signature(check).parameters})
+
+
+@ENGINES
+def test_a_pass_is_claimed_once_per_period_among_masters(engine, state_of, volumes):
+    async def work(*states):
+        now = time.time()
+        claims = await asyncio.gather(*(state.claim_pass("lifecycle", 60.0, now)
+                                        for state in states for _ in range(4)))
+        again = await states[1].claim_pass("lifecycle", 60.0, now + 30)
+        later = await asyncio.gather(*(state.claim_pass("lifecycle", 60.0, now + 61)
+                                       for state in states))
+        other = await states[0].claim_pass("another pass", 60.0, now)
+        return claims, again, later, other
+
+    claims, again, later, other = state_of(volumes, work, masters=3)
+    assert claims.count(True) == 1
+    assert not again
+    assert later.count(True) == 1
+    assert other
+
+
+@ENGINES
+def test_bucket_settings_fields_set_at_once_all_stay(engine, state_of, volumes):
+    async def work(*states):
+        made = await asyncio.gather(*(state.make_bucket("b", {"owner": f"key{i}"})
+                                      for i, state in enumerate(states)))
+        await asyncio.gather(*(state.set_bucket_setting("b", f"field{i}", [i])
+                               for i, state in enumerate(states * 3)))
+        await states[0].set_bucket_setting("b", "field0", None)
+        missing = await states[0].set_bucket_setting("no-such-bucket", "acl", [])
+        return made, (await states[1].bucket_settings())["b"], missing, \
+            await states[0].bucket_created("b"), list(await states[2].buckets())
+
+    made, settings, missing, created, names = state_of(volumes, work, masters=3)
+    assert made.count(True) == 1
+    owner = settings.pop("owner")
+    assert owner in ("key0", "key1", "key2")
+    assert settings == {f"field{i}": [i] for i in range(1, 9)}
+    assert not missing
+    assert created is not None and abs(created - time.time()) < 60
+    assert names == ["b"]
