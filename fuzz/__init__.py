@@ -9,4 +9,5 @@ HARNESSES = {
     "target": "request targets to keys and volume paths; query, Range, dates, ETag lists",
     "s3xml": "S3's XML bodies (Complete, Delete, Tagging) and the XML answers",
     "httphead": "the HTTP request head as the master's server reads it",
+    "s3rules": "S3 lifecycle configurations and ACLs (XML and grant headers), and answers",
 }

@@ -240,7 +240,7 @@ def matches(rule: Rule, name: str, size: int | None, tags: list | None) -> bool:
 
 def after_days(start: float, days: int, day: float = DAY) -> float:
     """The first day boundary at least `days` days after `start`: midnight UTC for real days."""
-    return math.ceil((start + days * day) / day) * day
+    return (math.ceil(start / day) + days) * day
 
 
 def expires_at(rule: Rule, modified: float, day: float = DAY) -> float | None:
