@@ -16,6 +16,12 @@ def operation(method: bytes, key: bytes, params: dict[str, str], headers: dict[b
 
 
 def _bucket_operation(verb: str, params: dict[str, str], headers: dict[bytes, bytes]) -> str:
+    if "acl" in params:
+        return {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"}.get(verb, f"{verb} acl")
+    if "lifecycle" in params:
+        return {"GET": "GetBucketLifecycleConfiguration",
+                "PUT": "PutBucketLifecycleConfiguration",
+                "DELETE": "DeleteBucketLifecycle"}.get(verb, f"{verb} lifecycle")
     if verb == "GET":
         for param, name in (("uploads", "ListMultipartUploads"),
                             ("location", "GetBucketLocation"),
@@ -31,6 +37,8 @@ def _bucket_operation(verb: str, params: dict[str, str], headers: dict[bytes, by
 
 def _object_operation(verb: str, params: dict[str, str], headers: dict[bytes, bytes]) -> str:
     upload = "uploadId" in params
+    if "acl" in params:
+        return {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"}.get(verb, f"{verb} acl")
     if "tagging" in params:
         return {"GET": "GetObjectTagging", "PUT": "PutObjectTagging",
                 "DELETE": "DeleteObjectTagging"}.get(verb, f"{verb} tagging")
