@@ -281,3 +281,21 @@ def test_masters_over_postgresql_run_each_pass_once(pg_url, make_master):
     ran = total("mkv_s3_lifecycle_passes_total") - passes
     assert ran <= (time.monotonic() - began) / 1.0 + 2
     assert total("mkv_s3_lifecycle_outcomes_total", outcome="expired") == 30
+
+
+def test_writes_and_reads_say_when_a_rule_will_expire_them(s3):
+    bucket = new_bucket(s3)
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        rule("soon", 1000, Prefix="e/"), rule('"odd" id', 2000, Tag={"Key": "t", "Value": "v"})]})
+    put = s3.put_object(Bucket=bucket, Key="e/x", Body=b"x")
+    head = s3.head_object(Bucket=bucket, Key="e/x")
+    for answer in (put, head, s3.get_object(Bucket=bucket, Key="e/x", Range="bytes=0-0")):
+        assert answer["Expiration"].startswith('expiry-date="')
+        assert answer["Expiration"].endswith(' GMT", rule-id="soon"')
+    when = datetime.strptime(head["Expiration"].split('"')[1], "%a, %d %b %Y %H:%M:%S GMT")
+    written = head["LastModified"].timestamp()
+    assert when.replace(tzinfo=UTC).timestamp() == after_days(written, 1000, DAY)
+    tagged = s3.put_object(Bucket=bucket, Key="t", Body=b"t", Tagging="t=v")
+    assert tagged["Expiration"].endswith('rule-id="\\"odd\\" id"')
+    assert "Expiration" not in s3.put_object(Bucket=bucket, Key="other", Body=b"o")
+    assert "Expiration" not in s3.head_object(Bucket=bucket, Key="other")

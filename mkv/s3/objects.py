@@ -3,11 +3,13 @@ through the store. The other services read values (`stat`, `etag`, `live`, `open
 write them (`write`, `keep_metadata`) through this one."""
 
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
+from mkv.http.headers import valid_value
 from mkv.http.messages import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
@@ -22,6 +24,7 @@ from mkv.s3.errors import (
     object_name,
     precondition_failed,
 )
+from mkv.s3.lifecycle import expiry
 from mkv.s3.metadata import (
     acl_of_request,
     answer_headers,
@@ -172,6 +175,8 @@ class Objects:
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
         response.headers += part_headers
+        response.headers += await self._expiration(key, response.headers,
+                                                   (kept.metadata or {}).get("tags", []))
         checksum = (kept.metadata or {}).get("checksum")
         if checksum and wanted is None and \
                 req.headers.get(b"x-amz-checksum-mode", b"").strip().upper() == b"ENABLED":
@@ -399,6 +404,32 @@ class Objects:
             if not etag_matches(if_match, await self.etag(key, old, None)):
                 raise precondition_failed("If-Match")
 
+    async def expiration(self, key: bytes, size: int | None, tags: list, modified: float
+                         ) -> list[tuple[str, str]]:
+        """The `x-amz-expiration` header S3 answers with when a lifecycle rule of the bucket
+        will expire the object; none when no rule does."""
+        slash = key.find(b"/", 1)
+        settings = await self.buckets.access.settings(key[1:slash].decode("utf-8", "replace"))
+        rules = [rule for rule in (settings or {}).get("lifecycle") or () if rule["enabled"]]
+        name = key[slash + 1:].decode("utf-8", "surrogateescape")
+        found = expiry(rules, name, size, tags, modified, self.store.config.s3_lifecycle_day)
+        if found is None:
+            return []
+        rule_id = found[1].replace("\\", "\\\\").replace('"', '\\"')
+        value = f'expiry-date="{http_date(found[0])}", rule-id="{rule_id}"'
+        return [("x-amz-expiration", value)] if valid_value(value) else []
+
+    async def _expiration(self, key: bytes, headers: list[tuple[str, str]], tags: list
+                          ) -> list[tuple[str, str]]:
+        """`expiration` for a GET's or HEAD's answer, from its headers."""
+        found = dict(headers)
+        modified = parse_http_date(found.get("Last-Modified", "").encode())
+        if modified is None:
+            return []
+        size = int(found["Content-Range"].rpartition("/")[2]) if "Content-Range" in found \
+            else int(found.get("Content-Length", "0"))
+        return await self.expiration(key, size, tags, modified)
+
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         check_storable(key)
         payload = payload_of(req, signed)
@@ -412,6 +443,7 @@ class Objects:
         headers = [("ETag", f'"{md5}"' if md5 else '""'), ("Content-Length", "0")]
         if payload.checksum:
             headers.append(payload.checksum)
+        headers += await self.expiration(key, payload.length, metadata["tags"], time.time())
         return Response(200, headers)
 
     def copy_source(self, req: Request) -> bytes:
