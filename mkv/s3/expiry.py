@@ -134,13 +134,17 @@ class Lifecycle:
         return Response(204)
 
     # --- the pass ---
+    async def rules(self) -> dict[str, list[Rule]]:
+        """The enabled rules of each bucket that has some."""
+        rules_of = {name: [rule for rule in settings.get("lifecycle") or () if rule["enabled"]]
+                    for name, settings in (await self.state.bucket_settings()).items()}
+        return {name: rules for name, rules in rules_of.items() if rules}
+
     async def run_pass(self, progress: Progress, now: float | None = None) -> None:
         """Expire what the rules say has expired as of `now`, counting into `progress`."""
         now = time.time() if now is None else now
         day = self.config.s3_lifecycle_day
-        rules_of = {name: [rule for rule in settings.get("lifecycle") or () if rule["enabled"]]
-                    for name, settings in (await self.state.bucket_settings()).items()}
-        rules_of = {name: rules for name, rules in rules_of.items() if rules}
+        rules_of = await self.rules()
         await self._abort_uploads(rules_of, now, day, progress)
         expiring = {name.encode(): rules for name, rules in rules_of.items()
                     if any(rule["expiration"] for rule in rules)}
@@ -232,7 +236,9 @@ class Lifecycle:
 
     async def _background_pass(self) -> None:
         try:
-            if await self.state.claim_pass(PASS, self.config.s3_lifecycle_every, time.time()):
+            # with no rules anywhere nothing is claimed: the state is not written
+            if await self.rules() and await self.state.claim_pass(
+                    PASS, self.config.s3_lifecycle_every, time.time()):
                 await self._counted_pass()
         except (OSError, IndexUnavailable, VolumeError) as e:  # the next period tries again
             log.warning("S3 lifecycle pass failed: %s", e)

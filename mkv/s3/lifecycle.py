@@ -17,8 +17,10 @@ import secrets
 from datetime import UTC, datetime
 from xml.etree.ElementTree import Element
 
+from mkv.http.headers import valid_value
 from mkv.s3 import xml as s3xml
 from mkv.s3.errors import S3Error
+from mkv.s3.request import http_date, parse_http_date
 from mkv.s3.xml import MalformedXML, Node
 
 Rule = dict  # {"id", "enabled", "filter": {...} | None, "prefix": str | None (the old form),
@@ -267,3 +269,23 @@ def abort_at(rules: list[Rule], name: str, initiated: float,
     found = [after_days(initiated, rule["abort_days"], day) for rule in rules
              if rule["abort_days"] is not None and matches(rule, name, None, None)]
     return min(found) if found else None
+
+
+def expiration_header(rules: list[Rule], name: str, size: int | None, tags: list,
+                      modified: float, day: float = DAY) -> list[tuple[str, str]]:
+    """The `x-amz-expiration` header S3 answers a write or read with when one of `rules` will
+    expire the object; none when none will (or the rule's ID could not be sent)."""
+    found = expiry(rules, name, size, tags, modified, day)
+    if found is None:
+        return []
+    rule_id = found[1].replace("\\", "\\\\").replace('"', '\\"')
+    value = f'expiry-date="{http_date(found[0])}", rule-id="{rule_id}"'
+    return [("x-amz-expiration", value)] if valid_value(value) else []
+
+
+def size_and_time(headers: list[tuple[str, str]]) -> tuple[int | None, float | None]:
+    """An object's size and Last-Modified, from a GET's or HEAD's answer headers."""
+    found = dict(headers)
+    size = int(found["Content-Range"].rpartition("/")[2]) if "Content-Range" in found \
+        else int(found.get("Content-Length", "0"))
+    return size, parse_http_date(found.get("Last-Modified", "").encode())

@@ -9,7 +9,6 @@ from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from mkv.http.client import ClientResponse, VolumeError
-from mkv.http.headers import valid_value
 from mkv.http.messages import Request, Response
 from mkv.placement import storable
 from mkv.record import Record, State
@@ -24,7 +23,7 @@ from mkv.s3.errors import (
     object_name,
     precondition_failed,
 )
-from mkv.s3.lifecycle import expiry
+from mkv.s3.lifecycle import expiration_header, size_and_time
 from mkv.s3.metadata import (
     acl_of_request,
     answer_headers,
@@ -175,8 +174,10 @@ class Objects:
         except NotModified as e:
             return Response(304, [("ETag", e.etag), ("Last-Modified", http_date(e.modified))])
         response.headers += part_headers
-        response.headers += await self._expiration(key, response.headers,
-                                                   (kept.metadata or {}).get("tags", []))
+        size, modified = size_and_time(response.headers)
+        if modified is not None:
+            response.headers += await self.expiration(
+                key, size, (kept.metadata or {}).get("tags", []), modified)
         checksum = (kept.metadata or {}).get("checksum")
         if checksum and wanted is None and \
                 req.headers.get(b"x-amz-checksum-mode", b"").strip().upper() == b"ENABLED":
@@ -406,29 +407,12 @@ class Objects:
 
     async def expiration(self, key: bytes, size: int | None, tags: list, modified: float
                          ) -> list[tuple[str, str]]:
-        """The `x-amz-expiration` header S3 answers with when a lifecycle rule of the bucket
-        will expire the object; none when no rule does."""
+        """`x-amz-expiration`, if a lifecycle rule of the bucket will expire the object."""
         slash = key.find(b"/", 1)
         settings = await self.buckets.access.settings(key[1:slash].decode("utf-8", "replace"))
-        rules = [rule for rule in (settings or {}).get("lifecycle") or () if rule["enabled"]]
-        name = key[slash + 1:].decode("utf-8", "surrogateescape")
-        found = expiry(rules, name, size, tags, modified, self.store.config.s3_lifecycle_day)
-        if found is None:
-            return []
-        rule_id = found[1].replace("\\", "\\\\").replace('"', '\\"')
-        value = f'expiry-date="{http_date(found[0])}", rule-id="{rule_id}"'
-        return [("x-amz-expiration", value)] if valid_value(value) else []
-
-    async def _expiration(self, key: bytes, headers: list[tuple[str, str]], tags: list
-                          ) -> list[tuple[str, str]]:
-        """`expiration` for a GET's or HEAD's answer, from its headers."""
-        found = dict(headers)
-        modified = parse_http_date(found.get("Last-Modified", "").encode())
-        if modified is None:
-            return []
-        size = int(found["Content-Range"].rpartition("/")[2]) if "Content-Range" in found \
-            else int(found.get("Content-Length", "0"))
-        return await self.expiration(key, size, tags, modified)
+        return expiration_header((settings or {}).get("lifecycle") or [],
+                                 key[slash + 1:].decode("utf-8", "surrogateescape"), size, tags,
+                                 modified, self.store.config.s3_lifecycle_day)
 
     async def put_object(self, key: bytes, req: Request, signed: Signed | None) -> Response:
         check_storable(key)
