@@ -351,6 +351,44 @@ def tagging_xml(draw) -> bytes:
         "utf-8", "surrogateescape")
 
 
+@st.composite
+def acl_xml(draw) -> bytes:
+    grants = draw(st.lists(st.tuples(
+        weighted((3, st.sampled_from([
+            '<Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Group">'
+            "<URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee>",
+            "<Grantee><ID>AKIDADVERSARY</ID></Grantee>", "<Grantee><ID>nobody</ID></Grantee>",
+            "<Grantee><EmailAddress>a@b</EmailAddress></Grantee>", "<Grantee/>"])),
+                 (1, in_xml)),
+        st.sampled_from(["READ", "WRITE", "FULL_CONTROL", "READ_ACP", "x", ""])), max_size=3))
+    owner = draw(weighted((4, st.just("AKIDADVERSARY")), (1, st.just("someone")), (1, in_xml)))
+    return (f"<AccessControlPolicy><Owner><ID>{owner}</ID></Owner><AccessControlList>"
+            + "".join(f"<Grant>{g}<Permission>{p}</Permission></Grant>" for g, p in grants)
+            + "</AccessControlList></AccessControlPolicy>").encode("utf-8", "surrogateescape")
+
+
+@st.composite
+def lifecycle_xml(draw) -> bytes:
+    rules = draw(st.lists(st.tuples(
+        weighted((3, st.sampled_from(["r1", "r2", ""])), (1, in_xml)),
+        st.sampled_from(["<Filter><Prefix>adv/</Prefix></Filter>", "<Prefix></Prefix>",
+                         "<Filter><Tag><Key>k</Key><Value>v</Value></Tag></Filter>", "",
+                         "<Filter><And><Prefix>p</Prefix><ObjectSizeGreaterThan>9"
+                         "</ObjectSizeGreaterThan><ObjectSizeLessThan>2</ObjectSizeLessThan>"
+                         "</And></Filter>"]),
+        st.sampled_from(["Enabled", "Disabled", "enabled"]),
+        st.sampled_from(["<Expiration><Days>3650</Days></Expiration>",
+                         "<Expiration><Days>0</Days></Expiration>",
+                         "<Expiration><Date>2999-01-01T00:00:00Z</Date></Expiration>",
+                         "<Expiration><Date>2020-01-01T10:00:00Z</Date></Expiration>",
+                         "<AbortIncompleteMultipartUpload><DaysAfterInitiation>3650"
+                         "</DaysAfterInitiation></AbortIncompleteMultipartUpload>",
+                         "<Transition><Days>1</Days></Transition>", ""])), max_size=3))
+    return ("<LifecycleConfiguration>" + "".join(
+        f"<Rule><ID>{i}</ID>{f}<Status>{s}</Status>{a}</Rule>" for i, f, s, a in rules)
+        + "</LifecycleConfiguration>").encode("utf-8", "surrogateescape")
+
+
 junk_xml = st.sampled_from([
     b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
     b"<Delete><Object><Key>&b;</Key></Object></Delete>",
@@ -396,7 +434,14 @@ S3_OPS = {  # operation → how often
     "DeleteBucket": 1, "GetBucketLocation": 1, "CreateMultipartUpload": 2, "UploadPart": 2,
     "UploadPartCopy": 1, "CompleteMultipartUpload": 2, "AbortMultipartUpload": 1,
     "ListParts": 1, "ListMultipartUploads": 1, "DeleteObjects": 2, "GetObjectTagging": 1,
-    "PutObjectTagging": 2, "DeleteObjectTagging": 1, "Unsupported": 1}
+    "PutObjectTagging": 2, "DeleteObjectTagging": 1, "GetBucketAcl": 1, "PutBucketAcl": 2,
+    "GetObjectAcl": 1, "PutObjectAcl": 2, "GetBucketLifecycle": 1, "PutBucketLifecycle": 2,
+    "DeleteBucketLifecycle": 1, "Unsupported": 1}
+ACL_HEADERS = [b"x-amz-acl", b"x-amz-grant-read", b"x-amz-grant-write",
+               b"x-amz-grant-full-control"]
+ACL_VALUES = [b"private", b"public-read", b"public-read-write", b"authenticated-read",
+              b"everyone", b'id="AKIDADVERSARY"', b'id="nobody"',
+              b'uri="http://acs.amazonaws.com/groups/global/AllUsers"', b'emailAddress="a@b"']
 NATIVE_OPS = {"GET": 3, "HEAD": 1, "PUT": 3, "REPLACE": 3, "DELETE": 2, "UNLINK": 2,
               "RELINK": 2, "REBALANCE": 1, "listing": 3}
 
@@ -479,9 +524,20 @@ def s3_draft(draw) -> Draft:
                   "DeleteObjectTagging": b"DELETE"}[op]
         body = draw(weighted((5, tagging_xml()), (1, junk_xml))) if method == b"PUT" else b""
         return Draft(op, method, obj, [(b"tagging", None)], [], body)
+    if op in ("GetBucketAcl", "PutBucketAcl", "GetObjectAcl", "PutObjectAcl"):
+        put = op.startswith("Put")
+        headers = [(name, draw(or_injected(ACL_VALUES, in_header))) for name in ACL_HEADERS
+                   if put and draw(st.integers(0, 2)) == 0]
+        body = draw(weighted((5, acl_xml()), (1, junk_xml))) if put and not headers else b""
+        return Draft(op, b"PUT" if put else b"GET", bucket if "Bucket" in op else obj,
+                     [(b"acl", None)], headers, body)
+    if op in ("GetBucketLifecycle", "PutBucketLifecycle", "DeleteBucketLifecycle"):
+        method = {"Get": b"GET", "Put": b"PUT", "Del": b"DELETE"}[op[:3]]
+        body = draw(weighted((5, lifecycle_xml()), (1, junk_xml))) if method == b"PUT" else b""
+        return Draft(op, method, bucket, [(b"lifecycle", None)], [], body)
     assert op == "Unsupported"
     return Draft(op, draw(st.sampled_from([b"GET", b"PUT"])), draw(st.sampled_from([obj, bucket])),
-                 [(draw(st.sampled_from([b"acl", b"policy", b"cors", b"versions", b"torrent",
+                 [(draw(st.sampled_from([b"policy", b"cors", b"versions", b"torrent",
                                          b"select", b"restore"])), None)], [])
 
 
@@ -502,7 +558,8 @@ def native_draft(draw) -> Draft:
 
 # the operations that read their body: cut off, they must not take effect (others may)
 BODY_OPS = frozenset(("PutObject", "UploadPart", "CompleteMultipartUpload", "DeleteObjects",
-                      "PutObjectTagging", "PostObject", "PUT", "REPLACE"))
+                      "PutObjectTagging", "PostObject", "PUT", "REPLACE", "PutBucketAcl",
+                      "PutObjectAcl", "PutBucketLifecycle"))
 MUTATIONS = ["inject-param"] * 3 + ["inject-header"] * 3 + ["inject-path"] * 2 + [
     "extra-param"] * 2 + ["extra-header"] * 2 + ["smuggle-signature"] * 2 + [
     "odd-path", "method", "dup-header", "drop-header", "body"]
