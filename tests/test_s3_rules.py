@@ -5,12 +5,14 @@ never comes before its rule's days are over. (fuzz/s3rules.py feeds the same par
 coverage-guided.)"""
 
 import math
+from itertools import combinations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mkv.s3.errors import S3Error
+from mkv.s3.expiry import walked
 from mkv.s3.grants import (
     ALL_USERS,
     AUTHENTICATED,
@@ -152,3 +154,13 @@ def test_full_control_gives_every_permission_to_its_grantee_alone():
     grants = [["id:OTHER", "FULL_CONTROL"]]
     assert all(allows(grants, "OTHER", p) for p in PERMISSIONS)
     assert not any(allows(grants, "THIRD", p) or allows(grants, None, p) for p in PERMISSIONS)
+
+
+@pytest.mark.parametrize("count, replicas", [(1, 1), (3, 3), (3, 1), (5, 3), (6, 2), (2, 5)])
+def test_a_pass_walks_a_copy_of_every_key(count, replicas):
+    volumes = tuple(f"v{i}" for i in range(count))
+    for start in range(count):
+        chosen = set(walked(volumes, replicas, start))
+        assert len(chosen) == count - min(replicas, count) + 1
+        for copies in combinations(volumes, min(replicas, count)):  # wherever its copies are
+            assert chosen & set(copies)

@@ -10,6 +10,7 @@ passed over, as Go mkv's rebuild does. nginx's own `DIR/.mkv` is never listed.
 import asyncio
 import base64
 import binascii
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,10 +52,17 @@ class VolumeFile:
 def http_time(text: str) -> float:
     """An HTTP date (an mtime from nginx) in seconds since the epoch, whole seconds.
     Unknown counts as now: never old enough to be deleted or settled."""
+    seconds = _parsed_http_time(text)
+    return time.time() if seconds is None else seconds
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_http_time(text: str) -> float | None:
+    # files written in one second share their mtime's text: parsed once (the parse is slow)
     try:
         return parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError):
-        return time.time()
+        return None
 
 
 def quoted(path: str) -> str:

@@ -7,7 +7,8 @@ Bucket `b` is the key prefix `/b/`, so a rule expires native keys under it too.
 How a pass finds old objects without reading every record: the index keeps no write time (its
 record format is Go mkv's), but each volume's JSON listing gives every file's mtime and size.
 A pass walks the listings (mkv/ops/walk.py, as `rebuild` does, every volume at once) and looks
-at a file's name only: a key outside every bucket that has rules, or outside its rules'
+at a file's name only (and walks all volumes but `-replicas` - 1, as a key has a copy on one
+of those anyway): a key outside every bucket that has rules, or outside its rules'
 prefixes, costs a dictionary lookup; one inside, a comparison of its mtime with the rules'.
 Only a file whose rule says it has expired is looked at further, under its key's lock: its
 record read, the value's time and size asked of a replica again (the listing may be stale),
@@ -22,6 +23,7 @@ of them runs it each period.
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,6 +63,14 @@ from mkv.volumes.replicas import Volumes
 log = logging.getLogger("mkv")
 
 PASS = "lifecycle"  # the pass's name where masters claim it
+
+
+def walked(volumes: tuple[str, ...], replicas: int, start: int) -> tuple[str, ...]:
+    """The volumes a pass walks: all but `replicas` - 1 of them, from `start` on. A key has
+    its copies on `replicas` distinct volumes, so at least one is walked; a pass starts at a
+    random volume, so over passes each is walked (a key short of copies waits for that)."""
+    count = len(volumes) - min(max(replicas, 1), len(volumes)) + 1
+    return tuple(volumes[(start + i) % len(volumes)] for i in range(count))
 
 
 class _LogLines:
@@ -170,7 +180,9 @@ class Lifecycle:
             await self._expire(key, name, rules, file.replica, now, day, progress)
 
         progress.phase("expire", "files")
-        walk = Walk(self.store.volumes, self.config.volumes, self.config.concurrency, progress)
+        walk = Walk(self.store.volumes, walked(self.config.volumes, self.config.replicas,
+                                               random.randrange(len(self.config.volumes))),
+                    self.config.concurrency, progress)
         progress.fraction = walk.fraction
         await walk.run(on_file)
 
