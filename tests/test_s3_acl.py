@@ -228,3 +228,17 @@ def test_without_keys_acls_are_kept_and_everything_stays_open(s3master):
     s3.put_bucket_acl(Bucket=bucket, ACL="private")
     anonymous.put_object(Bucket=bucket, Key="anon", Body=b"a")
     assert anonymous.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
+def test_its_owner_makes_a_bucket_again_only_with_the_acl_it_has(owner):
+    bucket = new_bucket(owner, ACL="public-read")
+    owner.create_bucket(Bucket=bucket, ACL="public-read")
+    assert error_of(owner.create_bucket, Bucket=bucket) == ("BucketAlreadyExists", 409)
+    plain = new_bucket(owner)
+    owner.create_bucket(Bucket=plain)
+    assert error_of(owner.create_bucket, Bucket=plain, ACL="public-read") == \
+        ("BucketAlreadyExists", 409)
+    assert grants_of(owner.get_bucket_acl(Bucket=plain)) == {(OWNER, "FULL_CONTROL")}
+    owner.put_object(Bucket=plain, Key="k", Body=b"x")
+    listed = owner.list_objects(Bucket=plain)["Contents"]
+    assert listed[0]["Owner"]["ID"] == OWNER  # listings name the bucket's owner

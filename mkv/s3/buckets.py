@@ -59,8 +59,9 @@ class Buckets:
         return Response(200, [XML], s3xml.document("VersioningConfiguration", []))
 
     async def create_bucket(self, bucket: str, caller: str | None, req: Request) -> Response:
-        """CreateBucket: the caller owns the bucket made. Made again by its owner it is left
-        as it is (200, as S3 answers in us-east-1); by anyone else, 409."""
+        """CreateBucket: the caller owns the bucket made. Made again by its owner with the
+        same ACL it is left as it is (200, as S3 answers in us-east-1); by anyone else, or
+        with another ACL, 409."""
         if not valid_bucket_name(bucket):
             raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
                           BucketName=bucket)
@@ -73,7 +74,10 @@ class Buckets:
                 settings["owner"] = caller
         made = await self.state.make_bucket(bucket, settings)
         self.access.changed(bucket)
-        if not made and not self.access.owns(caller, await self.access.settings(bucket)):
+        existing = None if made else await self.access.settings(bucket) or {}
+        # its owner may make it again, as long as it asks for the ACL it has (as RGW has it)
+        if existing is not None and (not self.access.owns(caller, existing)
+                                     or existing.get("acl", []) != settings["acl"]):
             raise S3Error(409, "BucketAlreadyExists", "The requested bucket name is not "
                           "available. The bucket namespace is shared by all users of the "
                           "system. Please select a different name and try again.",

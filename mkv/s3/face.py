@@ -52,7 +52,7 @@ __all__ = ["S3", "is_s3"]
 
 _NOT_IMPLEMENTED = frozenset(
     "policy cors website logging notification replication encryption "
-    "object-lock retention legal-hold restore select versions torrent analytics "
+    "object-lock retention legal-hold restore select torrent analytics "
     "inventory metrics accelerate requestPayment ownershipControls publicAccessBlock "
     "intelligent-tiering".split())
 _WRITES = (b"PUT", b"POST")
@@ -138,6 +138,8 @@ BUCKET_ROUTES = (
           lambda s3, c: s3.buckets.location()),
     Route("GetBucketVersioning", GET, has("versioning"), (BUCKET_READ,),
           lambda s3, c: s3.buckets.versioning()),
+    Route("ListObjectVersions", GET, has("versions"), (BUCKET_READ,),
+          lambda s3, c: s3.listings.list_versions(c.bucket, c.params)),
     Route("GetBucketAcl", GET, has("acl"), (("bucket", READ_ACP),),
           lambda s3, c: s3.acls.bucket_acl(c.method, c.bucket, c.req, c.signed)),
     Route("PutBucketAcl", PUT, has("acl"), (("bucket", WRITE_ACP),),

@@ -25,7 +25,8 @@ def _bucket_operation(verb: str, params: dict[str, str], headers: dict[bytes, by
     if verb == "GET":
         for param, name in (("uploads", "ListMultipartUploads"),
                             ("location", "GetBucketLocation"),
-                            ("versioning", "GetBucketVersioning")):
+                            ("versioning", "GetBucketVersioning"),
+                            ("versions", "ListObjectVersions")):
             if param in params:
                 return name
         return "ListObjectsV2" if params.get("list-type") == "2" else "ListObjects"
