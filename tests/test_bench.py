@@ -222,3 +222,20 @@ def test_fsspec_read_quick_run_reports_every_road():
     for row in rows:
         rate = float(row.split("|")[3].replace(",", ""))
         assert rate > 0, row
+
+
+def test_lifecycle_quick_run_expires_exactly_the_rules_keys(tmp_path):
+    out = tmp_path / "figures.json"
+    workdir = tmp_path / "cluster"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.lifecycle", "--quick", "--json", str(out),
+         "--dir", str(workdir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert processes_mentioning(str(workdir)) == []
+    report = json.loads(out.read_text())
+    checks = report["checks"]
+    assert checks["logs_not_404"] == 0 and checks["others_not_302"] == 0
+    assert checks["files_after"] == report["files"] - report["logs_keys"] * report["replicas"]
+    for row in report["rows"]:
+        assert row["seconds"] > 0 and row["command_cpu_s"] > 0, row["name"]
