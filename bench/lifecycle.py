@@ -35,7 +35,6 @@ volumes' nginx processes' CPU over the run (/proc/PID/stat), and per million key
 import argparse
 import asyncio
 import datetime
-import hashlib
 import json
 import os
 import random
@@ -105,40 +104,6 @@ def walk_only(argv: list[str]) -> int:
 # --- the cluster's contents ---
 
 
-def fill(volume_dirs: dict[str, Path], db: Path, keys: int, size: int, logs_every: int,
-         replicas: int, subvolumes: int) -> float:
-    """Write the keys' files onto the volumes and their records (bench/ops.py's fill, with
-    this benchmark's keys); the seconds."""
-    import plyvel
-
-    from mkv.placement import key2path, key2volume
-    from mkv.record import Record
-
-    started = time.perf_counter()
-    names = list(volume_dirs)
-    ldb = plyvel.DB(str(db), create_if_missing=True, error_if_exists=True)
-    made: set[Path] = set()
-    umask = os.umask(0)  # nginx workers run as nobody when we are root: they delete these
-    try:
-        with ldb.write_batch() as batch:
-            for i in range(keys):
-                key = key_of(i, logs_every)
-                value = (hashlib.sha256(key).digest() * (size // 32 + 1))[:size]
-                placed = key2volume(key, names, replicas, subvolumes)
-                for replica in placed:
-                    hostport, _, sub = replica.partition("/")
-                    path = volume_dirs[hostport] / sub / key2path(key).lstrip("/")
-                    if path.parent not in made:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        made.add(path.parent)
-                    path.write_bytes(value)
-                batch.put(key, Record(tuple(placed), md5=hashlib.md5(value).hexdigest()).encode())
-    finally:
-        os.umask(umask)
-        ldb.close()
-    return time.perf_counter() - started
-
-
 def set_rule(master: str) -> None:
     """Expiration Days=1 on everything in `logs`, through boto3 unsigned."""
     import boto3
@@ -206,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.cluster import LocalCluster, add_cluster_args, mkv_command
     from bench.common import BenchFailure, fmt, markdown_table
-    from bench.ops import run_command
+    from bench.ops import fill, run_command
     from bench.vs_go import CpuMeter, describe, nginx_pids
 
     parser = argparse.ArgumentParser(prog="python -m bench.lifecycle",
@@ -240,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     with LocalCluster(args.dir, volumes=3, with_master=False) as cluster:
         volumes = [v.addr for v in cluster.volumes]
         db = cluster.dir / "index"
-        setup = fill(dict(zip(volumes, cluster.volume_dirs, strict=True)), db, keys, args.size,
-                     args.logs_every, replicas, subvolumes)
+        setup = fill(cluster, db, [key_of(i, args.logs_every) for i in range(keys)],
+                     args.size, replicas, subvolumes)
         title = (f"S3 lifecycle expiry, {date}, mkv {version}: {keys:,} keys ({files:,} files "
                  f"of {args.size} B; {len(logs_keys):,} under `{BUCKET}`, with the rule), "
                  f"3 volumes, -replicas {replicas} -subvolumes {subvolumes} -concurrency "

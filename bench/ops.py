@@ -40,9 +40,10 @@ def key_of(i: int) -> bytes:
     return f"/bench/ops/{i:08d}".encode()
 
 
-def fill(cluster: LocalCluster, db: Path, keys: int, size: int, replicas: int,
+def fill(cluster: LocalCluster, db: Path, keys: int | list[bytes], size: int, replicas: int,
          subvolumes: int) -> float:
     """Write the keys' files onto the first three volumes and their records; the seconds.
+    `keys`: how many of this benchmark's (`key_of`), or the keys themselves.
 
     The directories are made writable by all (umask 0), as Go mkv's `volume` makes the volume's
     own: run by root, its nginx workers are `nobody` and must be able to delete the files."""
@@ -54,8 +55,7 @@ def fill(cluster: LocalCluster, db: Path, keys: int, size: int, replicas: int,
     umask = os.umask(0)
     try:
         with ldb.write_batch() as batch:
-            for i in range(keys):
-                key = key_of(i)
+            for key in map(key_of, range(keys)) if isinstance(keys, int) else keys:
                 value = (hashlib.sha256(key).digest() * (size // 32 + 1))[:size]
                 placed = key2volume(key, names, replicas, subvolumes)
                 for replica in placed:
