@@ -66,6 +66,43 @@ class Tasks:
             await asyncio.wait(list(self._running))
 
 
+class Periodic:
+    """`work()` run as a background task again and again, `pause` seconds after each run ends
+    (the first `first` seconds after `start`); never while `pause` is 0 or less, nor outside
+    a running loop. `stop` cancels the next run and the one under way, `closed` awaits it."""
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, object]], pause: float,
+                 first: float) -> None:
+        self.work = work
+        self.pause = pause
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks = Tasks()
+        self._schedule(first)
+
+    def _schedule(self, delay: float) -> None:
+        if self.pause <= 0 or self._tasks.closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(delay, lambda: self._tasks.start(self._run()))
+
+    async def _run(self) -> None:
+        try:
+            await self.work()
+        finally:
+            self._schedule(self.pause)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._tasks.cancel()
+
+    async def closed(self) -> None:
+        await self._tasks.close()
+
+
 def settle(waiters: Iterable[asyncio.Future], value: object = None,
            error: Exception | None = None) -> None:
     """Give each waiter not settled yet `value`, or `error` (marked as seen: a waiter that gave

@@ -21,7 +21,6 @@ Among several masters (over PostgreSQL, or -workers) a pass is claimed in the S3
 of them runs it each period.
 """
 
-import asyncio
 import logging
 import random
 import time
@@ -57,7 +56,7 @@ from mkv.s3.sigv4 import Signed
 from mkv.s3.state import S3State, UploadBusy
 from mkv.s3.xml import XML
 from mkv.store import Store
-from mkv.tasks import Tasks
+from mkv.tasks import Periodic
 from mkv.volumes.replicas import Volumes
 
 log = logging.getLogger("mkv")
@@ -113,10 +112,11 @@ class Lifecycle:
         self.deletes = deletes
         self.objects = objects
         self.passes = Passes()
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks = Tasks()
-        if background:
-            self._schedule()
+        # tried twice a period: a claim made just short of it by another master is not
+        # missed by a whole period
+        every = self.config.s3_lifecycle_every if background else 0
+        self._passes = Periodic(self._background_pass, min(every, 60.0) / 2,
+                                first=min(every, 60.0) / 2)
 
     # --- the configuration ---
     async def configuration(self, method: bytes, bucket: str, req: Request,
@@ -231,21 +231,6 @@ class Lifecycle:
             progress.count("busy")
 
     # --- in the background ---
-    def _schedule(self) -> None:
-        every = self.config.s3_lifecycle_every
-        if every <= 0 or self._tasks.closed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        # a little more often than the period: a claim made just short of it by another
-        # master is not missed by a whole period
-        self._timer = loop.call_later(min(every, 60.0) / 2, self._tick)
-
-    def _tick(self) -> None:
-        self._tasks.start(self._background_pass())
-
     async def _background_pass(self) -> None:
         try:
             # with no rules anywhere nothing is claimed: the state is not written
@@ -254,7 +239,6 @@ class Lifecycle:
                 await self._counted_pass()
         except (OSError, IndexUnavailable, VolumeError) as e:  # the next period tries again
             log.warning("S3 lifecycle pass failed: %s", e)
-        self._schedule()
 
     async def _counted_pass(self) -> None:
         progress = Progress(PASS, out=_LogLines(), err=_LogLines())
@@ -293,12 +277,10 @@ class Lifecycle:
         ]
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._tasks.cancel()
+        self._passes.stop()
 
     async def closed(self) -> None:
-        await self._tasks.close()
+        await self._passes.closed()
 
 
 def main(config: Config) -> int:

@@ -1,7 +1,6 @@
 """S3 multipart uploads: create, upload parts (or copy them), complete into one value through
 the objects service, abort, list, and the sweep of abandoned uploads."""
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -35,7 +34,7 @@ from mkv.s3.sigv4 import Signed
 from mkv.s3.state import ETAG, Part, S3State, UploadBusy, UploadGone
 from mkv.s3.xml import OWNER, XML, Node
 from mkv.store import Store
-from mkv.tasks import Tasks
+from mkv.tasks import Periodic
 
 log = logging.getLogger("mkv")
 
@@ -53,19 +52,17 @@ class Uploads:
         self.volumes = store.volumes
         self.state = state
         self.objects = objects
-        self._sweep_timer: asyncio.TimerHandle | None = None
-        self._tasks = Tasks()  # the sweep of stale uploads, while it runs
-        self._schedule_sweep(first=True)
+        ttl = self.config.s3_upload_ttl
+        self._sweeps = Periodic(self._sweep, min(max(ttl / 4, 0.5), 3600.0) if ttl > 0 else 0,
+                                first=0)
 
     def stop_sweeping(self) -> None:
         """Cancel the next sweep and the one under way (`closed` awaits its end)."""
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-        self._tasks.cancel()
+        self._sweeps.stop()
 
     async def closed(self) -> None:
         """Await the end of a sweep `stop_sweeping` cancelled."""
-        await self._tasks.close()
+        await self._sweeps.closed()
 
     async def create_upload(self, key: bytes, req: Request) -> Response:
         check_storable(key)
@@ -292,20 +289,6 @@ class Uploads:
         return Response(200, [XML], s3xml.document("ListMultipartUploadsResult", nodes))
 
     # --- housekeeping ---
-    def _schedule_sweep(self, first: bool = False) -> None:
-        ttl = self.config.s3_upload_ttl
-        if ttl <= 0 or self._tasks.closed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._sweep_timer = loop.call_later(0 if first else min(max(ttl / 4, 0.5), 3600.0),
-                                            self._start_sweep)
-
-    def _start_sweep(self) -> None:
-        self._tasks.start(self._sweep())
-
     async def _sweep(self) -> None:
         """Remove multipart uploads idle for longer than -s3_upload_ttl."""
         try:
@@ -314,4 +297,3 @@ class Uploads:
                             upload_id)
         except (OSError, IndexUnavailable, VolumeError) as e:  # the database or a volume is down
             log.warning("S3: removing stale multipart uploads failed: %s", e)
-        self._schedule_sweep()
