@@ -40,7 +40,7 @@ def check_rules(rules: list[dict]) -> None:
 def check_grants(grants: list[list[str]]) -> None:
     for grantee, permission in grants:
         check(permission in PERMISSIONS, f"permission {permission!r}")
-        check(grantee in ("group:AllUsers", "group:AuthenticatedUsers")
+        check(grantee in ("group:AllUsers", "group:AuthenticatedUsers", "owner")
               or grantee.removeprefix("id:") in KNOWN, f"grantee {grantee!r}")
 
 

@@ -162,8 +162,10 @@ def test_grants_in_xml_and_headers_equal_the_canned_forms(owner, other, anonymou
     other.put_object(Bucket=bucket, Key="granted", Body=b"g")
     assert error_of(anonymous.list_objects_v2, Bucket=bucket) == ("AccessDenied", 403)
     assert error_of(other.get_bucket_acl, Bucket=bucket) == ("AccessDenied", 403)
-    assert grants_of(owner.get_bucket_acl(Bucket=bucket)) == {
-        (OWNER, "FULL_CONTROL"), (OTHER, "WRITE"), (OTHER, "READ")}
+    # grants sent are the whole ACL, as on S3: the owner's own is gone (it may still do
+    # anything to its bucket)
+    assert grants_of(owner.get_bucket_acl(Bucket=bucket)) == {(OTHER, "WRITE"), (OTHER, "READ")}
+    owner.put_object(Bucket=bucket, Key="owners", Body=b"o")
     # refused: a grant to a key there is not, an e-mail grantee, canned and grants at once,
     # a canned name S3 does not have, a policy naming another owner, malformed XML
     assert error_of(owner.put_bucket_acl, Bucket=bucket, GrantRead='id="NOSUCHKEY"') == \
@@ -179,8 +181,14 @@ def test_grants_in_xml_and_headers_equal_the_canned_forms(owner, other, anonymou
     policy["Owner"] = {"ID": OTHER}
     assert error_of(owner.put_bucket_acl, Bucket=bucket, AccessControlPolicy=policy)[1] == 403
     # what was refused changed nothing
-    assert grants_of(owner.get_bucket_acl(Bucket=bucket)) == {
-        (OWNER, "FULL_CONTROL"), (OTHER, "WRITE"), (OTHER, "READ")}
+    assert grants_of(owner.get_bucket_acl(Bucket=bucket)) == {(OTHER, "WRITE"), (OTHER, "READ")}
+    # revoking every grant leaves none, and the owner its bucket
+    owner.put_bucket_acl(Bucket=bucket, AccessControlPolicy={"Owner": acl["Owner"],
+                                                             "Grants": []})
+    assert owner.get_bucket_acl(Bucket=bucket)["Grants"] == []
+    assert error_of(other.put_object, Bucket=bucket, Key="k", Body=b"x") == ("AccessDenied", 403)
+    owner.put_bucket_acl(Bucket=bucket, ACL="private")
+    assert grants_of(owner.get_bucket_acl(Bucket=bucket)) == {(OWNER, "FULL_CONTROL")}
 
 
 def test_a_bad_canned_acl_is_refused_before_anything_is_written(owner):
@@ -242,3 +250,15 @@ def test_its_owner_makes_a_bucket_again_only_with_the_acl_it_has(owner):
     owner.put_object(Bucket=plain, Key="k", Body=b"x")
     listed = owner.list_objects(Bucket=plain)["Contents"]
     assert listed[0]["Owner"]["ID"] == OWNER  # listings name the bucket's owner
+
+
+def test_anyone_learns_that_a_bucket_is_gone_but_anonymous_cannot_write_into_it(
+        master, anonymous, other):
+    missing = f"gone-{uuid.uuid4().hex[:8]}"
+    for s3 in (anonymous, other):
+        assert error_of(s3.get_object, Bucket=missing, Key="k") == ("NoSuchBucket", 404)
+        assert error_of(s3.list_objects_v2, Bucket=missing) == ("NoSuchBucket", 404)
+    assert error_of(anonymous.put_object, Bucket=missing, Key="k", Body=b"x") == \
+        ("AccessDenied", 403)
+    assert error_of(anonymous.delete_object, Bucket=missing, Key="k") == ("AccessDenied", 403)
+    assert master.call("GET", f"/{missing}/k".encode()).status == 404

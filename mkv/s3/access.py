@@ -18,7 +18,7 @@ import time
 from mkv.index import Index
 from mkv.record import State
 from mkv.s3.errors import S3Error
-from mkv.s3.grants import ANONYMOUS_OWNER, READ, Grant, allows
+from mkv.s3.grants import ANONYMOUS_OWNER, READ, READ_ACP, Grant, allows, private
 from mkv.s3.state import S3State
 
 CACHE_SECONDS = 1.0
@@ -80,13 +80,22 @@ class Access:
             return
         if permission != OWNER and allows((settings or {}).get("acl", []), caller, permission):
             return
+        if permission in (READ, READ_ACP) and settings is None and await self._gone(bucket):
+            return  # a read of no bucket at all is told so: NoSuchBucket, as on S3
         raise access_denied()
+
+    async def _gone(self, bucket: str) -> bool:
+        """Whether the bucket has no marker (the caller knows) and no live key."""
+        async for _, record in self.index.items(f"/{bucket}/".encode()):
+            if record.state is State.LIVE:
+                return False
+        return True
 
     async def object_grants(self, bucket: str, key: bytes) -> tuple[dict | None, list[Grant]]:
         """The bucket's settings, and the grants that rule the object at `key`: its own ACL,
         or its bucket's."""
         settings = await self.settings(bucket)
-        bucket_grants = (settings or {}).get("acl", [])
+        bucket_grants = (settings or {}).get("acl", private())
         record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
             return settings, bucket_grants
@@ -101,8 +110,11 @@ class Access:
         there, whoever may list the bucket may learn so (a 404 follows)."""
         if not self.enforced:
             return
-        if self.owns(caller, await self.settings(bucket)):
+        settings = await self.settings(bucket)
+        if self.owns(caller, settings):
             return
+        if permission in (READ, READ_ACP) and settings is None and await self._gone(bucket):
+            return  # NoSuchBucket, as on S3
         settings, grants = await self.object_grants(bucket, key)
         if allows(grants, caller, permission):
             return

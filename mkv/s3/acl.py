@@ -6,7 +6,7 @@ from mkv.http.messages import Request, Response
 from mkv.s3.access import Access
 from mkv.s3.buckets import Buckets
 from mkv.s3.errors import no_such_bucket
-from mkv.s3.grants import Grant, acl_of_headers, parse_policy, policy_document
+from mkv.s3.grants import Grant, acl_of_headers, parse_policy, policy_document, private
 from mkv.s3.objects import Objects
 from mkv.s3.payload import read_xml
 from mkv.s3.sigv4 import Signed
@@ -38,7 +38,8 @@ class Acls:
             raise no_such_bucket(bucket)
         owner = self.access.owner(settings)
         if method == b"GET":
-            return Response(200, [XML], policy_document(owner, (settings or {}).get("acl", [])))
+            return Response(200, [XML], policy_document(owner, (settings or {}).get("acl",
+                                                                                    private())))
         grants = await self._asked(req, signed, owner)
         if settings is None:  # a bucket there by its keys alone: its marker keeps the ACL
             await self.state.make_bucket(bucket, {})

@@ -9,7 +9,7 @@ from mkv.record import State, successor
 from mkv.s3 import xml as s3xml
 from mkv.s3.access import Access, access_denied
 from mkv.s3.errors import S3Error, no_such_bucket
-from mkv.s3.grants import ANONYMOUS_OWNER, acl_of_headers
+from mkv.s3.grants import ANONYMOUS_OWNER, acl_of_headers, private
 from mkv.s3.request import decode_token, encode_token, int_param
 from mkv.s3.state import S3State
 from mkv.s3.xml import XML, Node
@@ -65,7 +65,8 @@ class Buckets:
         if not valid_bucket_name(bucket):
             raise S3Error(400, "InvalidBucketName", "The specified bucket is not valid.",
                           BucketName=bucket)
-        settings: dict = {"acl": acl_of_headers(req.headers, self.access.keys or None) or []}
+        settings: dict = {"acl": acl_of_headers(req.headers, self.access.keys or None)
+                          or private()}
         if self.access.enforced:
             if caller is None:
                 raise access_denied()
@@ -77,7 +78,7 @@ class Buckets:
         existing = None if made else await self.access.settings(bucket) or {}
         # its owner may make it again, as long as it asks for the ACL it has (as RGW has it)
         if existing is not None and (not self.access.owns(caller, existing)
-                                     or existing.get("acl", []) != settings["acl"]):
+                                     or existing.get("acl", private()) != settings["acl"]):
             raise S3Error(409, "BucketAlreadyExists", "The requested bucket name is not "
                           "available. The bucket namespace is shared by all users of the "
                           "system. Please select a different name and try again.",

@@ -372,7 +372,7 @@ class Forms:
                              if "policy" in fields else (0, None))
         metadata = {"headers": headers_from((field.encode(), value.encode())
                                             for field, value in fields.items()), "tags": [],
-                    "acl": canned_acl(fields["acl"]) if "acl" in fields else []}
+                    "acl": canned_acl(fields.get("acl", "private"))}
         redirect = _redirect(fields)  # checked, as the metadata is, before anything is written
         md5 = await self.objects.write(key, form.file(smallest, largest), None)
         await self.objects.keep_metadata(key, md5, metadata)

@@ -3,10 +3,13 @@ AccessControlPolicy XML read into grants, grants written back as S3 answers them
 a caller holds a permission.
 
 A caller is an access key of `-s3_keys`, or None (anonymous). A grant is `[grantee,
-permission]`, the grantee `id:<access key>`, `group:AllUsers` or `group:AuthenticatedUsers`.
-The owner's FULL_CONTROL is implicit, never among the grants kept: an ACL of no grants is
-`private`. An access key's canonical ID (what Owner and a CanonicalUser grantee name) is the
-access key itself.
+permission]`, the grantee `id:<access key>`, `group:AllUsers`, `group:AuthenticatedUsers` or
+`owner`: the resource's owner, whoever that is (an object's ACL is asked for before its
+bucket's owner is looked up). As on S3, the owner's own grant is a grant like the others: a
+`private` ACL is the owner's FULL_CONTROL, and an owner may revoke its own (mkv lets an owner
+do anything whatever its ACL says, as S3 always lets it read and write the ACL). Grants are
+kept in the order S3 answers them: the others' first, the owner's last. An access key's
+canonical ID (what Owner and a CanonicalUser grantee name) is the access key itself.
 """
 
 import re
@@ -20,20 +23,20 @@ Grant = list[str]  # [grantee, permission]
 READ, WRITE, READ_ACP, WRITE_ACP, FULL_CONTROL = (
     "READ", "WRITE", "READ_ACP", "WRITE_ACP", "FULL_CONTROL")
 PERMISSIONS = (READ, WRITE, READ_ACP, WRITE_ACP, FULL_CONTROL)
-ALL_USERS, AUTHENTICATED = "group:AllUsers", "group:AuthenticatedUsers"
+ALL_USERS, AUTHENTICATED, OWNER = "group:AllUsers", "group:AuthenticatedUsers", "owner"
 _GROUP_URI = "http://acs.amazonaws.com/groups/global/"
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
 ANONYMOUS_OWNER = "mkv"  # the owner shown when no S3 keys are set
 
 CANNED: dict[str, list[Grant]] = {
-    "private": [],
-    "public-read": [[ALL_USERS, READ]],
-    "public-read-write": [[ALL_USERS, READ], [ALL_USERS, WRITE]],
-    "authenticated-read": [[AUTHENTICATED, READ]],
+    "private": [[OWNER, FULL_CONTROL]],
+    "public-read": [[ALL_USERS, READ], [OWNER, FULL_CONTROL]],
+    "public-read-write": [[ALL_USERS, READ], [ALL_USERS, WRITE], [OWNER, FULL_CONTROL]],
+    "authenticated-read": [[AUTHENTICATED, READ], [OWNER, FULL_CONTROL]],
     # objects: the bucket's owner owns every object in it (mkv/s3/access.py), so these are
     # private too
-    "bucket-owner-read": [],
-    "bucket-owner-full-control": [],
+    "bucket-owner-read": [[OWNER, FULL_CONTROL]],
+    "bucket-owner-full-control": [[OWNER, FULL_CONTROL]],
 }
 _GRANT_HEADERS = {f"x-amz-grant-{p.lower().replace('_', '-')}".encode(): p for p in PERMISSIONS}
 _GRANTEE = re.compile(r'\s*(id|uri|emailAddress)\s*=\s*"?([^",]*)"?\s*(?:,|$)', re.IGNORECASE)
@@ -50,7 +53,7 @@ def _grantee_of_uri(uri: str) -> str:
 
 
 def _user(user_id: str, known: set[str] | None) -> str:
-    if known is not None and user_id not in known:
+    if known is not None and user_id not in known and user_id != ANONYMOUS_OWNER:
         raise _invalid(f"Invalid id {user_id!r}: no such access key")
     return "id:" + user_id
 
@@ -89,6 +92,11 @@ def acl_of_headers(headers: dict[bytes, bytes], known: set[str] | None) -> list[
     return grants
 
 
+def private() -> list[Grant]:
+    """The ACL of a resource that asked for none."""
+    return canned_acl("private")
+
+
 def canned_acl(name: str) -> list[Grant]:
     if name not in CANNED:
         raise _invalid(f"Unknown canned ACL {name!r}")
@@ -96,8 +104,8 @@ def canned_acl(name: str) -> list[Grant]:
 
 
 def parse_policy(body: bytes, owner: str, known: set[str] | None) -> list[Grant]:
-    """PutBucketAcl's or PutObjectAcl's AccessControlPolicy: its grants, less the owner's own
-    FULL_CONTROL (implicit). The Owner it names must be the owner."""
+    """PutBucketAcl's or PutObjectAcl's AccessControlPolicy: its grants, the owner's as
+    `owner`. The Owner it names must be the owner."""
     root = s3xml.parse(body, "AccessControlPolicy")
     owner_element = s3xml.children(root, "Owner")
     if owner_element:
@@ -109,7 +117,8 @@ def parse_policy(body: bytes, owner: str, known: set[str] | None) -> list[Grant]
     for acl in s3xml.children(root, "AccessControlList"):
         for element in s3xml.children(acl, "Grant"):
             grants.append(_xml_grant(element, known))
-    return [g for g in grants if g != ["id:" + owner, FULL_CONTROL]]
+    return [[OWNER if grantee == "id:" + owner else grantee, permission]
+            for grantee, permission in grants]
 
 
 def _xml_grant(element: Element, known: set[str] | None) -> Grant:
@@ -137,9 +146,10 @@ def _grantee_nodes(grantee: str) -> tuple[str, list[Node]]:
 
 
 def policy_document(owner: str, grants: list[Grant]) -> bytes:
-    """GetBucketAcl's or GetObjectAcl's answer: the owner's FULL_CONTROL, then the grants."""
+    """GetBucketAcl's or GetObjectAcl's answer: the grants, `owner` named."""
     nodes: list[Node] = []
-    for grantee, permission in [["id:" + owner, FULL_CONTROL], *grants]:
+    for grantee, permission in grants:
+        grantee = "id:" + owner if grantee == OWNER else grantee
         kind, children = _grantee_nodes(grantee)
         nodes.append(("Grant", [
             (f'Grantee xmlns:xsi="{_XSI}" xsi:type="{kind}"', children),

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from mkv.http.headers import valid_name, valid_value
 from mkv.http.messages import Request
 from mkv.s3.errors import S3Error
-from mkv.s3.grants import Grant, acl_of_headers
+from mkv.s3.grants import Grant, acl_of_headers, private
 
 # the headers S3 stores with an object and answers with, as S3 spells them
 STORED = {name.lower().encode(): name for name in (
@@ -124,8 +124,8 @@ def of_request(req: Request) -> dict:
 
 
 def acl_of_request(req: Request) -> list[Grant]:
-    """The ACL a write asks for: `private` (no grants) unless its headers say otherwise."""
-    return acl_of_headers(req.headers, None) or []
+    """The ACL a write asks for: `private` unless its headers say otherwise."""
+    return acl_of_headers(req.headers, None) or private()
 
 
 def answer_headers(metadata: dict | None) -> list[tuple[str, str]]:
