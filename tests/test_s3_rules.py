@@ -164,3 +164,22 @@ def test_a_pass_walks_a_copy_of_every_key(count, replicas):
         assert len(chosen) == count - min(replicas, count) + 1
         for copies in combinations(volumes, min(replicas, count)):  # wherever its copies are
             assert chosen & set(copies)
+
+
+def test_conditions_without_and_are_taken_as_under_one_and_transitions_are_checked():
+    loose = parse_configuration(b"<LifecycleConfiguration><Rule><ID>r</ID><Filter><Prefix>p/"
+                                b"</Prefix><Tag><Key>k</Key><Value>v</Value></Tag></Filter>"
+                                b"<Status>Enabled</Status><Expiration><Days>1</Days>"
+                                b"</Expiration></Rule></LifecycleConfiguration>")
+    assert loose[0]["filter"] == {"prefix": "p/", "tags": [["k", "v"]], "greater": None,
+                                  "less": None, "and": True}
+    assert not matches(loose[0], "p/x", 1, [["k", "w"]]) and matches(loose[0], "p/x", 1,
+                                                                      [["k", "v"]])
+    for transition, status in ((b"<Date>20220927</Date>", 400),
+                               (b"<Date>2022-09-27T00:00:00Z</Date>", 501)):
+        with pytest.raises(S3Error) as refused:
+            parse_configuration(b"<LifecycleConfiguration><Rule><ID>r</ID><Prefix/><Status>"
+                                b"Enabled</Status><Transition>" + transition + b"<StorageClass>"
+                                b"GLACIER</StorageClass></Transition></Rule>"
+                                b"</LifecycleConfiguration>")
+        assert refused.value.status == status

@@ -80,17 +80,17 @@ def _tag(element: Element) -> list[str]:
 def _filter(element: Element) -> dict:
     """A rule's <Filter>: one condition, or several under <And>."""
     conditions = [c for c in element if isinstance(c.tag, str)]
-    if len(conditions) > 1:
-        raise MalformedXML("a Filter holds one condition; several go under <And>")
+    under_and = len(conditions) == 1 and conditions[0].tag.endswith("And")
+    if not under_and and any(c.tag.endswith("And") for c in conditions):
+        raise MalformedXML("an <And> is a Filter's only condition")
+    # several conditions without <And> are taken as under one, as Ceph's RGW takes them
     parsed: dict = {"prefix": None, "tags": [], "greater": None, "less": None,
-                    "and": bool(conditions) and conditions[0].tag.endswith("And")}
-    scope = conditions[0] if parsed["and"] else element
+                    "and": under_and or len(conditions) > 1}
+    scope = conditions[0] if under_and else element
     prefix = _one(scope, "Prefix")
     if prefix is not None:
         parsed["prefix"] = prefix.text or ""
     parsed["tags"] = [_tag(t) for t in s3xml.children(scope, "Tag")]
-    if not parsed["and"] and len(parsed["tags"]) > 1:
-        raise MalformedXML("several Tags go under <And>")
     if len({k for k, _ in parsed["tags"]}) != len(parsed["tags"]):
         raise _invalid("Duplicate Tag Keys are not allowed")
     for field, name in (("greater", "ObjectSizeGreaterThan"), ("less", "ObjectSizeLessThan")):
@@ -124,8 +124,15 @@ def _rule(element: Element) -> Rule:
     status = (s3xml.text_of(element, "Status") or "").strip()
     if status not in ("Enabled", "Disabled"):
         raise MalformedXML("Status must be Enabled or Disabled")
-    if s3xml.children(element, "Transition") or \
-            s3xml.children(element, "NoncurrentVersionTransition"):
+    transitions = s3xml.children(element, "Transition") + \
+        s3xml.children(element, "NoncurrentVersionTransition")
+    for transition in transitions:  # checked as any rule is, then refused
+        date, days = s3xml.text_of(transition, "Date"), s3xml.text_of(transition, "Days")
+        if date is not None:
+            parse_date(date)
+        if days is not None:
+            _size(days, "Days")
+    if transitions:
         raise S3Error(501, "NotImplemented", "mkv has one storage class: no Transition")
     filter_element, prefix = _one(element, "Filter"), s3xml.text_of(element, "Prefix")
     if (filter_element is None) == (prefix is None):
