@@ -141,7 +141,7 @@ def test_the_configuration_round_trips_and_deletes(s3):
        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}],
      ("InvalidRequest", 400)),
     ([{**rule("r"), "Transitions": [{"Days": 1, "StorageClass": "GLACIER"}]}],
-     ("NotImplemented", 501)),
+     ("InvalidStorageClass", 400)),
     ([rule("r", And={"Prefix": "a", "ObjectSizeGreaterThan": 10, "ObjectSizeLessThan": 5})],
      ("InvalidArgument", 400)),
 ])

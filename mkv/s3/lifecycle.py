@@ -4,8 +4,8 @@ checks it, written back as S3 answers it, and when a rule expires an object or a
 mkv applies `Expiration` (Days or Date) and `AbortIncompleteMultipartUpload`
 (DaysAfterInitiation), filtered by key prefix, tags and object size. Without versions or
 storage classes, `ExpiredObjectDeleteMarker` and `NoncurrentVersionExpiration` are kept and
-answered but change nothing; a `Transition` is refused. A rule is a JSON-able dict, as the S3
-state keeps it (mkv/s3/state.py).
+answered but change nothing; a `Transition` is refused (InvalidStorageClass). A rule is a
+JSON-able dict, as the S3 state keeps it (mkv/s3/state.py).
 
 Days count as S3 counts them: an object expires at the first midnight (UTC) at least `Days`
 days after it was written. `day` is a day's length in seconds (the `-s3_lifecycle_day` flag;
@@ -13,6 +13,7 @@ shorter only to see rules act in tests, as Ceph's rgw_lc_debug_interval).
 """
 
 import math
+import re
 import secrets
 from datetime import UTC, datetime
 from xml.etree.ElementTree import Element
@@ -29,6 +30,7 @@ Rule = dict  # {"id", "enabled", "filter": {...} | None, "prefix": str | None (t
 DAY = 86400.0
 MAX_RULES = 1000
 MAX_ID = 255
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
 
 
 def _invalid(message: str) -> S3Error:
@@ -50,7 +52,9 @@ def _size(text: str | None, what: str) -> int:
 
 
 def parse_date(text: str) -> float:
-    """An Expiration Date: ISO 8601, at midnight UTC (as S3 demands)."""
+    """An Expiration Date: ISO 8601's extended form, at midnight UTC (as S3 demands)."""
+    if not _DATE.fullmatch(text.strip()):
+        raise _invalid("'Date' must be in ISO 8601 format")
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -132,8 +136,9 @@ def _rule(element: Element) -> Rule:
             parse_date(date)
         if days is not None:
             _size(days, "Days")
-    if transitions:
-        raise S3Error(501, "NotImplemented", "mkv has one storage class: no Transition")
+    if transitions:  # as S3 answers a class it does not have
+        raise S3Error(400, "InvalidStorageClass", "The storage class you specified is not "
+                      "valid: mkv keeps every object in one, STANDARD")
     filter_element, prefix = _one(element, "Filter"), s3xml.text_of(element, "Prefix")
     if (filter_element is None) == (prefix is None):
         raise MalformedXML("a Rule has a Filter or a Prefix, one of them")
