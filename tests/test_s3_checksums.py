@@ -5,6 +5,7 @@ in boto3's upload_file) as a COMPOSITE checksum of the parts' or a FULL_OBJECT o
 against a real master and nginx volumes."""
 
 import base64
+import functools
 import hashlib
 import io
 import os
@@ -201,3 +202,27 @@ def test_object_attributes_are_asked_by_name(s3master, s3, bucket):
         assert reply.status == 400 and b"InvalidArgument" in reply.body, (paging, reply.body)
     assert error_of(s3.get_object_attributes, Bucket=bucket, Key="absent",
                     ObjectAttributes=["ETag"]) == ("NoSuchKey", 404)
+
+
+@pytest.mark.parametrize("sent_right", [True, False])
+def test_complete_checks_the_object_checksum_it_is_sent(s3, bucket, sent_right):
+    parts = [os.urandom(5 * MiB), b"last"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="sent", ChecksumAlgorithm="SHA256")
+    done = []
+    for n, body in enumerate(parts, 1):
+        answer = s3.upload_part(Bucket=bucket, Key="sent", UploadId=upload["UploadId"],
+                                PartNumber=n, Body=body, ChecksumAlgorithm="SHA256")
+        done.append({"PartNumber": n, "ETag": answer["ETag"],
+                     "ChecksumSHA256": answer["ChecksumSHA256"]})
+    value = composite("sha256", parts) if sent_right else composite("sha256", parts[::-1])
+    complete = functools.partial(s3.complete_multipart_upload, Bucket=bucket, Key="sent",
+                                 UploadId=upload["UploadId"], MultipartUpload={"Parts": done},
+                                 ChecksumSHA256=value)
+    if sent_right:
+        assert complete()["ChecksumSHA256"] == value
+        assert s3.get_object(Bucket=bucket, Key="sent")["Body"].read() == b"".join(parts)
+    else:  # refused, nothing written, the upload still there to complete right
+        assert error_of(complete) == ("BadDigest", 400)
+        assert error_of(s3.head_object, Bucket=bucket, Key="sent")[1] == 404
+        assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]] \
+            == [upload["UploadId"]]

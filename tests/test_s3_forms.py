@@ -4,6 +4,7 @@ content-length-range, success_action_status / _redirect, metadata fields, malfor
 unsigned forms without -s3_keys, and a large file streamed in bounded memory. A refused form
 leaves nothing behind."""
 
+import base64
 import hashlib
 import os
 import uuid
@@ -13,11 +14,10 @@ from xml.etree import ElementTree
 
 import pytest
 import requests
-from conftest import MasterFactory, md5hex, request
+from conftest import MasterFactory, error_of, md5hex, request
 from conftest import client as s3_client
 
 ACCESS, SECRET = "FORMKEY", "form/secret+1"
-NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MiB = 1024 * 1024
 
 
@@ -73,8 +73,8 @@ def test_a_presigned_post_uploads(signed, version):
     assert ("x-amz-signature" in form["fields"]) == (version == "s3v4")
     answer = post(form, b"hello form")
     assert answer.status_code == 201, answer.content
-    result = ElementTree.fromstring(answer.content)
-    assert [result.findtext(f"{NS}{n}") for n in ("Bucket", "Key", "ETag")] == \
+    result = ElementTree.fromstring(answer.content)  # no namespace, as S3 answers it
+    assert [result.findtext(n) for n in ("Bucket", "Key", "ETag")] == \
         [bucket, "up/hello.txt", f'"{md5hex(b"hello form")}"']
     got = s3.get_object(Bucket=bucket, Key="up/hello.txt")
     assert (got["Body"].read(), got["ContentType"], got["Metadata"]) == \
@@ -178,3 +178,30 @@ def test_a_large_file_streams_through(s3master, s3, bucket):
     assert reply.header("ETag") == f'"{digest}"'
     assert s3.head_object(Bucket=bucket, Key="big")["ContentLength"] == size
     assert peak_memory(s3master.process.proc.pid) - before < size // 3  # never held whole
+
+
+def test_a_forms_tags_acl_and_checksum_are_kept_and_a_wrong_checksum_writes_nothing(
+        s3master, s3, bucket):
+    url = f"http://127.0.0.1:{s3master.port}/{bucket}"
+    body = b"tagged and summed"
+    good = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    fields = {"key": "t", "acl": "public-read", "x-amz-checksum-sha256": good,
+              "tagging": "<Tagging><TagSet><Tag><Key>b</Key><Value>2</Value></Tag><Tag><Key>a"
+                         "</Key><Value>1</Value></Tag></TagSet></Tagging>"}
+    done = requests.post(url, data=fields, files={"file": ("f", body)}, timeout=30)
+    assert done.status_code == 204, done.content
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [
+        {"Key": "a", "Value": "1"}, {"Key": "b", "Value": "2"}]
+    assert s3.head_object(Bucket=bucket, Key="t", ChecksumMode="ENABLED")[
+        "ChecksumSHA256"] == good
+    assert {g["Permission"] for g in s3.get_object_acl(Bucket=bucket, Key="t")["Grants"]} \
+        == {"READ", "FULL_CONTROL"}
+    wrong = requests.post(url, data={**fields, "key": "w", "x-amz-checksum-sha256": "A" * 44},
+                          files={"file": ("f", body)}, timeout=30)
+    assert code_of(wrong) == ("BadDigest", 400)
+    assert error_of(s3.head_object, Bucket=bucket, Key="w")[1] == 404
+    many = "".join(f"<Tag><Key>{i}</Key><Value>v</Value></Tag>" for i in range(11))
+    refused = requests.post(url, data={"key": "x", "tagging": f"<Tagging><TagSet>{many}"
+                                                             "</TagSet></Tagging>"},
+                            files={"file": ("f", body)}, timeout=30)
+    assert code_of(refused) == ("InvalidTag", 400)

@@ -115,8 +115,8 @@ def test_multipart_metadata_applies_at_complete_and_complete_repeats(s3, bucket)
 def test_object_tagging(s3, bucket):
     s3.put_object(Bucket=bucket, Key="t", Body=b"v", Tagging="project=x&empty=")
     assert s3.get_object(Bucket=bucket, Key="t")["TagCount"] == 2
-    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [
-        {"Key": "project", "Value": "x"}, {"Key": "empty", "Value": ""}]
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [  # by key
+        {"Key": "empty", "Value": ""}, {"Key": "project", "Value": "x"}]
     s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [
         {"Key": "a", "Value": "b"}]})
     assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [{"Key": "a", "Value": "b"}]

@@ -16,14 +16,15 @@ from mkv.s3.xml import XML, Node
 from mkv.store import Store
 
 # S3's rules for a new bucket: 3-63 lower-case letters, digits, dots and hyphens, a letter or
-# digit at each end, no "..", not an IP address
+# digit at each end, no "..", ".-" or "-." (DNS labels), not an IP address
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 MAX_BUCKETS = 10_000  # the most one ListBuckets page holds, as on S3
 
 
 def valid_bucket_name(name: str) -> bool:
-    return bool(_BUCKET_NAME.match(name)) and ".." not in name and not _IP_ADDRESS.match(name)
+    return bool(_BUCKET_NAME.match(name)) and not _IP_ADDRESS.match(name) \
+        and not any(pair in name for pair in ("..", ".-", "-."))
 
 
 class Buckets:
@@ -98,8 +99,10 @@ class Buckets:
     async def list_buckets(self, params: dict[str, str], caller: str | None) -> Response:
         """ListBuckets, by name, those the caller owns; with `max-buckets`, pages that
         `continuation-token` goes on from, and only the names starting with `prefix`."""
-        if self.access.enforced and caller is None:
-            raise access_denied()
+        if self.access.enforced and caller is None:  # anonymous owns nothing, as RGW answers
+            return Response(200, [XML], s3xml.document("ListAllMyBucketsResult", [
+                ("Owner", [("ID", ANONYMOUS_OWNER), ("DisplayName", ANONYMOUS_OWNER)]),
+                ("Buckets", [])]))
         prefix = params.get("prefix", "")
         limit = int_param(params, "max-buckets", MAX_BUCKETS, 1, MAX_BUCKETS)
         token = params.get("continuation-token")

@@ -28,10 +28,12 @@ from mkv.http.target import parse_key
 from mkv.s3 import xml as s3xml
 from mkv.s3.access import Access
 from mkv.s3.awschunked import BadPayload
+from mkv.s3.checksums import ALGORITHMS, FULL_OBJECT
 from mkv.s3.errors import S3Error
 from mkv.s3.grants import WRITE, canned_acl
-from mkv.s3.metadata import header_value, headers_from
+from mkv.s3.metadata import check_tags, header_value, headers_from
 from mkv.s3.objects import Objects, check_storable
+from mkv.s3.payload import Payload
 from mkv.s3.sigv4 import ALGORITHM, signing_key
 from mkv.s3.xml import XML
 
@@ -254,7 +256,7 @@ def check_policy(policy: str, fields: dict[str, str], bucket: str,
             raise _denied(f"Policy Condition failed: {json.dumps(condition)}")
         named.add(field)
     extra = sorted(name for name in fields if name not in named and name not in _UNCONDITIONED
-                   and not name.startswith("x-ignore-"))
+                   and not name.startswith(("x-ignore-", "x-amz-checksum-")))
     if extra:
         raise _denied(f"Extra input fields: {extra[0]}")
     return length_range
@@ -338,7 +340,8 @@ def _answer(req: Request, redirect: str | None, fields: dict[str, str], bucket: 
     status = fields.get("success_action_status", "")
     if status == "201":
         body = s3xml.document("PostResponse", [("Location", location), ("Bucket", bucket),
-                                               ("Key", name), ("ETag", etag)])
+                                               ("Key", name), ("ETag", etag)],
+                              namespaced=False)  # as S3 and RGW answer it
         return Response(201, headers + [XML], body)
     return Response(200 if status == "200" else 204, headers + [("Content-Length", "0")])
 
@@ -371,9 +374,18 @@ class Forms:
         smallest, largest = (check_policy(fields["policy"], fields, bucket, time.time())
                              if "policy" in fields else (0, None))
         metadata = {"headers": headers_from((field.encode(), value.encode())
-                                            for field, value in fields.items()), "tags": [],
+                                            for field, value in fields.items()),
+                    "tags": check_tags(s3xml.parse_tagging(fields["tagging"].encode()))
+                    if "tagging" in fields else [],
                     "acl": canned_acl(fields.get("acl", "private"))}
         redirect = _redirect(fields)  # checked, as the metadata is, before anything is written
-        md5 = await self.objects.write(key, form.file(smallest, largest), None)
+        sent = [(algorithm, fields[f"x-amz-checksum-{algorithm}"]) for algorithm in ALGORITHMS
+                if f"x-amz-checksum-{algorithm}" in fields][:1]
+        algorithm, expected = sent[0] if sent else (None, None)
+        file = Payload(form.file(smallest, largest), None, None, None, algorithm, expected, None)
+        md5 = await self.objects.write(key, file, None)
+        if file.computed:  # as PutObject keeps it
+            metadata["checksum"] = {"algorithm": file.computed[0], "type": FULL_OBJECT,
+                                    "value": file.computed[1]}
         await self.objects.keep_metadata(key, md5, metadata)
         return _answer(req, redirect, fields, bucket, name, f'"{md5}"' if md5 else '""')

@@ -98,7 +98,7 @@ def headers_from(items: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 def check_tags(tags: Tags) -> Tags:
     if len(tags) > MAX_TAGS:
-        raise S3Error(400, "BadRequest", f"Object tags cannot be greater than {MAX_TAGS}")
+        raise S3Error(400, "InvalidTag", f"Object tags cannot be greater than {MAX_TAGS}")
     if len({key for key, _ in tags}) != len(tags):
         raise S3Error(400, "InvalidTag", "Cannot provide multiple Tags with the same key")
     for key, value in tags:

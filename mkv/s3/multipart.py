@@ -12,6 +12,7 @@ from mkv.http.client import VolumeError
 from mkv.http.messages import Request, Response
 from mkv.index import IndexUnavailable
 from mkv.s3 import xml as s3xml
+from mkv.s3.awschunked import BadPayload
 from mkv.s3.checksums import (
     DEFAULT_CHECKSUM,
     FULL_OBJECT,
@@ -32,7 +33,7 @@ from mkv.s3.request import (
 )
 from mkv.s3.sigv4 import Signed
 from mkv.s3.state import ETAG, Part, S3State, UploadBusy, UploadGone
-from mkv.s3.xml import OWNER, XML, Node
+from mkv.s3.xml import XML, Node
 from mkv.store import Store
 from mkv.tasks import Periodic
 
@@ -158,7 +159,8 @@ class Uploads:
         upload = await self.state.get(upload_id)
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
-        wanted = s3xml.parse_complete(await read_xml(req, signed))
+        # an x-amz-checksum-* header here is the object's, checked once the parts are read
+        wanted = s3xml.parse_complete(await read_xml(req, signed, its_checksum=False))
         numbers = [number for number, _ in wanted]
         if any(a > b for a, b in zip(numbers, numbers[1:], strict=False)):
             raise S3Error(400, "InvalidPartOrder", "The list of parts was not in ascending "
@@ -171,8 +173,11 @@ class Uploads:
                 asked = upload.metadata.get("checksum") or {"algorithm": DEFAULT_CHECKSUM,
                                                              "type": FULL_OBJECT}
                 checksum = AssembledChecksum(asked["algorithm"], asked["type"])
-                md5 = await self.objects.write(key, self._assembled(parts, checksum),
-                                               sum(p.size for p in parts), req)
+                sent = req.headers.get(f"x-amz-checksum-{asked['algorithm']}".encode())
+                md5 = await self.objects.write(
+                    key, self._assembled(parts, checksum, sent.decode("latin-1").strip()
+                                         if sent is not None else None),
+                    sum(p.size for p in parts), req)
                 combined = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts))
                 etag = f"{combined.hexdigest()}-{len(parts)}"
                 if md5:
@@ -187,16 +192,25 @@ class Uploads:
             raise no_such_upload(upload_id) from None
         return self._completed(req, key, etag, metadata["checksum"])
 
-    async def _assembled(self, parts: list[Part], checksum: AssembledChecksum
-                         ) -> AsyncIterator[bytes]:
+    async def _assembled(self, parts: list[Part], checksum: AssembledChecksum,
+                         expected: str | None) -> AsyncIterator[bytes]:
         """The parts' bytes in order, each counted into `checksum` (one more pass over bytes
-        the master reads anyway)."""
+        the master reads anyway), which must come to `expected` if the client sent it: else
+        the write fails before its last byte, as a body that fails its checksum does."""
+        held = None
         for part in parts:
             checksum.begin_part()
             async with aclosing(self.state.read([part])) as chunks:
                 async for chunk in chunks:
                     checksum.update(chunk)
-                    yield chunk
+                    if held is not None:
+                        yield held
+                    held = chunk
+        if expected is not None and checksum.document()["value"] != expected:
+            raise BadPayload("BadDigest", f"The {checksum.algorithm.upper()} you specified "
+                             "did not match the calculated checksum.")
+        if held is not None:
+            yield held
 
     async def _parts_to_complete(self, upload_id: str, wanted: list[tuple[int, str]]
                                  ) -> list[Part]:
@@ -250,9 +264,10 @@ class Uploads:
         page = parts[:min(max_parts, MAX_KEYS)]
         truncated = len(parts) > len(page)
         bucket = key.split(b"/")[1].decode("utf-8", "replace")
+        owner = await self._owner(bucket)
         nodes: list[Node] = [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload_id),
-            ("Initiator", OWNER), ("Owner", OWNER), ("StorageClass", "STANDARD"),
+            ("Initiator", owner), ("Owner", owner), ("StorageClass", "STANDARD"),
             ("PartNumberMarker", str(marker)),
             ("NextPartNumberMarker", str(page[-1].number) if page else None),
             ("MaxParts", str(max_parts)), ("IsTruncated", "true" if truncated else "false")]
@@ -263,7 +278,15 @@ class Uploads:
                               else [])]) for p in page]
         return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
 
+    async def _owner(self, bucket: str) -> list[Node]:
+        """Who an upload's Owner and Initiator name: the bucket's owner, who owns its
+        objects."""
+        access = self.objects.buckets.access
+        owner = access.owner(await access.settings(bucket))
+        return [("ID", owner), ("DisplayName", owner)]
+
     async def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:
+        owner = await self._owner(bucket)
         prefix = f"/{bucket}/{params.get('prefix', '')}".encode()
         key_marker = params.get("key-marker", "")
         id_marker = params.get("upload-id-marker", "")
@@ -283,7 +306,7 @@ class Uploads:
             ("Prefix", params.get("prefix", "")), ("MaxUploads", str(max_uploads)),
             ("IsTruncated", "true" if truncated else "false")]
         nodes += [("Upload", [("Key", object_name(u.key)), ("UploadId", u.id),
-                              ("Initiator", OWNER), ("Owner", OWNER),
+                              ("Initiator", owner), ("Owner", owner),
                               ("StorageClass", "STANDARD"),
                               ("Initiated", s3xml.timestamp(u.initiated))]) for u in page]
         return Response(200, [XML], s3xml.document("ListMultipartUploadsResult", nodes))

@@ -86,8 +86,10 @@ class Payload:
             yield held
 
 
-def payload_of(req: Request, signed: Signed | None) -> Payload:
-    """How to read and check a request body, from its headers; errors before reading."""
+def payload_of(req: Request, signed: Signed | None, its_checksum: bool = True) -> Payload:
+    """How to read and check a request body, from its headers; errors before reading.
+    Without `its_checksum`, an x-amz-checksum-* header is not the body's (Complete's is the
+    object's)."""
     h = req.headers
     sha = h.get(b"x-amz-content-sha256", b"").decode("latin-1")
     bound = signed.payload_hash if signed is not None else UNSIGNED_PAYLOAD
@@ -125,7 +127,7 @@ def payload_of(req: Request, signed: Signed | None) -> Payload:
             raise S3Error(400, "InvalidDigest",
                           "The Content-MD5 you specified was invalid.")
     algorithm = expected = None
-    for name, value in h.items():
+    for name, value in h.items() if its_checksum else ():
         found = algorithm_of(name.decode("latin-1"))
         if found is not None:
             algorithm, expected = found, value.decode("latin-1").strip()
@@ -142,12 +144,12 @@ def payload_of(req: Request, signed: Signed | None) -> Payload:
     return Payload(source, length, content_md5, payload_sha, algorithm, expected, chunked)
 
 
-async def read_xml(req: Request, signed: Signed | None) -> bytes:
-    """A request's (small) XML body, checked as any payload is."""
+async def read_xml(req: Request, signed: Signed | None, its_checksum: bool = True) -> bytes:
+    """A request's (small) XML body, checked as any payload is (see `payload_of`)."""
     if req.body.length is not None and req.body.length > s3xml.MAX_XML_BODY:
         raise MalformedXML("the XML body is too large")
     data = bytearray()
-    async for chunk in payload_of(req, signed):
+    async for chunk in payload_of(req, signed, its_checksum):
         data += chunk
         if len(data) > s3xml.MAX_XML_BODY:
             raise MalformedXML("the XML body is too large")

@@ -25,7 +25,8 @@ class Tagging:
         record = await self.objects.live(key)
         saved = (await self.state.kept(key, record.md5)).metadata or {"headers": [], "tags": []}
         if method == b"GET":
-            tags = [("Tag", [("Key", k), ("Value", v)]) for k, v in saved.get("tags", [])]
+            tags = [("Tag", [("Key", k), ("Value", v)])  # by key, as RGW answers
+                    for k, v in sorted(saved.get("tags", []))]
             return Response(200, [XML], s3xml.document("Tagging", [("TagSet", tags)]))
         if method == b"PUT":
             saved["tags"] = check_tags(s3xml.parse_tagging(await read_xml(req, signed)))

@@ -21,8 +21,6 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
 
 Node = tuple[str, "str | list[Node] | None"]
 
-OWNER: list[Node] = [("ID", "mkv"), ("DisplayName", "mkv")]
-
 
 class MalformedXML(Exception):
     pass
@@ -42,9 +40,10 @@ def _render(node: Node, out: list[str]) -> None:
     out.append(f"</{end}>")
 
 
-def document(name: str, children: list[Node]) -> bytes:
-    """An S3 answer: the root element in S3's namespace, then `children`."""
-    out = [f'<{name} xmlns="{NAMESPACE}">']
+def document(name: str, children: list[Node], namespaced: bool = True) -> bytes:
+    """An S3 answer: the root element in S3's namespace (or none, as POST Object's answer
+    has it), then `children`."""
+    out = [f'<{name} xmlns="{NAMESPACE}">' if namespaced else f"<{name}>"]
     for child in children:
         _render(child, out)
     out.append(f"</{name}>")
