@@ -262,3 +262,22 @@ def test_anyone_learns_that_a_bucket_is_gone_but_anonymous_cannot_write_into_it(
         ("AccessDenied", 403)
     assert error_of(anonymous.delete_object, Bucket=missing, Key="k") == ("AccessDenied", 403)
     assert master.call("GET", f"/{missing}/k".encode()).status == 404
+
+
+def test_bucket_tags_are_the_owners_and_an_expected_owner_must_be_the_owner(owner, other):
+    bucket = new_bucket(owner, ACL="public-read-write")
+    assert error_of(owner.get_bucket_tagging, Bucket=bucket) == ("NoSuchTagSet", 404)
+    owner.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "team",
+                                                                 "Value": "ml"}]})
+    assert owner.get_bucket_tagging(Bucket=bucket)["TagSet"] == [{"Key": "team",
+                                                                  "Value": "ml"}]
+    assert error_of(other.get_bucket_tagging, Bucket=bucket) == ("AccessDenied", 403)
+    assert error_of(other.put_bucket_tagging, Bucket=bucket, Tagging={"TagSet": []}) == \
+        ("AccessDenied", 403)
+    owner.delete_bucket_tagging(Bucket=bucket)
+    assert error_of(owner.get_bucket_tagging, Bucket=bucket) == ("NoSuchTagSet", 404)
+    # the bucket lets anyone write, but not to a caller who expects another owner
+    other.put_object(Bucket=bucket, Key="k", Body=b"x", ExpectedBucketOwner=OWNER)
+    assert error_of(other.put_object, Bucket=bucket, Key="k", Body=b"y",
+                    ExpectedBucketOwner=OTHER) == ("AccessDenied", 403)
+    assert owner.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"

@@ -26,7 +26,7 @@ from mkv.http.target import parse_key
 from mkv.index import IndexUnavailable
 from mkv.index.base import KeyBusy
 from mkv.s3 import xml as s3xml
-from mkv.s3.access import OWNER, Access
+from mkv.s3.access import OWNER, Access, access_denied
 from mkv.s3.acl import Acls
 from mkv.s3.awschunked import BadPayload
 from mkv.s3.buckets import Buckets
@@ -64,7 +64,7 @@ def _checks_its_body(method: bytes, on_object: bool, params: dict[str, str],
     against the signed payload hash: object and part uploads, and the XML bodies of Complete,
     DeleteObjects, PutObjectTagging, Put*Acl and PutBucketLifecycle."""
     if method == b"PUT":
-        if "acl" in params or "lifecycle" in params:
+        if "acl" in params or "lifecycle" in params or "tagging" in params:
             return True
         return on_object and b"x-amz-copy-source" not in req.headers
     return method == b"POST" and ("uploadId" in params if on_object else "delete" in params)
@@ -147,11 +147,11 @@ BUCKET_ROUTES = (
     Route("Get/Put/DeleteBucketLifecycle", GET + PUT + DELETE, has("lifecycle"),
           (BUCKET_OWNER,),
           lambda s3, c: s3.lifecycle.configuration(c.method, c.bucket, c.req, c.signed)),
+    Route("Get/Put/DeleteBucketTagging", GET + PUT + DELETE, has("tagging"), (BUCKET_OWNER,),
+          lambda s3, c: s3.tagging.bucket_tagging(c.method, c.bucket, c.req, c.signed)),
     Route("ListObjects(V2)", GET, None, (BUCKET_READ,),
           lambda s3, c: s3.listings.list_objects(c.bucket, c.params)),
     Route("HeadBucket", HEAD, None, (BUCKET_READ,), lambda s3, c: s3.buckets.head_bucket(c.bucket)),
-    Route("bucket tagging", None, has("tagging"), ANYONE,
-          refuse(501, "NotImplemented", "mkv does not implement bucket tagging")),
     Route("bucket configuration", PUT, lambda c: bool(set(c.params) - {"x-id"}), ANYONE,
           refuse(501, "NotImplemented", "mkv does not implement this bucket configuration")),
     Route("CreateBucket", PUT, None, ANYONE,
@@ -305,6 +305,10 @@ class S3:
             raise S3Error(e.status, e.code, e.message, **e.extra) from None
 
     async def _check_access(self, call: Call, needs: tuple[tuple[str, str], ...]) -> None:
+        expected = call.req.headers.get(b"x-amz-expected-bucket-owner")
+        if expected is not None and expected.decode("latin-1").strip() != \
+                self.access.owner(await self.access.settings(call.bucket)):
+            raise access_denied()  # the bucket is not whose the caller thinks, as on S3
         for what, permission in needs:
             if what == "bucket":
                 await self.access.check_bucket(call.caller, call.bucket, permission)

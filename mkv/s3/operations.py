@@ -18,6 +18,9 @@ def operation(method: bytes, key: bytes, params: dict[str, str], headers: dict[b
 def _bucket_operation(verb: str, params: dict[str, str], headers: dict[bytes, bytes]) -> str:
     if "acl" in params:
         return {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"}.get(verb, f"{verb} acl")
+    if "tagging" in params:
+        return {"GET": "GetBucketTagging", "PUT": "PutBucketTagging",
+                "DELETE": "DeleteBucketTagging"}.get(verb, f"{verb} bucket tagging")
     if "lifecycle" in params:
         return {"GET": "GetBucketLifecycleConfiguration",
                 "PUT": "PutBucketLifecycleConfiguration",

@@ -1,9 +1,9 @@
-"""S3 object tagging: Get/Put/DeleteObjectTagging, the tags kept with the value's metadata in
-the S3 state."""
+"""S3 tagging: Get/Put/DeleteObjectTagging, the tags kept with the value's metadata in the S3
+state, and Get/Put/DeleteBucketTagging, kept with the bucket's settings."""
 
 from mkv.http.messages import Request, Response
 from mkv.s3 import xml as s3xml
-from mkv.s3.errors import S3Error
+from mkv.s3.errors import S3Error, no_such_bucket
 from mkv.s3.metadata import check_tags
 from mkv.s3.objects import Objects
 from mkv.s3.payload import read_xml
@@ -14,11 +14,32 @@ from mkv.s3.xml import XML
 
 class Tagging:
     """Object tags in the S3 state's metadata, for the live value (read through the objects
-    service) and its md5."""
+    service) and its md5; bucket tags in the bucket's settings."""
 
     def __init__(self, state: S3State, objects: Objects) -> None:
         self.state = state
         self.objects = objects
+
+    async def bucket_tagging(self, method: bytes, bucket: str, req: Request,
+                             signed: Signed | None) -> Response:
+        access = self.objects.buckets.access
+        settings = await access.settings(bucket)
+        if settings is None and not await self.objects.buckets.exists(bucket):
+            raise no_such_bucket(bucket)
+        if method == b"GET":
+            tags = (settings or {}).get("tags")
+            if not tags:
+                raise S3Error(404, "NoSuchTagSet", "The TagSet does not exist",
+                              BucketName=bucket)
+            return Response(200, [XML], s3xml.document("Tagging", [("TagSet", [
+                ("Tag", [("Key", k), ("Value", v)]) for k, v in tags])]))
+        tags = check_tags(s3xml.parse_tagging(await read_xml(req, signed))) \
+            if method == b"PUT" else None
+        if settings is None:  # a bucket there by its keys alone: its marker keeps them
+            await self.state.make_bucket(bucket, {})
+        await self.state.set_bucket_setting(bucket, "tags", tags)
+        access.changed(bucket)
+        return Response(200 if method == b"PUT" else 204)
 
     async def object_tagging(self, method: bytes, key: bytes, req: Request,
                              signed: Signed | None) -> Response:
