@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from botocore import UNSIGNED
-from conftest import client, error_of, keyed_master
+from conftest import client, error_of, keyed_master, request
 
 OWNER, OWNER_SECRET = "OWNERKEY", "owner-secret"
 OTHER, OTHER_SECRET = "OTHERKEY", "other-secret"
@@ -281,3 +281,18 @@ def test_bucket_tags_are_the_owners_and_an_expected_owner_must_be_the_owner(owne
     assert error_of(other.put_object, Bucket=bucket, Key="k", Body=b"y",
                     ExpectedBucketOwner=OTHER) == ("AccessDenied", 403)
     assert owner.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
+def test_an_upload_names_who_began_it_and_a_preflight_is_refused(master, owner, other):
+    bucket = new_bucket(owner, ACL="public-read-write")
+    upload = other.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    (listed,) = owner.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert (listed["Initiator"]["ID"], listed["Owner"]["ID"]) == (OTHER, OWNER)
+    parts = other.list_parts(Bucket=bucket, Key="mp", UploadId=upload)
+    assert (parts["Initiator"]["ID"], parts["Owner"]["ID"]) == (OTHER, OWNER)
+    other.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
+    url = owner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"})
+    path = url[url.index("/", len("http://")):]
+    assert request(master.port, "OPTIONS", path).status == 400  # no Origin: not a preflight
+    assert request(master.port, "OPTIONS", path, headers={"Origin": "http://a.example"}
+                   ).status == 403  # no CORS rules here

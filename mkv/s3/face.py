@@ -192,7 +192,7 @@ OBJECT_ROUTES = (
     Route("PutObject", PUT, None, (BUCKET_WRITE,),
           lambda s3, c: s3.objects.put_object(c.key, c.req, c.signed)),
     Route("CreateMultipartUpload", POST, has("uploads"), (BUCKET_WRITE,),
-          lambda s3, c: s3.uploads.create_upload(c.key, c.req)),
+          lambda s3, c: s3.uploads.create_upload(c.key, c.req, c.caller)),
     Route("CompleteMultipartUpload", POST, has("uploadId"), (BUCKET_WRITE,),
           lambda s3, c: s3.uploads.complete_upload(c.key, c.params["uploadId"], c.req,
                                                    c.signed)),
@@ -321,6 +321,12 @@ class S3:
 
     async def _dispatch(self, req: Request, key: bytes | str, params: dict[str, str],
                         strict_buckets: bool) -> Response:
+        if req.method == b"OPTIONS":  # a CORS preflight: no bucket has CORS rules here
+            if b"origin" not in req.headers:
+                raise S3Error(400, "BadRequest", "Insufficient information. Origin request "
+                              "header needed.")
+            raise S3Error(403, "AccessForbidden", "CORSResponse: CORS is not enabled for "
+                          "this bucket.")
         # POST Object's form carries its signature in its fields (forms.check_signature)
         form = req.method == b"POST" and is_form(req) and not req.query
         signed, caller = (None, None) if form else self._authenticate(req)

@@ -89,7 +89,7 @@ def acl_of_headers(headers: dict[bytes, bytes], known: set[str] | None) -> list[
     grants: list[Grant] = []
     for name, value in granted:
         grants += _header_grants(value.decode("latin-1"), _GRANT_HEADERS[name], known)
-    return grants
+    return in_order(grants)
 
 
 def private() -> list[Grant]:
@@ -117,8 +117,14 @@ def parse_policy(body: bytes, owner: str, known: set[str] | None) -> list[Grant]
     for acl in s3xml.children(root, "AccessControlList"):
         for element in s3xml.children(acl, "Grant"):
             grants.append(_xml_grant(element, known))
-    return [[OWNER if grantee == "id:" + owner else grantee, permission]
-            for grantee, permission in grants]
+    return in_order([[OWNER if grantee == "id:" + owner else grantee, permission]
+                     for grantee, permission in grants])
+
+
+def in_order(grants: list[Grant]) -> list[Grant]:
+    """Groups' grants before users', as S3 and RGW answer them (clients compare the lists in
+    order), each kind in the order given."""
+    return sorted(grants, key=lambda grant: not grant[0].startswith("group:"))
 
 
 def _xml_grant(element: Element, known: set[str] | None) -> Grant:

@@ -32,7 +32,7 @@ from mkv.s3.request import (
     single_range,
 )
 from mkv.s3.sigv4 import Signed
-from mkv.s3.state import ETAG, Part, S3State, UploadBusy, UploadGone
+from mkv.s3.state import ETAG, Part, S3State, Upload, UploadBusy, UploadGone
 from mkv.s3.xml import XML, Node
 from mkv.store import Store
 from mkv.tasks import Periodic
@@ -41,6 +41,7 @@ log = logging.getLogger("mkv")
 
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # every part but the last, as S3 requires
+INITIATOR = "initiator"  # in an upload's metadata: the access key that began it
 
 
 class Uploads:
@@ -65,9 +66,11 @@ class Uploads:
         """Await the end of a sweep `stop_sweeping` cancelled."""
         await self._sweeps.closed()
 
-    async def create_upload(self, key: bytes, req: Request) -> Response:
+    async def create_upload(self, key: bytes, req: Request, caller: str | None) -> Response:
         check_storable(key)
         metadata = of_request(req)
+        if caller is not None:  # who began it: its listings' Initiator (not the object's)
+            metadata[INITIATOR] = caller
         h = req.headers
         try:
             checksum = wanted_for_upload(
@@ -87,10 +90,11 @@ class Uploads:
                         ("x-amz-checksum-type", checksum["type"])]
         return Response(200, headers, body)
 
-    async def _upload_of(self, key: bytes, upload_id: str) -> None:
+    async def _upload_of(self, key: bytes, upload_id: str) -> Upload:
         upload = await self.state.get(upload_id)
         if upload is None or upload.key != key:
             raise no_such_upload(upload_id)
+        return upload
 
     async def upload_part(self, key: bytes, upload_id: str, params: dict[str, str],
                           req: Request, signed: Signed | None) -> Response:
@@ -183,7 +187,8 @@ class Uploads:
                 if md5:
                     await self.state.keep(ETAG, key, md5, {
                         "etag": etag, "parts": [p.size for p in parts]})
-                metadata = {**upload.metadata, "checksum": checksum.document()}
+                metadata = {**{k: v for k, v in upload.metadata.items() if k != INITIATOR},
+                            "checksum": checksum.document()}
                 await self.objects.keep_metadata(key, md5, metadata)
                 await completion.finish(key, etag)
         except UploadBusy:
@@ -256,7 +261,7 @@ class Uploads:
         return Response(204)
 
     async def list_parts(self, key: bytes, upload_id: str, params: dict[str, str]) -> Response:
-        await self._upload_of(key, upload_id)
+        upload = await self._upload_of(key, upload_id)
         max_parts = int_param(params, "max-parts", MAX_KEYS)
         marker = int_param(params, "part-number-marker", 0)
         have = await self.state.parts(upload_id)
@@ -267,7 +272,8 @@ class Uploads:
         owner = await self._owner(bucket)
         nodes: list[Node] = [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload_id),
-            ("Initiator", owner), ("Owner", owner), ("StorageClass", "STANDARD"),
+            ("Initiator", self._initiator(upload, owner)), ("Owner", owner),
+            ("StorageClass", "STANDARD"),
             ("PartNumberMarker", str(marker)),
             ("NextPartNumberMarker", str(page[-1].number) if page else None),
             ("MaxParts", str(max_parts)), ("IsTruncated", "true" if truncated else "false")]
@@ -279,11 +285,16 @@ class Uploads:
         return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
 
     async def _owner(self, bucket: str) -> list[Node]:
-        """Who an upload's Owner and Initiator name: the bucket's owner, who owns its
-        objects."""
+        """Who an upload's Owner names: the bucket's owner, who owns its objects."""
         access = self.objects.buckets.access
         owner = access.owner(await access.settings(bucket))
         return [("ID", owner), ("DisplayName", owner)]
+
+    @staticmethod
+    def _initiator(upload: Upload, owner: list[Node]) -> list[Node]:
+        """Who began the upload (the access key that signed it), else its Owner."""
+        who = upload.metadata.get(INITIATOR)
+        return [("ID", who), ("DisplayName", who)] if who else owner
 
     async def list_uploads(self, bucket: str, params: dict[str, str]) -> Response:
         owner = await self._owner(bucket)
@@ -306,7 +317,7 @@ class Uploads:
             ("Prefix", params.get("prefix", "")), ("MaxUploads", str(max_uploads)),
             ("IsTruncated", "true" if truncated else "false")]
         nodes += [("Upload", [("Key", object_name(u.key)), ("UploadId", u.id),
-                              ("Initiator", owner), ("Owner", owner),
+                              ("Initiator", self._initiator(u, owner)), ("Owner", owner),
                               ("StorageClass", "STANDARD"),
                               ("Initiated", s3xml.timestamp(u.initiated))]) for u in page]
         return Response(200, [XML], s3xml.document("ListMultipartUploadsResult", nodes))
