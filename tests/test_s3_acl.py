@@ -287,9 +287,9 @@ def test_an_upload_names_who_began_it_and_a_preflight_is_refused(master, owner, 
     bucket = new_bucket(owner, ACL="public-read-write")
     upload = other.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     (listed,) = owner.list_multipart_uploads(Bucket=bucket)["Uploads"]
-    assert (listed["Initiator"]["ID"], listed["Owner"]["ID"]) == (OTHER, OWNER)
+    assert (listed["Initiator"]["ID"], listed["Owner"]["ID"]) == (OTHER, OTHER)
     parts = other.list_parts(Bucket=bucket, Key="mp", UploadId=upload)
-    assert (parts["Initiator"]["ID"], parts["Owner"]["ID"]) == (OTHER, OWNER)
+    assert (parts["Initiator"]["ID"], parts["Owner"]["ID"]) == (OTHER, OTHER)
     other.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
     url = owner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"})
     path = url[url.index("/", len("http://")):]

@@ -272,8 +272,8 @@ class Uploads:
         owner = await self._owner(bucket)
         nodes: list[Node] = [
             ("Bucket", bucket), ("Key", object_name(key)), ("UploadId", upload_id),
-            ("Initiator", self._initiator(upload, owner)), ("Owner", owner),
-            ("StorageClass", "STANDARD"),
+            ("Initiator", self._initiator(upload, owner)),
+            ("Owner", self._initiator(upload, owner)), ("StorageClass", "STANDARD"),
             ("PartNumberMarker", str(marker)),
             ("NextPartNumberMarker", str(page[-1].number) if page else None),
             ("MaxParts", str(max_parts)), ("IsTruncated", "true" if truncated else "false")]
@@ -285,14 +285,16 @@ class Uploads:
         return Response(200, [XML], s3xml.document("ListPartsResult", nodes))
 
     async def _owner(self, bucket: str) -> list[Node]:
-        """Who an upload's Owner names: the bucket's owner, who owns its objects."""
+        """The bucket's owner, who owns its objects: an upload's Initiator and Owner when no
+        access key began it."""
         access = self.objects.buckets.access
         owner = access.owner(await access.settings(bucket))
         return [("ID", owner), ("DisplayName", owner)]
 
     @staticmethod
     def _initiator(upload: Upload, owner: list[Node]) -> list[Node]:
-        """Who began the upload (the access key that signed it), else its Owner."""
+        """Who began the upload (the access key that signed it), its Initiator and Owner
+        until it completes, as S3 lists them; else the bucket's owner."""
         who = upload.metadata.get(INITIATOR)
         return [("ID", who), ("DisplayName", who)] if who else owner
 
@@ -317,7 +319,8 @@ class Uploads:
             ("Prefix", params.get("prefix", "")), ("MaxUploads", str(max_uploads)),
             ("IsTruncated", "true" if truncated else "false")]
         nodes += [("Upload", [("Key", object_name(u.key)), ("UploadId", u.id),
-                              ("Initiator", self._initiator(u, owner)), ("Owner", owner),
+                              ("Initiator", self._initiator(u, owner)),
+                              ("Owner", self._initiator(u, owner)),
                               ("StorageClass", "STANDARD"),
                               ("Initiated", s3xml.timestamp(u.initiated))]) for u in page]
         return Response(200, [XML], s3xml.document("ListMultipartUploadsResult", nodes))
