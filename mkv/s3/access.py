@@ -91,18 +91,19 @@ class Access:
                 return False
         return True
 
-    async def object_grants(self, bucket: str, key: bytes) -> tuple[dict | None, list[Grant]]:
-        """The bucket's settings, and the grants that rule the object at `key`: its own ACL,
-        or its bucket's."""
+    async def object_grants(self, bucket: str, key: bytes
+                            ) -> tuple[dict | None, list[Grant], bool]:
+        """The bucket's settings, the grants that rule the object at `key` (its own ACL, or
+        its bucket's), and whether the object is there."""
         settings = await self.settings(bucket)
         bucket_grants = (settings or {}).get("acl", private())
         record = await self.index.get(key)
         if record is None or record.state is not State.LIVE:
-            return settings, bucket_grants
+            return settings, bucket_grants, False
         metadata = (await self.state.kept(key, record.md5)).metadata
         if metadata is None or "acl" not in metadata:
-            return settings, bucket_grants
-        return settings, metadata["acl"]
+            return settings, bucket_grants, True
+        return settings, metadata["acl"], True
 
     async def check_object(self, caller: str | None, bucket: str, key: bytes,
                            permission: str) -> None:
@@ -115,17 +116,13 @@ class Access:
             return
         if permission in (READ, READ_ACP) and settings is None and await self._gone(bucket):
             return  # NoSuchBucket, as on S3
-        settings, grants = await self.object_grants(bucket, key)
+        settings, grants, there = await self.object_grants(bucket, key)
         if allows(grants, caller, permission):
             return
-        if permission == READ and allows((settings or {}).get("acl", []), caller, READ) \
-                and await self._missing(key):
+        if permission == READ and not there \
+                and allows((settings or {}).get("acl", []), caller, READ):
             return
         raise access_denied()
-
-    async def _missing(self, key: bytes) -> bool:
-        record = await self.index.get(key)
-        return record is None or record.state is not State.LIVE
 
     async def visible_buckets(self, caller: str | None, names: list[str]) -> list[str]:
         """Of `names`, the buckets ListBuckets shows the caller: those it owns."""

@@ -5,7 +5,6 @@ metadata (mkv/s3/state.py); who may call these is checked by the face (mkv/s3/ac
 from mkv.http.messages import Request, Response
 from mkv.s3.access import Access
 from mkv.s3.buckets import Buckets
-from mkv.s3.errors import no_such_bucket
 from mkv.s3.grants import Grant, acl_of_headers, parse_policy, policy_document, private
 from mkv.s3.objects import Objects
 from mkv.s3.payload import read_xml
@@ -33,18 +32,12 @@ class Acls:
 
     async def bucket_acl(self, method: bytes, bucket: str, req: Request,
                          signed: Signed | None) -> Response:
-        settings = await self.access.settings(bucket)
-        if settings is None and not await self.buckets.exists(bucket):
-            raise no_such_bucket(bucket)
+        settings = await self.buckets.settings(bucket)
         owner = self.access.owner(settings)
         if method == b"GET":
             return Response(200, [XML], policy_document(owner, (settings or {}).get("acl",
                                                                                     private())))
-        grants = await self._asked(req, signed, owner)
-        if settings is None:  # a bucket there by its keys alone: its marker keeps the ACL
-            await self.state.make_bucket(bucket, {})
-        await self.state.set_bucket_setting(bucket, "acl", grants)
-        self.access.changed(bucket)
+        await self.buckets.set_setting(bucket, "acl", await self._asked(req, signed, owner))
         return Response(200, [("Content-Length", "0")])
 
     async def object_acl(self, method: bytes, bucket: str, key: bytes, req: Request,
@@ -53,7 +46,7 @@ class Acls:
         settings = await self.access.settings(bucket)
         owner = self.access.owner(settings)
         if method == b"GET":
-            _, grants = await self.access.object_grants(bucket, key)
+            _, grants, _ = await self.access.object_grants(bucket, key)
             return Response(200, [XML], policy_document(owner, grants))
         grants = await self._asked(req, signed, owner)
         saved = (await self.state.kept(key, record.md5)).metadata or {"headers": [],

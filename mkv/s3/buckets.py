@@ -46,6 +46,22 @@ class Buckets:
         return (await self.state.bucket_created(bucket) is not None
                 or await self._has_keys(bucket))
 
+    async def settings(self, bucket: str) -> dict | None:
+        """A bucket's settings (None: it has no marker, only keys); NoSuchBucket if it is
+        not there at all."""
+        settings = await self.access.settings(bucket)
+        if settings is None and not await self.exists(bucket):
+            raise no_such_bucket(bucket)
+        return settings
+
+    async def set_setting(self, bucket: str, field: str, value: object) -> None:
+        """Set one field of a bucket's settings (None removes it); a bucket there by its keys
+        alone gets a marker to keep them."""
+        if not await self.state.set_bucket_setting(bucket, field, value):
+            await self.state.make_bucket(bucket, {})
+            await self.state.set_bucket_setting(bucket, field, value)
+        self.access.changed(bucket)
+
     async def head_bucket(self, bucket: str) -> Response:
         if not await self.exists(bucket):
             raise no_such_bucket(bucket)

@@ -40,13 +40,12 @@ from mkv.s3.access import Access
 from mkv.s3.buckets import Buckets
 from mkv.s3.deletes import Deletes
 from mkv.s3.engine import open_state
-from mkv.s3.errors import S3Error, no_such_bucket
+from mkv.s3.errors import S3Error
 from mkv.s3.lifecycle import (
     Rule,
     abort_at,
     configuration_document,
     expiry,
-    matches,
     needs_tags,
     parse_configuration,
 )
@@ -102,12 +101,11 @@ class Lifecycle:
     """Buckets' lifecycle configurations, and the pass that applies them. Started with
     `background`, it runs a pass every -s3_lifecycle_every (`stop`, `closed`)."""
 
-    def __init__(self, store: Store, state: S3State, access: Access, buckets: Buckets,
-                 deletes: Deletes, objects: Objects, background: bool = True) -> None:
+    def __init__(self, store: Store, state: S3State, buckets: Buckets, deletes: Deletes,
+                 objects: Objects, background: bool = True) -> None:
         self.store = store
         self.config = store.config
         self.state = state
-        self.access = access
         self.buckets = buckets
         self.deletes = deletes
         self.objects = objects
@@ -122,9 +120,7 @@ class Lifecycle:
     async def configuration(self, method: bytes, bucket: str, req: Request,
                             signed: Signed | None) -> Response:
         """Get/Put/DeleteBucketLifecycle(Configuration)."""
-        settings = await self.access.settings(bucket)
-        if settings is None and not await self.buckets.exists(bucket):
-            raise no_such_bucket(bucket)
+        settings = await self.buckets.settings(bucket)
         if method == b"GET":
             rules = (settings or {}).get("lifecycle")
             if not rules:
@@ -133,14 +129,10 @@ class Lifecycle:
             return Response(200, [XML], configuration_document(rules))
         if method == b"PUT":
             rules = parse_configuration(await read_xml(req, signed))
-            if settings is None:  # a bucket there by its keys alone: its marker keeps them
-                await self.state.make_bucket(bucket, {})
-            await self.state.set_bucket_setting(bucket, "lifecycle", rules)
-            self.access.changed(bucket)
+            await self.buckets.set_setting(bucket, "lifecycle", rules)
             return Response(200, [("Content-Length", "0")])
         if settings is not None:
-            await self.state.set_bucket_setting(bucket, "lifecycle", None)
-            self.access.changed(bucket)
+            await self.buckets.set_setting(bucket, "lifecycle", None)
         return Response(204)
 
     # --- the pass ---
@@ -171,8 +163,6 @@ class Lifecycle:
                 return
             name = key[slash + 1:].decode("utf-8", "surrogateescape")
             size = file.size if file.size >= 0 else None
-            if not any(matches(rule, name, size, None) for rule in rules):
-                return
             due = expiry(rules, name, size, None, file.mtime, day)
             if due is None or due[0] > now:
                 return
@@ -295,8 +285,8 @@ def main(config: Config) -> int:
             access = Access(index, state, set())
             buckets = Buckets(store, state, access)
             objects = Objects(store, state, buckets)
-            lifecycle = Lifecycle(store, state, access, buckets, Deletes(store, objects),
-                                  objects, background=False)
+            lifecycle = Lifecycle(store, state, buckets, Deletes(store, objects), objects,
+                                  background=False)
             await lifecycle.run_pass(progress)
         finally:
             await state.close()

@@ -226,7 +226,7 @@ class S3:
         self.tagging = Tagging(self.state, self.objects)
         self.deletes = Deletes(store, self.objects)
         self.acls = Acls(self.state, self.access, self.buckets, self.objects)
-        self.lifecycle = Lifecycle(store, self.state, self.access, self.buckets, self.deletes,
+        self.lifecycle = Lifecycle(store, self.state, self.buckets, self.deletes,
                                    self.objects)  # starts its passes
 
     async def close(self) -> None:

@@ -3,7 +3,7 @@ state, and Get/Put/DeleteBucketTagging, kept with the bucket's settings."""
 
 from mkv.http.messages import Request, Response
 from mkv.s3 import xml as s3xml
-from mkv.s3.errors import S3Error, no_such_bucket
+from mkv.s3.errors import S3Error
 from mkv.s3.metadata import check_tags
 from mkv.s3.objects import Objects
 from mkv.s3.payload import read_xml
@@ -22,10 +22,7 @@ class Tagging:
 
     async def bucket_tagging(self, method: bytes, bucket: str, req: Request,
                              signed: Signed | None) -> Response:
-        access = self.objects.buckets.access
-        settings = await access.settings(bucket)
-        if settings is None and not await self.objects.buckets.exists(bucket):
-            raise no_such_bucket(bucket)
+        settings = await self.objects.buckets.settings(bucket)
         if method == b"GET":
             tags = (settings or {}).get("tags")
             if not tags:
@@ -35,10 +32,7 @@ class Tagging:
                 ("Tag", [("Key", k), ("Value", v)]) for k, v in tags])]))
         tags = check_tags(s3xml.parse_tagging(await read_xml(req, signed))) \
             if method == b"PUT" else None
-        if settings is None:  # a bucket there by its keys alone: its marker keeps them
-            await self.state.make_bucket(bucket, {})
-        await self.state.set_bucket_setting(bucket, "tags", tags)
-        access.changed(bucket)
+        await self.objects.buckets.set_setting(bucket, "tags", tags)
         return Response(200 if method == b"PUT" else 204)
 
     async def object_tagging(self, method: bytes, key: bytes, req: Request,
