@@ -92,6 +92,8 @@ SEEDS = [
     b"public-read\nid=\"OTHER\", uri=\"http://acs.amazonaws.com/groups/global/AllUsers\""
     + tail(HEADERS),
     b"\nid=OTHER,id=\"OWNERKEY\"\n\n\nemailAddress=\"a@b\"" + tail(HEADERS),
+    # a crash found and fixed, kept: a grant to mkv's own owner name, which is no access key
+    b"\nid=mkv/",
 ]
 
 if __name__ == "__main__":

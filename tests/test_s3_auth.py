@@ -84,7 +84,9 @@ def test_a_wrong_signature_is_refused_and_writes_nothing(master):
 
 
 def test_anonymous_s3_requests_are_refused_native_ones_are_not(master):
-    reply = request(master.port, "GET", "/somebucket?list-type=2")
+    bucket = f"auth-{uuid.uuid4().hex[:8]}"  # a private bucket (one not there is NoSuchBucket)
+    client(master).create_bucket(Bucket=bucket)
+    reply = request(master.port, "GET", f"/{bucket}?list-type=2")
     assert reply.status == 403 and b"<Code>AccessDenied</Code>" in reply.body
     key = f"/native-{uuid.uuid4().hex}".encode()
     assert master.put(key, b"native").status == 201

@@ -53,7 +53,7 @@ def _grantee_of_uri(uri: str) -> str:
 
 
 def _user(user_id: str, known: set[str] | None) -> str:
-    if known is not None and user_id not in known and user_id != ANONYMOUS_OWNER:
+    if known is not None and user_id not in known:
         raise _invalid(f"Invalid id {user_id!r}: no such access key")
     return "id:" + user_id
 
@@ -116,9 +116,8 @@ def parse_policy(body: bytes, owner: str, known: set[str] | None) -> list[Grant]
     grants: list[Grant] = []
     for acl in s3xml.children(root, "AccessControlList"):
         for element in s3xml.children(acl, "Grant"):
-            grants.append(_xml_grant(element, known))
-    return in_order([[OWNER if grantee == "id:" + owner else grantee, permission]
-                     for grantee, permission in grants])
+            grants.append(_xml_grant(element, owner, known))
+    return in_order(grants)
 
 
 def in_order(grants: list[Grant]) -> list[Grant]:
@@ -127,7 +126,7 @@ def in_order(grants: list[Grant]) -> list[Grant]:
     return sorted(grants, key=lambda grant: not grant[0].startswith("group:"))
 
 
-def _xml_grant(element: Element, known: set[str] | None) -> Grant:
+def _xml_grant(element: Element, owner: str, known: set[str] | None) -> Grant:
     grantee = s3xml.children(element, "Grantee")
     permission = (s3xml.text_of(element, "Permission") or "").strip()
     if not grantee or permission not in PERMISSIONS:
@@ -139,8 +138,9 @@ def _xml_grant(element: Element, known: set[str] | None) -> Grant:
                       "provided does not match any account on record.")
     if uri is not None:
         return [_grantee_of_uri(uri.strip()), permission]
-    if user_id is not None:
-        return [_user(user_id.strip(), known), permission]
+    if user_id is not None:  # the owner (also one that is no key: mkv's own) is `owner`
+        return [OWNER if user_id.strip() == owner else _user(user_id.strip(), known),
+                permission]
     raise MalformedXML("a Grantee names an ID or a URI")
 
 
